@@ -1,0 +1,5 @@
+"""`python -m cnnlab` runs the CLI."""
+
+from cnnlab.cli import main
+
+main()
