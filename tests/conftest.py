@@ -1,0 +1,30 @@
+"""Shared fixtures: a tiny built-in dataset and one short training run, made once per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Keep every test offline and quiet: no hub downloads, a private cache folder per session.
+os.environ.setdefault("TORCH_HOME", "/nonexistent-torch-home")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """3 classes x 16 images of 64 px, split 12/4 per class."""
+    from cnnlab.synth import synthesize
+
+    root = tmp_path_factory.mktemp("tiny-data")
+    synthesize(root / "shapes", classes=3, per_class=16, size=64, seed=0, val_fraction=0.25)
+    return root / "shapes"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory):
+    """A 2-epoch simple_cnn run at 32 px on tiny_data (returns the TrainResult)."""
+    from cnnlab.train import fit
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    return fit(data=str(tiny_data), img_size=32, epochs=2, batch_size=8, workers=0, out=str(out),
+               model_options={"widths": [8, 16]}, cache="off", verbose=False)
