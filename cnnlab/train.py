@@ -43,6 +43,7 @@ class TrainResult:
     best_val_loss: float
     best_val_acc: float
     stopped_early: bool = False
+    model: nn.Module | None = None  # the trained model after the last epoch (same as last.safetensors)
     extras: dict = field(default_factory=dict)  # e.g. the diagnosis, added by later stages
 
     def summary(self) -> str:
@@ -230,4 +231,5 @@ def fit(config: TrainConfig | None = None, *, verbose: bool = True, **options) -
             stopped_early = True
             _log(f"early stop: no better validation loss for {config.patience} epochs", verbose)
             break
-    return TrainResult(run_dir, history, best["epoch"], best["val_loss"], best["val_acc"], stopped_early)
+    return TrainResult(run_dir, history, best["epoch"], best["val_loss"], best["val_acc"], stopped_early,
+                       model=model)
