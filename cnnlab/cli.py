@@ -47,6 +47,25 @@ def data_synth(
     typer.echo(summary.describe())
 
 
+@data_app.command("check")
+def data_check(
+    data_dir: str = typer.Argument(..., help="Image folder: <class>/ folders, or train/ val/ test/ holding them."),
+    fix_report: Optional[str] = typer.Option(None, help="Write every problem to this CSV "
+                                             "(path, split, class, severity, problem, detail)."),
+    quarantine: Optional[str] = typer.Option(None, help="Move unreadable files into this folder, keeping "
+                                             "their relative paths (nothing is deleted or rewritten)."),
+    max_pixels: int = typer.Option(_d("max_pixels"), help="Images with more pixels are errors (read from the header)."),
+    workers: Optional[int] = typer.Option(None, help="Parallel readers; default: the number of CPU cores."),
+) -> None:
+    """Check an image folder before training: unreadable files, odd modes, duplicates, leakage. Exit 1 if not trainable."""
+    from cnnlab.datacheck import check_dataset
+
+    report = check_dataset(data_dir, fix_report=fix_report, quarantine=quarantine, max_pixels=max_pixels,
+                           workers=workers)
+    typer.echo(report.describe())
+    raise typer.Exit(report.exit_code)
+
+
 # --------------------------------------------------------------------------------------------
 # train / eval / predict / demo / models
 # --------------------------------------------------------------------------------------------

@@ -76,13 +76,17 @@ def find_images(folder: str | os.PathLike, ignored: list[str] | None = None) -> 
     seen_dirs: set[str] = set()
     seen_files: set[str] = set()
     found: list[str] = []
+    root_real = os.path.realpath(folder)
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen_dirs:
             dirnames[:] = []
             continue
         seen_dirs.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        # a link to the folder itself or to one above it (`loop -> ..`) would pull in other
+        # classes' images under this class's label: never follow those
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d)
+                             and not _links_upwards(os.path.join(dirpath, d), root_real))
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)
             if _is_hidden(name) or not is_image_file(name):
@@ -95,6 +99,14 @@ def find_images(folder: str | os.PathLike, ignored: list[str] | None = None) -> 
             seen_files.add(real_file)
             found.append(path)
     return found
+
+
+def _links_upwards(path: str, root_real: str) -> bool:
+    """True if `path` is a symlink to `root_real` or to a folder containing it."""
+    if not os.path.islink(path):
+        return False
+    target = os.path.realpath(path)
+    return root_real == target or root_real.startswith(target.rstrip(os.sep) + os.sep)
 
 
 def _scan_classes(folder: Path, ignored: list[str]) -> dict[str, list[str]]:
@@ -182,11 +194,14 @@ class ImageDataset(Dataset):
     """
 
     def __init__(self, samples: list[Sample], transform, decode_size: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, source=None):
         self.samples = samples
         self.transform = transform
         self.decode_size = decode_size
         self.max_pixels = max_pixels
+        # Optional: an object whose load(index) gives the decoded image of samples[index], e.g. the
+        # resolution cache (cnnlab.cache.CachedImages); None decodes the file on every read.
+        self.source = source
         self._warned: set[str] = set()
 
     def __len__(self) -> int:
@@ -194,6 +209,8 @@ class ImageDataset(Dataset):
 
     def load(self, index: int) -> torch.Tensor:
         """The decoded uint8 image (3, H, W), before any transform."""
+        if self.source is not None:
+            return self.source.load(index)
         sample = self.samples[index]
         return read_image(sample.path, min_size=self.decode_size, max_pixels=self.max_pixels)
 

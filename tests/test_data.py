@@ -127,3 +127,11 @@ def test_epoch_sampler_depends_only_on_seed_and_epoch():
     for s in sampler_r:
         s.set_epoch(3)
     assert sorted(list(sampler_r[0]) + list(sampler_r[1])) == sorted(first)
+
+
+def test_link_to_parent_does_not_leak_other_classes(tmp_path):
+    _make_folder(tmp_path / "train", {"cat": 2, "dog": 3})
+    (tmp_path / "train" / "cat" / "loop").symlink_to("..")
+    found = find_samples(tmp_path, val_fraction=0.5)
+    cat_paths = [s.path for split in found.splits.values() for s in split if s.label == 0]
+    assert len(cat_paths) == 2 and not any("dog" in p for p in cat_paths)

@@ -1,0 +1,455 @@
+"""Check an image folder before training: what is there, what cannot be read, what will surprise you.
+
+    report = check_dataset("photos/")            # same as `cnnlab data check photos/`
+    print(report.describe()); report.exit_code   # 0: trainable, 1: not
+
+Every image is decoded in parallel through cnnlab.images (the reader training uses) and hashed.
+Severities: fatal (the layout cannot be trained), error (a file cannot be read), warning (duplicates,
+train/val/test leakage, empty classes, ignored hidden files, symlink loops, non-UTF-8 names) and
+info (read fine after a conversion: CMYK, 16-bit, palette, alpha, grayscale, EXIF turn, multi-frame).
+Nothing is ever deleted or rewritten; with `quarantine`, unreadable files are moved aside.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import shutil
+import statistics
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from cnnlab.data import SPLIT_FOLDERS, _is_hidden, find_images, find_samples
+from cnnlab.errors import CnnlabError
+from cnnlab.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageInfo, inspect_image, is_image_file
+
+SEVERITIES = ("fatal", "error", "warning", "info")
+CSV_COLUMNS = ("path", "split", "class", "severity", "problem", "detail")
+_SHOWN_PER_PROBLEM = 8  # describe() lists this many files per problem kind; the CSV has them all
+
+
+def safe_path(path: str | bytes | os.PathLike) -> str:
+    """A path that prints anywhere: bytes that are not UTF-8 are shown as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+def _is_utf8(name: str) -> bool:
+    # os.listdir decodes undecodable bytes to lone surrogates (surrogateescape); those fail here.
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding, with the file it is about (the path as found under the checked folder, printable)."""
+
+    path: str
+    split: str  # "train", "val", "test", "all" (no split folders) or "" (not inside a split)
+    class_name: str  # "" when not inside a class folder
+    severity: str  # one of SEVERITIES
+    problem: str  # short code, e.g. "truncated-or-corrupt", "split-leakage", "hidden-ignored"
+    detail: str
+
+    def row(self) -> dict[str, str]:
+        """The CSV row (column "class" rather than the attribute name)."""
+        return {"path": self.path, "split": self.split, "class": self.class_name,
+                "severity": self.severity, "problem": self.problem, "detail": self.detail}
+
+
+@dataclass
+class DataReport:
+    """What `check_dataset` found: counts, sizes, problems, what moved, and whether training can start."""
+
+    root: str
+    layout: str  # how cnnlab will split it, as find_samples says (or why it cannot)
+    classes: list[str] = field(default_factory=list)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # {split: {class: readable images}}
+    unreadable: dict[str, dict[str, int]] = field(default_factory=dict)  # {split: {class: unreadable}}
+    sizes: dict[str, dict[str, float]] = field(default_factory=dict)  # {width|height|megapixels: {min, median, max}}
+    problems: list[Problem] = field(default_factory=list)
+    quarantined: list[tuple[str, str]] = field(default_factory=list)  # (from, to), printable
+    usable: bool = False  # trainable: layout fine, >= 2 classes with readable images, no unreadable file left
+    reasons: list[str] = field(default_factory=list)  # why not usable
+
+    @property
+    def exit_code(self) -> int:
+        """0 when the data can be trained on as it now is, else 1."""
+        return 0 if self.usable else 1
+
+    def severity_counts(self) -> dict[str, int]:
+        """Number of problems of each severity."""
+        return {severity: sum(p.severity == severity for p in self.problems) for severity in SEVERITIES}
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict (problems as CSV-style rows)."""
+        data = asdict(self)
+        data["problems"] = [p.row() for p in self.problems]
+        data["severity_counts"] = self.severity_counts()
+        data["exit_code"] = self.exit_code
+        return data
+
+    def describe(self) -> str:
+        """Human summary: counts table, sizes, problems grouped by kind, quarantine moves, verdict."""
+        lines = [f"Data check of {self.root}", f"  layout: {self.layout}"]
+        if self.classes and self.counts:
+            splits = list(self.counts)
+            width = max(len(name) for name in self.classes + ["class"])
+            lines.append("  readable images per class:")
+            lines.append("    " + "class".ljust(width) + "".join(f"{s:>9}" for s in splits))
+            for name in self.classes:
+                cells = []
+                for split in splits:
+                    bad = self.unreadable.get(split, {}).get(name, 0)
+                    cell = str(self.counts[split].get(name, 0)) + (f" +{bad}!" if bad else "")
+                    cells.append(f"{cell:>9}")
+                lines.append("    " + name.ljust(width) + "".join(cells))
+            if any(n for per_class in self.unreadable.values() for n in per_class.values()):
+                lines.append("    (+N! = unreadable files, not counted)")
+        if self.sizes:
+            w, h, mp = self.sizes["width"], self.sizes["height"], self.sizes["megapixels"]
+            lines.append(f"  sizes: width {w['min']:.0f}..{w['max']:.0f} (median {w['median']:.0f}), "
+                         f"height {h['min']:.0f}..{h['max']:.0f} (median {h['median']:.0f}), "
+                         f"{mp['min']:.2f}..{mp['max']:.2f} MP (median {mp['median']:.2f})")
+        counts = self.severity_counts()
+        lines.append("  problems: " + ", ".join(f"{counts[s]} {s}" for s in SEVERITIES))
+        leaks = [p for p in self.problems if p.problem == "split-leakage"]
+        if leaks:
+            lines.append(f"  !!! LEAKAGE: {len(leaks)} files have byte-identical copies in another split; "
+                         "validation/test scores will be too good. Remove the copies from val/test. !!!")
+        lines.extend(self._problem_lines())
+        if self.quarantined:
+            lines.append(f"  moved {len(self.quarantined)} unreadable file(s) aside (nothing deleted):")
+            lines.extend(f"    {src} -> {dst}" for src, dst in self.quarantined)
+        if self.usable:
+            lines.append("verdict: usable for training (exit code 0)")
+        else:
+            lines.append("verdict: NOT usable for training yet (exit code 1):")
+            lines.extend(f"  - {reason}" for reason in self.reasons)
+        return "\n".join(lines)
+
+    def _problem_lines(self) -> list[str]:
+        lines = []
+        kinds: dict[tuple[str, str], list[Problem]] = {}
+        for p in self.problems:
+            kinds.setdefault((p.severity, p.problem), []).append(p)
+        for (severity, problem), items in kinds.items():
+            lines.append(f"  {severity.upper()} {problem} ({len(items)}):")
+            for p in items[:_SHOWN_PER_PROBLEM]:
+                lines.append(f"    {p.path}: {p.detail}")
+            if len(items) > _SHOWN_PER_PROBLEM:
+                lines.append(f"    ... and {len(items) - _SHOWN_PER_PROBLEM} more (all in --fix-report CSV)")
+        return lines
+
+
+# --------------------------------------------------------------------------------------------
+# finding the files: class folders as cnnlab reads them, plus what it ignores
+# --------------------------------------------------------------------------------------------
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    """Visible sub-folders (symlinked ones included), sorted, as cnnlab.data reads them."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [Path(e.path) for e in entries if not _is_hidden(e.name) and e.is_dir()]
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    """{split: folder} as found on disk (train/val/test), or {"all": root} for ROOT/<class>/ layouts."""
+    splits = {SPLIT_FOLDERS[p.name.lower()]: p for p in _visible_dirs(root) if p.name.lower() in SPLIT_FOLDERS}
+    return dict(sorted(splits.items(), key=lambda kv: _split_rank(kv[0]))) if splits else {"all": root}
+
+
+def _split_rank(split: str) -> int:
+    return {"train": 0, "val": 1, "test": 2}.get(split, 3)
+
+
+def _walk_notes(folder: Path, images: list[str]) -> list[tuple[str, str, str, str]]:
+    """(path, severity, problem, detail) for what a class-folder walk ignores, de-duplicates or loops on.
+
+    Mirrors cnnlab.data.find_images (followlinks, one visit per real folder and file), which decides
+    what is trained on; this walk only explains it.
+    """
+    notes = []
+    seen_dirs: set[str] = set()
+    seen_files: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            dirnames[:] = []
+            notes.append((dirpath, "warning", "symlink-duplicate",
+                          f"same folder as {safe_path(real)}, already read; read once"))
+            continue
+        seen_dirs.add(real)
+        visible = []
+        for name in sorted(dirnames):
+            path = os.path.join(dirpath, name)
+            if not _is_utf8(name):
+                notes.append((path, "warning", "non-utf8-name", "folder name is not valid UTF-8 "
+                              "(shown with \\x escapes); it is read, but other tools may fail on it"))
+            if _is_hidden(name):
+                inside = sum(is_image_file(f) for _, _, files in os.walk(path) for f in files)
+                notes.append((path + os.sep, "warning", "hidden-ignored",
+                              f"hidden folder ignored ({inside} image file(s) inside are not used)"))
+                continue
+            visible.append(name)
+            if os.path.islink(path):
+                target = os.path.realpath(path)
+                if real == target or real.startswith(target.rstrip(os.sep) + os.sep):
+                    reached = sum(image.startswith(path + os.sep) for image in images)
+                    notes.append((path, "warning", "symlink-loop",
+                                  f"links to {safe_path(target)}, a folder above it; {reached} image(s) "
+                                  "are read through it, possibly from other classes: remove the link"))
+                elif target not in seen_dirs:
+                    notes.append((path, "info", "symlink-resolved", f"folder link to {safe_path(target)}"))
+        dirnames[:] = visible
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            if not _is_utf8(name):
+                notes.append((path, "warning", "non-utf8-name", "file name is not valid UTF-8 (shown "
+                              "with \\x escapes); it is read, but other tools may fail on it: rename it"))
+            if _is_hidden(name):
+                notes.append((path, "warning", "hidden-ignored", "hidden file ignored"))
+                continue
+            if not is_image_file(name):
+                notes.append((path, "warning", "ignored-file", "not an image type cnnlab reads "
+                              f"({', '.join(IMAGE_EXTENSIONS)}); ignored"))
+                continue
+            target = os.path.realpath(path)
+            if target in seen_files:
+                notes.append((path, "warning", "symlink-duplicate",
+                              f"same file as {safe_path(seen_files[target])}; read once"))
+                continue
+            seen_files[target] = path
+            if os.path.islink(path):
+                notes.append((path, "info", "symlink-resolved", f"file link to {safe_path(target)}"))
+    return notes
+
+
+def _outer_notes(root: Path, splits: dict[str, Path]) -> list[tuple[str, str, str, str, str]]:
+    """(path, split, severity, problem, detail) for entries above the class folders, which are not read."""
+    flat = "all" in splits
+    levels = [(root, "", None if flat else {folder.name for folder in splits.values()})]
+    if not flat:  # None: every visible folder at that level is a class folder
+        levels += [(folder, split, None) for split, folder in splits.items()]
+    notes = []
+    for folder, split, known in levels:
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            is_dir = entry.is_dir()
+            if _is_hidden(entry.name):
+                notes.append((entry.path + (os.sep if is_dir else ""), split, "warning", "hidden-ignored",
+                              f"hidden {'folder' if is_dir else 'file'} ignored"))
+            elif not is_dir:
+                notes.append((entry.path, split, "warning", "ignored-file",
+                              "a file outside any class folder is not read; move it into its class folder"))
+            elif known is not None and entry.name not in known:
+                notes.append((entry.path, split, "warning", "ignored-folder", "not a train/val/test folder, "
+                              "so it is not read (with split folders, class folders go inside them)"))
+    return notes
+
+
+# --------------------------------------------------------------------------------------------
+# reading every image (in parallel)
+# --------------------------------------------------------------------------------------------
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _examine(path: str, max_pixels: int) -> tuple[ImageInfo, str | None]:
+    """Inspect and decode one file (errors become problems) and hash its bytes."""
+    info = inspect_image(path, max_pixels=max_pixels)
+    if not info.readable:
+        return info, None
+    try:
+        return info, _sha256(path)
+    except OSError:
+        return info, None  # read a moment ago; a file vanishing now is not worth a report
+
+
+def _examine_all(paths: list[str], max_pixels: int, workers: int | None) -> list[tuple[ImageInfo, str | None]]:
+    # Threads, not processes: Pillow's decoders and hashlib release the GIL on the heavy work, so
+    # threads run in parallel without pickling, without forking a process that has torch loaded,
+    # and without each worker paying torch's import time.
+    workers = workers or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(lambda path: _examine(path, max_pixels), paths)
+        return list(tqdm(results, total=len(paths), desc="checking images", unit="img",
+                         file=sys.stderr, disable=None))
+
+
+# --------------------------------------------------------------------------------------------
+# the check
+# --------------------------------------------------------------------------------------------
+
+
+def _duplicate_problems(hashed: list[tuple[str, str, str, str]], flat: bool) -> list[tuple]:
+    """(path, split, class, severity, problem, detail) for files whose bytes appear more than once."""
+    groups: dict[str, list[tuple[str, str, str]]] = {}
+    for path, split, name, digest in hashed:
+        groups.setdefault(digest, []).append((path, split, name))
+    found = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        splits = sorted({split for _, split, _ in members}, key=_split_rank)
+        classes = sorted({name for _, _, name in members})
+        for path, split, name in members:
+            others = ", ".join(safe_path(p) for p, _, _ in members if p != path)
+            if len(splits) > 1:
+                row = ("split-leakage", f"LEAKAGE: same bytes in {' and '.join(splits)} ({others}); "
+                       "the model is scored on an image it trained on")
+            elif len(classes) > 1:
+                row = ("conflicting-labels", f"same bytes in classes {', '.join(classes)} ({others})")
+            else:
+                note = "; the seeded train/val split may put copies on both sides" if flat else ""
+                row = ("duplicate", f"same bytes as {others}{note}")
+            found.append((path, split, name, "warning", *row))
+    return found
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": float(statistics.median(values)), "max": max(values)}
+
+
+def _quarantine(root: Path, problems: list[Problem], raw_paths: dict[str, str], target: Path
+                ) -> tuple[list[tuple[str, str]], set[str]]:
+    """Move files with error-severity problems to `target`, keeping their path relative to root.
+
+    Returns the moves (from, to) and every reported path now gone (a file reached through a
+    symlinked folder too is moved once, and gone under both paths).
+    """
+    bad = {p.path: raw_paths[p.path] for p in problems if p.severity == "error" and p.path in raw_paths}
+    real = {shown: os.path.realpath(path) for shown, path in bad.items()}  # before anything moves
+    moved, done = [], set()
+    for shown, source in bad.items():
+        if real[shown] in done:
+            continue
+        destination = target / os.path.relpath(source, root)
+        if os.path.lexists(destination):
+            continue  # never overwrite: an earlier quarantine holds a file of that name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(source, destination)  # a rename on the same disk; never a delete of user data
+        done.add(real[shown])
+        moved.append((shown, safe_path(destination)))
+    return moved, {shown for shown in bad if real[shown] in done}
+
+
+def _check_quarantine_target(root: Path, target: Path) -> None:
+    inside = os.path.relpath(target.resolve(), root.resolve())
+    if not inside.startswith("..") and not any(_is_hidden(part) for part in Path(inside).parts):
+        raise CnnlabError(f"quarantine folder {target} is inside the dataset {root}, where it would be "
+                          "read as a class; choose a folder outside it, or a hidden one such as "
+                          f"{root / '.quarantine'}")
+
+
+def _scan(root: Path) -> tuple[dict[str, dict[str, Path]], list[tuple[str, str, str]], list[tuple]]:
+    """Class folders {split: {class: folder}}, image files (path, split, class) and walk notes."""
+    splits = _split_folders(root)
+    folders = {split: {p.name: p for p in _visible_dirs(folder)} for split, folder in splits.items()}
+    located: list[tuple[str, str, str]] = []
+    notes: list[tuple] = []  # (raw path, split, class, severity, problem, detail)
+    for split, per_class in folders.items():
+        for name, folder in per_class.items():
+            images = find_images(folder)  # exactly the files training reads
+            located += [(path, split, name) for path in images]
+            notes += [(path, split, name, *rest) for path, *rest in _walk_notes(folder, images)]
+            if not images:
+                refused = ": training refuses it" if split in ("train", "all") else ""
+                notes.append((str(folder), split, name, "warning", "empty-class",
+                              f"class folder with no images{refused}"))
+    notes += [(path, split, "", *rest) for path, split, *rest in _outer_notes(root, splits)]
+    return folders, located, notes
+
+
+def check_dataset(root: str | os.PathLike, fix_report: str | os.PathLike | None = None,
+                  quarantine: str | os.PathLike | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  workers: int | None = None) -> DataReport:
+    """Scan an image folder in parallel and report counts, sizes and every problem (see module doc)."""
+    root = Path(root)
+    if quarantine is not None:
+        _check_quarantine_target(root, Path(quarantine))
+    report = DataReport(root=safe_path(root), layout="")
+    try:
+        report.layout = find_samples(root).split_source  # how training will split it
+    except CnnlabError as error:
+        report.layout = "cannot be trained as it is"
+        report.problems.append(Problem(safe_path(root), "", "", "fatal", "layout", str(error)))
+    if not root.is_dir():
+        report.reasons = _reasons(report)
+        return _finish(report, fix_report)
+
+    folders, located, notes = _scan(root)
+    report.classes = sorted({name for per_class in folders.values() for name in per_class})
+    report.counts = {split: dict.fromkeys(per_class, 0) for split, per_class in folders.items()}
+    report.unreadable = {split: dict.fromkeys(per_class, 0) for split, per_class in folders.items()}
+    hashed, widths, heights, megapixels = [], [], [], []
+    results = _examine_all([path for path, _, _ in located], max_pixels, workers)
+    for (path, split, name), (info, digest) in zip(located, results):
+        notes += [(path, split, name, p.severity, p.problem, p.detail) for p in info.problems]
+        if info.readable:
+            report.counts[split][name] += 1
+            widths.append(info.width)
+            heights.append(info.height)
+            megapixels.append(info.megapixels)
+        else:
+            report.unreadable[split][name] += 1
+        if digest is not None:
+            hashed.append((path, split, name, digest))
+    notes += _duplicate_problems(hashed, flat="all" in folders)
+    if widths:
+        report.sizes = {"width": _stats(widths), "height": _stats(heights), "megapixels": _stats(megapixels)}
+
+    rank = {severity: i for i, severity in enumerate(SEVERITIES)}
+    report.problems += sorted((Problem(safe_path(path), *rest) for path, *rest in notes),
+                              key=lambda p: (rank[p.severity], p.problem, p.path))
+    if quarantine is not None:
+        raw_paths = {safe_path(path): path for path, _, _ in located}
+        report.quarantined, gone = _quarantine(root, report.problems, raw_paths, Path(quarantine))
+        report.problems = [replace(p, detail=p.detail + " (moved to quarantine)") if p.path in gone else p
+                           for p in report.problems]
+    report.reasons = _reasons(report)
+    return _finish(report, fix_report)
+
+
+def _reasons(report: DataReport) -> list[str]:
+    """Why the data cannot be trained on as it now is (empty list: it can)."""
+    reasons = [p.detail for p in report.problems if p.severity == "fatal"]
+    left = [p for p in report.problems if p.severity == "error" and not p.detail.endswith("(moved to quarantine)")]
+    if left:
+        reasons.append(f"{len(left)} unreadable file(s) left: fix or remove them, or move them aside "
+                       "with --quarantine DIR")
+    if not reasons:  # the layout is fine; are enough images readable?
+        train = report.counts.get("train", report.counts.get("all", {}))
+        without = [name for name, n in train.items() if not n]
+        if without:
+            reasons.append(f"class(es) with no readable training image: {', '.join(without)}")
+        if len(train) - len(without) < 2:
+            reasons.append(f"{len(train) - len(without)} class(es) with readable training images; "
+                           "a classifier needs two")
+    return reasons
+
+
+def _finish(report: DataReport, fix_report: str | os.PathLike | None) -> DataReport:
+    report.usable = not report.reasons
+    if fix_report is not None:
+        Path(fix_report).parent.mkdir(parents=True, exist_ok=True)
+        with open(fix_report, "w", newline="", encoding="utf-8") as file:
+            writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(p.row() for p in report.problems)
+    return report
