@@ -1,6 +1,52 @@
-"""cnnlab: train, understand and trust convolutional networks on your own images."""
+"""cnnlab: train, understand and trust convolutional networks on your own images.
+
+The public API, one plain function per CLI command (same arguments):
+
+    cnnlab.synthesize(out_dir, classes=6, per_class=100, size=1024, seed=0)   # cnnlab data synth
+    cnnlab.fit(data=..., model="simple_cnn", img_size=128, epochs=10, ...)   # cnnlab train
+    cnnlab.evaluate(run_dir, data=None, split="val")                         # cnnlab eval
+    cnnlab.predict(run_dir, [paths], top_k=3)                                # cnnlab predict
+    cnnlab.create_model(name, num_classes, **options), cnnlab.list_models()  # cnnlab models
+
+Names are resolved lazily (PEP 562) so that `cnnlab --help` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 from cnnlab.errors import CnnlabError, ImageReadError
 
-__all__ = ["CnnlabError", "ImageReadError"]
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "TrainConfig": "cnnlab.config",
+    "fit": "cnnlab.train",
+    "TrainResult": "cnnlab.train",
+    "evaluate": "cnnlab.evaluate",
+    "predict": "cnnlab.predict",
+    "create_model": "cnnlab.models",
+    "list_models": "cnnlab.models",
+    "load_model": "cnnlab.runfolder",
+    "find_samples": "cnnlab.data",
+    "read_image": "cnnlab.images",
+    "synthesize": "cnnlab.synth",
+    "diagnose": "cnnlab.diagnose",
+    "check_dataset": "cnnlab.datacheck",
+    "demo": "cnnlab.demo",
+}
+
+__all__ = ["CnnlabError", "ImageReadError", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # cache: later lookups are plain attribute reads
+        return value
+    raise AttributeError(f"module 'cnnlab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
