@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -16,6 +17,9 @@ from safetensors.torch import load_file, save_file
 from cnnlab.errors import CnnlabError
 
 TMP_PREFIX = ".tmp-"  # temporary files next to their target; stale ones are removed on start
+# safetensors (0.8) itself writes through a Rust NamedTempFile, ".tmp" + 6 random characters, in the
+# same folder and renames it onto our temporary; a kill at that moment leaves one of those behind.
+_SAFETENSORS_TMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
@@ -36,9 +40,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     except BaseException as error:
         with _suppress():
             os.unlink(tmp)
-        if isinstance(error, OSError):
+        # safetensors reports a failed write of its own (disk full, EFBIG) as a SafetensorError
+        if isinstance(error, (OSError, SafetensorError)):
             kept = " (the previous version is kept)" if path.exists() else ""
-            raise CnnlabError(f"could not write {path}: {error.strerror or error}{kept}; "
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            raise CnnlabError(f"could not write {path}: {reason}{kept}; "
                               "free some disk space or choose another --out folder") from None
         raise
     _fsync_dir(path.parent)
@@ -71,7 +77,9 @@ class _suppress:
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
     """Delete temporary files left by an interrupted atomic_write; returns their names."""
     removed = []
-    for entry in Path(folder).glob(TMP_PREFIX + "*"):
+    for entry in Path(folder).iterdir():
+        if not (entry.name.startswith(TMP_PREFIX) or _SAFETENSORS_TMP.fullmatch(entry.name)):
+            continue
         with _suppress():
             entry.unlink()
             removed.append(entry.name)

@@ -1,23 +1,27 @@
-"""Evaluate a trained run on a split: accuracy, per-class precision/recall/F1, confusion matrix."""
+"""Evaluate a trained run on a split: accuracy, per-class precision/recall/F1, confusion matrix, and what
+it gets wrong (most-confused pairs, highest-loss images, calibration; see cnnlab.interpret)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
-from cnnlab import plots
+from cnnlab import interpret, plots
+from cnnlab.cache import open_cache
 from cnnlab.data import DatasetSplits, ImageDataset, find_samples
 from cnnlab.device import default_workers, resolve_device, resolve_precision
 from cnnlab.errors import CnnlabError
+from cnnlab.images import DEFAULT_MAX_PIXELS
 from cnnlab.inference import collect_logits, loss_and_accuracy
 from cnnlab.loaders import make_loader
+from cnnlab.report import write_report
 from cnnlab.runfolder import RunInfo, load_model, write_json
-from cnnlab.transforms import decode_size, eval_transform
+from cnnlab.transforms import decode_size, denormalize, eval_transform
 
 
 @dataclass
@@ -34,13 +38,21 @@ class EvalResult:
     paths: list[str]
     probabilities: np.ndarray  # (N, K)
     labels: np.ndarray  # (N,)
+    losses: np.ndarray | None = None  # (N,) cross-entropy of each image
+    most_confused: list[dict] = field(default_factory=list)  # see interpret.most_confused
+    calibration: dict = field(default_factory=dict)  # see interpret.calibration: ece, bins
+    top_losses: list[dict] = field(default_factory=list)  # highest loss first: path, true, predicted, ...
+    files: dict = field(default_factory=dict)  # what -> file name in the run folder
 
     def to_dict(self) -> dict:
         """JSON-ready summary (without per-image arrays)."""
         return {"split": self.split, "accuracy": self.accuracy, "loss": self.loss, "images": int(len(self.labels)),
                 "classes": self.classes, "per_class": self.per_class,
                 "macro_f1": float(np.mean([row["f1"] for row in self.per_class])),
-                "confusion_matrix": self.confusion.tolist()}
+                "confusion_matrix": self.confusion.tolist(),
+                "confusion_matrix_normalised": normalise_rows(self.confusion).round(4).tolist(),
+                "most_confused": self.most_confused, "calibration": self.calibration,
+                "top_losses": self.top_losses, "files": self.files}
 
     def describe(self) -> str:
         """A table for the terminal."""
@@ -50,12 +62,25 @@ class EvalResult:
         for row in self.per_class:
             lines.append(f"{row['class']:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  "
                          f"{row['f1']:.3f}  {row['support']:7d}")
+        if self.most_confused:
+            lines.append("most confused: " + "; ".join(
+                f"{row['true']} -> {row['predicted']} {row['count']}x ({100 * row['share_of_true']:.0f}% of "
+                f"{row['true']})" for row in self.most_confused[:3]))
+        if self.calibration:
+            lines.append(f"expected calibration error {self.calibration['ece']:.3f} (0 = confidence matches "
+                         f"accuracy; mean confidence {self.calibration['mean_confidence']:.3f})")
         return "\n".join(lines)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
     """(K, K) counts; entry [t, p] = images of true class t predicted as p."""
     return np.bincount(labels * num_classes + predictions, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def normalise_rows(matrix: np.ndarray) -> np.ndarray:
+    """Each row divided by its sum (recall per true class); rows without images stay 0."""
+    rows = matrix.sum(axis=1, keepdims=True)
+    return np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=float), where=rows > 0)
 
 
 def per_class_metrics(matrix: np.ndarray, classes: list[str]) -> list[dict]:
@@ -95,8 +120,14 @@ def load_split(run_dir: Path, info: RunInfo, data: str | None, split: str) -> tu
 
 def evaluate(run_dir: str | os.PathLike, data: str | None = None, split: str = "val", which: str = "best",
              batch_size: int = 64, device: str = "auto", workers: int | None = None,
-             verbose: bool = True) -> EvalResult:
-    """Evaluate a run's weights on a split; writes eval_<split>.json and confusion_matrix_<split>.png."""
+             cache: str | None = None, top_losses: int = 16, verbose: bool = True) -> EvalResult:
+    """Evaluate a run's weights on a split; writes eval_<split>.json, its plots, and updates report.html.
+
+    Plots: confusion_matrix_<split>.png (counts and normalised per true class), top_losses_<split>.png (the
+    `top_losses` images with the highest loss) and reliability_<split>.png (calibration).
+    `cache` (auto, disk, ram, off; None = the run's setting): decoded images come from the training
+    run's cache when it exists (see cnnlab.cache.open_cache, one_pass).
+    """
     run_dir = Path(run_dir)
     model, info = load_model(run_dir, which)
     torch_device = resolve_device(device)
@@ -105,8 +136,15 @@ def evaluate(run_dir: str | os.PathLike, data: str | None = None, split: str = "
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     _, samples = load_split(run_dir, info, data, split)
-    dataset = ImageDataset(samples, eval_transform(info.img_size), decode_size=decode_size(info.img_size))
-    loader = make_loader(dataset, batch_size, default_workers() if workers is None else workers, train=False)
+    config = run_config(run_dir)
+    max_pixels = config.get("max_pixels", DEFAULT_MAX_PIXELS)
+    source = open_cache([sample.path for sample in samples], decode_size(info.img_size),
+                        cache or config.get("cache", "auto"), cache_dir=config.get("cache_dir"),
+                        max_pixels=max_pixels, one_pass=True, verbose=verbose)
+    dataset = ImageDataset(samples, eval_transform(info.img_size), decode_size=decode_size(info.img_size),
+                           max_pixels=max_pixels, source=source)
+    loader = make_loader(dataset, batch_size, default_workers() if workers is None else workers, train=False,
+                         pin_memory=torch_device.type == "cuda")
     logits, labels, indices = collect_logits(model, loader, torch_device, precision, f"eval {split}", show_progress=verbose)
     if len(labels) == 0:
         raise CnnlabError(f"no readable images in the {split} split")
@@ -116,7 +154,45 @@ def evaluate(run_dir: str | os.PathLike, data: str | None = None, split: str = "
     readable = [samples[i].path for i in indices.tolist()]
     result = EvalResult(run_dir, split, accuracy, loss, per_class_metrics(matrix, info.classes), matrix,
                         info.classes, readable, torch.softmax(logits, 1).numpy(), labels.numpy())
-    write_json(run_dir / f"eval_{split}.json", result.to_dict() | {"weights": which})
-    plots.confusion_matrix(matrix, info.classes, run_dir / f"confusion_matrix_{split}.png",
+    result.losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none").numpy()  # (N,)
+    result.most_confused = interpret.most_confused(matrix, info.classes)
+    result.calibration = interpret.calibration(result.probabilities, result.labels)
+    order = interpret.top_losses(result.losses, top_losses)  # positions in the (N,) arrays
+    result.top_losses = [loss_row(result, k) for k in order]
+    result.files = {"confusion_matrix": f"confusion_matrix_{split}.png", "top_losses": f"top_losses_{split}.png",
+                    "reliability": f"reliability_{split}.png"}
+    plots.confusion_matrix(matrix, info.classes, run_dir / result.files["confusion_matrix"],
                            title=f"{info.model} on {split}: accuracy {accuracy:.3f}")
+    plots.reliability_diagram(result.calibration["bins"], result.calibration["ece"],
+                              run_dir / result.files["reliability"], title=f"{info.model} on {split}")
+    top_losses_gallery(dataset, indices[order].tolist(), result.top_losses, run_dir / result.files["top_losses"],
+                       title=f"{info.model} on {split}: the {len(order)} images with the highest loss")
+    write_json(run_dir / f"eval_{split}.json", result.to_dict() | {"weights": which})
+
+    write_report(run_dir)
     return result
+
+
+def loss_row(result: EvalResult, k: int) -> dict:
+    """One image of the top-losses list: file, true and predicted class with their probabilities, loss."""
+    true, predicted = int(result.labels[k]), int(result.probabilities[k].argmax())
+    return {"path": result.paths[k], "true": result.classes[true], "predicted": result.classes[predicted],
+            "probability_true": float(result.probabilities[k, true]),
+            "probability_predicted": float(result.probabilities[k, predicted]), "loss": float(result.losses[k])}
+
+
+def top_losses_gallery(dataset: ImageDataset, dataset_indices: list[int], rows: list[dict], path: Path,
+                       title: str) -> Path:
+    """The images as the network saw them (resized and centre-cropped to img_size), titled from `rows`."""
+    images, titles, wrong = [], [], []
+    for index, row in zip(dataset_indices, rows):
+        item = dataset[index]  # (normalised (3, S, S), label, index), or None if the file went bad since
+        if item is None:
+            continue
+        images.append(denormalize(item[0][None])[0].permute(1, 2, 0).numpy())  # (S, S, 3) in 0..1
+        name = Path(row["path"]).name
+        name = name if len(name) <= 24 else name[:10] + "..." + name[-11:]
+        titles.append(f"{name}\ntrue {row['true']} ({row['probability_true']:.2f})\n"
+                      f"pred {row['predicted']} ({row['probability_predicted']:.2f})")
+        wrong.append(row["predicted"] != row["true"])
+    return plots.top_losses_gallery(images, titles, wrong, path, suptitle=title)

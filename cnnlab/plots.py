@@ -52,7 +52,8 @@ def confusion_matrix(matrix: np.ndarray, classes: list[str], path: str | os.Path
     normalised = np.divide(matrix, rows, out=np.zeros_like(matrix, dtype=float), where=rows > 0)
     n = len(classes)
     side = max(4.0, 0.55 * n + 2)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side))
+    # constrained layout: the left colorbar must not run into the right panel's class names
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side), layout="constrained")
     for ax, data, name, fmt in ((axes[0], matrix, "counts", "d"), (axes[1], normalised, "normalised per true class", ".2f")):
         image = ax.imshow(data, cmap="Blues", vmin=0, vmax=data.max() if data.max() > 0 else 1)
         ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
@@ -88,4 +89,172 @@ def image_grid(images: list[np.ndarray], titles: list[str] | None, path: str | o
                 ax.set_title(titles[k], fontsize=7)
     if suptitle:
         fig.suptitle(suptitle)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# LR finder
+# --------------------------------------------------------------------------------------------
+
+def lr_find_curve(lrs: list[float], losses: list[float], smoothed: list[float], suggestion: float,
+                  path: str | os.PathLike, title: str = "LR range test") -> Path:
+    """Training loss vs learning rate (log x-axis): raw and smoothed, the suggestion marked."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.plot(lrs, losses, color="lightgrey", lw=1, label="loss per batch")
+    ax.plot(lrs, smoothed, lw=2, label="smoothed loss")
+    ax.axvline(suggestion, color="tab:red", ls="--", lw=1, label=f"suggested lr {suggestion:.1e}")
+    ax.set_xscale("log")
+    finite = [v for v in smoothed if math.isfinite(v)]
+    if finite:
+        # the raw loss explodes at the end; keep the interesting part of the curve in view
+        low, high = min(finite), max(finite[: max(1, len(finite) // 10)] + [finite[0]])
+        ax.set_ylim(low - 0.1 * (high - low + 1e-9), high + 0.6 * (high - low + 1e-9))
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# MLP vs CNN comparison
+# --------------------------------------------------------------------------------------------
+
+def compare_models(histories: dict[str, list[dict]], parameters: dict[str, int],
+                   path: str | os.PathLike, title: str = "") -> Path:
+    """Validation accuracy per epoch for each model, and each model's parameter count (log scale)."""
+    fig, (ax_acc, ax_params) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, 2]})
+    for name, history in histories.items():
+        ax_acc.plot([row["epoch"] for row in history], [row["val_acc"] for row in history], "o-", ms=3,
+                    label=name)
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("validation accuracy")
+    ax_acc.set_ylim(0, 1.02)
+    ax_acc.grid(alpha=0.3)
+    ax_acc.legend(fontsize=8)
+    names = list(parameters)
+    bars = ax_params.bar(names, [parameters[name] for name in names], color="tab:grey")
+    ax_params.bar_label(bars, labels=[f"{parameters[name] / 1e6:.2f} M" for name in names], fontsize=8)
+    ax_params.set_yscale("log")
+    ax_params.set_ylabel("parameters (log scale)")
+    ax_params.tick_params(axis="x", labelrotation=20)
+    fig.suptitle(title or "models compared on the same data and budget")
+    return _save(fig, path)
+
+
+# --- interpretation (issue 4): top-losses gallery, reliability diagram -----------------------------------------
+def top_losses_gallery(images: list[np.ndarray], titles: list[str], wrong: list[bool], path: str | os.PathLike,
+                       suptitle: str = "", columns: int = 8, cell: float = 2.0) -> Path:
+    """Images (H, W, 3) in 0..1 with multi-line titles, red where the prediction was wrong, green where right."""
+    n = max(1, len(images))
+    columns = min(columns, n)
+    rows = math.ceil(n / columns)
+    # constrained layout keeps the three-line titles and the suptitle from overlapping the images
+    fig, axes = plt.subplots(rows, columns, figsize=(cell * columns, (cell + 0.45) * rows + 0.4), squeeze=False,
+                             layout="constrained")
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < len(images):
+            ax.imshow(images[k])
+            ax.set_title(titles[k], fontsize=7.5, color="#b42318" if wrong[k] else "#1a7f37")
+    if suptitle:
+        fig.suptitle(suptitle)
+    return _save(fig, path)
+
+
+def reliability_diagram(bins: list[dict], ece: float, path: str | os.PathLike, title: str = "") -> Path:
+    """Accuracy per confidence bin against the diagonal of perfect calibration, with the image count per bin.
+
+    `bins` as cnnlab.interpret.calibration returns them: lower, upper, count, confidence, accuracy (None if empty).
+    """
+    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(5.2, 5.6), sharex=True,
+                                       gridspec_kw={"height_ratios": [3, 1], "hspace": 0.08})
+    filled = [b for b in bins if b["count"] > 0]
+    left = [b["lower"] for b in filled]
+    width = [b["upper"] - b["lower"] for b in filled]
+    accuracy = [b["accuracy"] for b in filled]
+    confidence = [b["confidence"] for b in filled]
+    ax.bar(left, accuracy, width=width, align="edge", color="#4c78a8", edgecolor="white", label="accuracy")
+    # the gap between a bin's mean confidence and its accuracy is what ECE adds up
+    ax.bar(left, [c - a for c, a in zip(confidence, accuracy)], bottom=accuracy, width=width, align="edge",
+           color="#e45756", alpha=0.35, edgecolor="#e45756", hatch="//", label="gap to confidence")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(f"{title + ': ' if title else ''}ECE {ece:.3f}", fontsize=10)
+    ax_count.bar([b["lower"] for b in bins], [b["count"] for b in bins],
+                 width=[b["upper"] - b["lower"] for b in bins], align="edge", color="#9d9d9d", edgecolor="white")
+    ax_count.set_xlabel("confidence (top-1 probability)")
+    ax_count.set_ylabel("images")
+    ax_count.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# filters and feature maps (cnnlab filter, cnnlab inspect)
+# --------------------------------------------------------------------------------------------
+
+def filter_panels(image: np.ndarray, output: np.ndarray, path: str | os.PathLike, title: str,
+                  max_channels: int = 8) -> Path:
+    """Input (H, W, 3) in 0..1 beside a filter's output (C, H', W'): RGB when C = 3, else one grey panel per channel."""
+    if output.shape[0] == 3:
+        # min-max over all three channels together, so their relative strength stays visible
+        low, high = float(output.min()), float(output.max())
+        panels = [((output - low) / (high - low or 1.0)).transpose(1, 2, 0)]
+        names = [f"output {'x'.join(map(str, output.shape))}"]
+    else:
+        # one map per channel; imshow stretches each from its min (black) to its max (white)
+        panels = list(output[:max_channels])
+        names = [f"output channel {c}: {output.shape[1]}x{output.shape[2]}" for c in range(len(panels))]
+    panels = [np.clip(image, 0, 1), *panels]
+    names = [f"input {image.shape[0]}x{image.shape[1]}", *names]
+    # Panels of equal height, each as wide as its aspect ratio asks; at most 16 inches in all.
+    aspects = [panel.shape[1] / panel.shape[0] for panel in panels]
+    height = min(4.0, 16.0 / sum(aspects))
+    fig, axes = plt.subplots(1, len(panels), figsize=(height * sum(aspects) + 0.3 * len(panels), height + 0.8),
+                             gridspec_kw={"width_ratios": aspects}, squeeze=False)
+    for ax, panel, name in zip(axes[0], panels, names):
+        ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, interpolation="nearest")
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def feature_maps(maps: np.ndarray, channels: list[int], path: str | os.PathLike, title: str) -> Path:
+    """A grid of feature maps (N, h, w), titled with their channel numbers; each stretched to its own range."""
+    return image_grid(list(maps), [f"ch {c}" for c in channels], path, columns=min(len(maps), 8),
+                      suptitle=title, cmap="viridis", cell=1.4)
+
+
+# --------------------------------------------------------------------------------------------
+# Augmentation preview
+# --------------------------------------------------------------------------------------------
+
+def augment_grid(panels: np.ndarray, row_titles: list[str], column_titles: list[str], path: str | os.PathLike,
+                 suptitle: str = "", cell: float = 1.5, pad: int = 4) -> Path:
+    """Panels (rows, columns, H, W, 3) in 0..1 as one mosaic: a title per row (left) and per column (top).
+
+    One imshow of the whole mosaic instead of one axes per panel: a 4 x 9 grid renders in a fraction of
+    the time, which matters because fit() writes this figure into every run folder."""
+    rows, columns, height, width, _ = panels.shape
+    mosaic = np.ones((rows * (height + pad) + pad, columns * (width + pad) + pad, 3))  # white gaps
+    for r in range(rows):
+        for c in range(columns):
+            top, left = pad + r * (height + pad), pad + c * (width + pad)
+            mosaic[top:top + height, left:left + width] = panels[r, c]
+    fig, ax = plt.subplots(figsize=(cell * columns, cell * rows * height / width + (0.5 if suptitle else 0.2)))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_xticks([pad + c * (width + pad) + width / 2 for c in range(columns)], column_titles, fontsize=8)
+    ax.set_yticks([pad + r * (height + pad) + height / 2 for r in range(rows)], row_titles, fontsize=8)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
     return _save(fig, path)

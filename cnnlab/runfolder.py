@@ -26,7 +26,8 @@ import yaml
 from cnnlab.checkpoint import atomic_write, load_weights, save_weights
 from cnnlab.errors import CnnlabError
 
-METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")
+# skipped_steps: steps whose loss was not finite (nan/inf), so the weights were not updated from them
+METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "skipped_steps")
 
 
 def write_text(path: Path, text: str) -> None:

@@ -28,3 +28,11 @@ def tiny_run(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "tiny"
     return fit(data=str(tiny_data), img_size=32, epochs=2, batch_size=8, workers=0, out=str(out),
                model_options={"widths": [8, 16]}, cache="off", verbose=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_eval(tiny_run):
+    """evaluate() of tiny_run on its 12 validation images (writes eval_val.json, plots, report.html)."""
+    from cnnlab.evaluate import evaluate
+
+    return evaluate(tiny_run.run_dir, split="val", workers=0, verbose=False)

@@ -1,0 +1,69 @@
+"""Stopping a training run cleanly on Ctrl-C (SIGINT) or `kill` (SIGTERM, what schedulers send first).
+
+The first signal only sets a flag: the loop finishes the step it is in, writes a checkpoint and raises
+TrainingInterrupted, whose message says how to resume; the CLI exits 128 + the signal number (130, 143),
+as a shell does. A second signal aborts at once (the last checkpoint on disk is kept: files are only
+ever replaced atomically).
+
+No torch import here: the CLI imports this module to map the exception to an exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after saving a checkpoint; exit_code is 128 + the signal number."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+class StopOnSignal:
+    """`with StopOnSignal() as stop:` ... `if stop.signum: save and raise`. Restores the old handlers on exit.
+
+    Installed only in the main thread of the main process (signal handlers can only be set there).
+    DataLoader workers are forked inside the block and inherit the handler; it ignores the signal in
+    them, so Ctrl-C in a terminal (which signals the whole process group) does not kill the workers
+    while the main process finishes its step.
+    """
+
+    def __init__(self, stream=None):
+        self.signum: int | None = None
+        self.stream = stream or sys.stderr
+        self._pid = os.getpid()
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        if os.getpid() != self._pid:
+            return  # a DataLoader worker: the main process decides when to stop
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            raise TrainingInterrupted(signum, f"{name} again: stopped at once, without a new checkpoint "
+                                              "(the last one on disk is kept)")
+        self.signum = signum
+        try:
+            print(f"\n{name}: finishing this step and saving a checkpoint "
+                  f"({'press Ctrl-C again' if signum == signal.SIGINT else 'send it again'} to stop at once)",
+                  file=self.stream, flush=True)
+        except RuntimeError:  # the signal came in the middle of a write to the same stream (reentrant call)
+            pass
