@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from cnnlab.config import PRECISIONS, check_choice
 from cnnlab.errors import CnnlabError
@@ -62,15 +64,62 @@ def resolve_precision(name: str, device: torch.device, channels_last: bool | Non
         raise CnnlabError("precision=fp16 is not supported on the CPU; use bf16 or fp32")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
     if channels_last is None:
-        # oneDNN and cuDNN pick their fastest convolution kernels for NHWC in reduced precision
-        channels_last = dtype is not None
+        # NHWC is where oneDNN (CPU, in fp32 too: resnet18 +12 %, simple_cnn +46 % training at 224 px on
+        # 2 cores, benchmarks/large_images.py) and cuDNN (reduced precision) have their fastest kernels
+        channels_last = device.type == "cpu" or dtype is not None
     return Precision(name, dtype, channels_last)
 
 
 def default_workers() -> int:
-    """DataLoader workers from the cores this process may use: leave one core for the main process."""
+    """DataLoader workers from the cores this process may use: leave one core for the main process.
+
+    On 2 cores, 2 workers (benchmarks/large_images.py, section d): 0 workers is 1.5-3x slower (loading
+    stops the training steps), 1 and 2 are within noise of each other, and 2 gains when decoding is
+    the bottleneck (no cache); a worker whose prefetch queue is full sleeps, so it costs the model
+    nothing. On 1 core a worker cannot overlap anything and only adds copying: 0.
+    """
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
+    if cores <= 1:
+        return 0
     return max(0, min(8, cores - 1)) if cores > 2 else cores
+
+
+class CompiledOrEager(nn.Module):
+    """Runs torch.compile(model); if compiling fails, warns once and runs the eager model from then on.
+
+    torch.compile compiles at the first call, not when it is called, so a missing C++ compiler or an
+    unsupported op shows up in the first forward pass: that is where the fallback has to be.
+    """
+
+    def __init__(self, model: nn.Module, backend: str | object = "inductor"):
+        super().__init__()
+        self.model = model
+        self.failure: str | None = None
+        try:
+            self.compiled = torch.compile(model, backend=backend)
+        except Exception as error:  # noqa: BLE001 - e.g. a Python version torch.compile does not support
+            self.compiled = None
+            self._fall_back(error)
+
+    def _fall_back(self, error: Exception) -> None:
+        error = getattr(error, "inner_exception", None) or error  # BackendCompilerFailed wraps the cause
+        first_line = (str(error).strip().splitlines() or [""])[0][:200]
+        self.failure = f"{type(error).__name__}: {first_line}"
+        print(f"warning: torch.compile failed ({self.failure}); running the model without it",
+              file=sys.stderr, flush=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.failure is None:
+            try:
+                return self.compiled(x)
+            except Exception as error:  # noqa: BLE001 - compiler errors come in many types
+                self._fall_back(error)
+        return self.model(x)
+
+
+def compile_model(model: nn.Module, backend: str | object = "inductor") -> nn.Module:
+    """The model for forward passes under --compile (save weights from `model` itself, not from this)."""
+    return CompiledOrEager(model, backend)

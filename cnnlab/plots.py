@@ -122,12 +122,15 @@ def lr_find_curve(lrs: list[float], losses: list[float], smoothed: list[float], 
 # --------------------------------------------------------------------------------------------
 
 def compare_models(histories: dict[str, list[dict]], parameters: dict[str, int],
-                   path: str | os.PathLike, title: str = "") -> Path:
-    """Validation accuracy per epoch for each model, and each model's parameter count (log scale)."""
+                   path: str | os.PathLike, title: str = "", chance: float | None = None) -> Path:
+    """Validation accuracy per epoch for each model (and the chance level), and each model's parameter
+    count (log scale)."""
     fig, (ax_acc, ax_params) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, 2]})
     for name, history in histories.items():
         ax_acc.plot([row["epoch"] for row in history], [row["val_acc"] for row in history], "o-", ms=3,
                     label=name)
+    if chance is not None:
+        ax_acc.axhline(chance, color="grey", ls=":", lw=1, label=f"chance ({chance:.2f})")
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("validation accuracy")
     ax_acc.set_ylim(0, 1.02)

@@ -1,9 +1,11 @@
 """The built-in dataset: one geometric shape per image on a cluttered, textured background.
 
-Nothing can be downloaded, so this is what `cnnlab demo` and the tests train on. It is made to need
-spatial features: the shape has a random position, scale, rotation and colour, so an MLP on raw
-pixels does poorly, while a small CNN separates the classes almost perfectly because the shape is
-solid and far in colour from the background under it, and the clutter is thin or small.
+Nothing can be downloaded, so this is the default dataset. It is made to need spatial features:
+the shape has a random position, scale, rotation and colour, so an MLP on raw pixels does poorly,
+while a CNN learns it because the shape is solid and far in brightness from the background under
+it, and the clutter is thin or small. Measured by hand (6 classes, 480 train images at 128 px,
+AdamW + one-cycle, flips and right-angle rotations, 20 epochs): 4-stage CNN 0.875 val
+accuracy, MLP 0.31.
 
 Every image's random numbers come from `np.random.default_rng([seed, class_index, image_index])`,
 so the bytes of a file depend only on the arguments, never on generation order or worker count.
@@ -25,13 +27,14 @@ from cnnlab.errors import CnnlabError
 from cnnlab.images import save_image
 
 # Bump when the drawing code changes, so that an old folder is not mistaken for the new dataset.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MIN_SIZE = 32
 META_NAME = "synth.json"
-SPLITS = ("train", "val")
 
 # Shape extent (diameter of the circle around it) as a fraction of the image side.
 MIN_EXTENT, MAX_EXTENT = 0.25, 0.55
+# Free border around the shape's outer circle, as a fraction of the side.
+MARGIN = 0.05
 
 
 # --------------------------------------------------------------------------------------------
@@ -53,7 +56,7 @@ def _star(points: int, inner: float) -> np.ndarray:
 
 
 def _cross(half_width: float) -> np.ndarray:
-    """Plus sign with arms of length 1 (to the arm's end corner) and the given half width: (12, 2)."""
+    """Plus sign of the given arm half width, arm-end corners on the unit circle: (12, 2)."""
     w = half_width
     arm = math.sqrt(1 - w * w)  # so that the arm-end corners lie on the unit circle
     return np.array([(w, -arm), (w, -w), (arm, -w), (arm, w), (w, w), (w, arm),
@@ -64,7 +67,8 @@ def _heart() -> np.ndarray:
     """The classic parametric heart, centred on its bounding box and scaled into the unit disc."""
     t = np.linspace(0, 2 * math.pi, 96, endpoint=False)
     x = 16 * np.sin(t) ** 3
-    y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))  # image y is down
+    # minus: image y points down, and the heart should stand upright at angle 0
+    y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
     points = np.stack([x, y], 1)
     points -= (points.max(0) + points.min(0)) / 2
     return points / np.linalg.norm(points, axis=1).max()
@@ -114,7 +118,7 @@ def _place(points: np.ndarray, center: np.ndarray, radius: float, angle: float) 
 
 
 def _mask_image(name: str, size: int, center, radius: float, angle: float) -> Image.Image:
-    """Mode-L image, 255 on shape `name` (outer radius `radius`, rotated by `angle`), 0 elsewhere."""
+    """Mode-L (size, size) image: 255 on shape `name`, 0 elsewhere."""
     mask = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(mask)
     for points, fill in SHAPES[name]:
@@ -123,7 +127,7 @@ def _mask_image(name: str, size: int, center, radius: float, angle: float) -> Im
 
 
 def shape_mask(name: str, size: int, center, radius: float, angle: float) -> np.ndarray:
-    """Boolean (size, size) mask of shape `name` with the given centre, outer radius and rotation."""
+    """Boolean (size, size) mask of shape `name` at `center`, outer `radius`, rotated by `angle`."""
     return np.asarray(_mask_image(name, size, center, radius, angle)) > 127
 
 
@@ -139,14 +143,16 @@ def _smooth_noise(rng: np.random.Generator, side: int, grid: int, spread: float)
 
 
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
-    """Low-frequency colour field + mid-frequency texture around a random base colour, RGB."""
+    """Low-frequency colour field + faint mid-frequency texture around a muted base colour, RGB."""
     # Both layers are built at <= 256 px and upsampled once: one full-size resize instead of two,
     # the cost that dominated generation (the texture has no detail finer than 1/40 of the side).
     side = min(size, 256)
-    base = rng.uniform(50, 205, 3)
-    field = _smooth_noise(rng, side, int(rng.integers(3, 7)), spread=32)       # slow colour drift
-    field += _smooth_noise(rng, side, int(rng.integers(20, 40)), spread=14)    # mottled texture
-    small = np.clip(field + base.astype(np.int16), 0, 255).astype(np.uint8)    # (side, side, 3)
+    base = rng.uniform(50, 205) + rng.normal(0, 20, 3)                         # grey + a tint
+    drift = _smooth_noise(rng, side, int(rng.integers(3, 7)), spread=32)       # slow colour drift
+    # Half the drift's chroma: strong colour edges in the background are what slows learning most.
+    drift = (drift + drift.mean(2, keepdims=True).astype(np.int16)) // 2
+    texture = _smooth_noise(rng, side, int(rng.integers(20, 40)), spread=8)    # mottled texture
+    small = np.clip(drift + texture + base.astype(np.int16), 0, 255).astype(np.uint8)  # (s, s, 3)
     return Image.fromarray(small).resize((size, size), Image.BILINEAR)
 
 
@@ -176,10 +182,22 @@ def _clutter(rng: np.random.Generator, draw: ImageDraw.ImageDraw, size: int, lin
         draw.ellipse([x - rx, y - ry, x + rx, y + ry], fill=_random_colour(rng))
 
 
-def _far_colour(rng: np.random.Generator, local: np.ndarray, tries: int = 12) -> tuple[int, int, int]:
-    """The random colour, of `tries`, farthest from `local` (3,): keeps the shape high-contrast."""
-    candidates = rng.integers(0, 256, (tries, 3))
-    best = np.argmax(np.linalg.norm(candidates - local, axis=1))
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma of (..., 3) RGB values."""
+    return rgb @ np.array([0.299, 0.587, 0.114])
+
+
+def _contrasting_colour(rng: np.random.Generator, local: np.ndarray, min_contrast: float = 100,
+                        tries: int = 64) -> tuple[int, int, int]:
+    """A random colour whose luma differs from that of `local` (3,) by >= min_contrast (of 255).
+
+    Luma contrast, not just any colour distance: a small CNN's first filters find light/dark edges
+    within a few epochs, whereas iso-luminant hue edges take it far longer to learn.
+    """
+    candidates = rng.integers(0, 256, (tries, 3))                     # (tries, 3)
+    contrast = np.abs(_luminance(candidates) - _luminance(local))     # (tries,)
+    good = np.nonzero(contrast >= min_contrast)[0]
+    best = good[0] if len(good) else np.argmax(contrast)  # first good one keeps the hue random
     return tuple(int(v) for v in candidates[best])
 
 
@@ -190,9 +208,10 @@ def render(name: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, 
     _clutter(rng, draw, size, lines=int(rng.integers(8, 20)), dots=int(rng.integers(20, 60)),
              blobs=int(rng.integers(3, 10)))
 
-    # Shape: the whole circle around it stays inside the image, so the shape is never cut.
+    # Shape: its whole outer circle stays MARGIN inside the image, so the shape is never cut, not
+    # even by a training crop that keeps 80% of the side.
     radius = rng.uniform(MIN_EXTENT, MAX_EXTENT) * size / 2
-    center = rng.uniform(radius, size - radius, 2)
+    center = rng.uniform(radius + MARGIN * size, size - radius - MARGIN * size, 2)
     mask = _mask_image(name, size, center, radius, angle=rng.uniform(0, 2 * math.pi))
     # Mean colour under the shape, from 64-px thumbnails (cheap, and enough to pick a far colour).
     thumb = min(size, 64)
@@ -200,7 +219,7 @@ def render(name: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, 
     background = np.asarray(image.resize((thumb, thumb), Image.NEAREST))[under]     # (n, 3)
     local = background.mean(0) if len(background) else np.full(3, 128.0)
     box = mask.getbbox()  # paste only inside the shape's bounding box: 3-10x less work
-    image.paste(_far_colour(rng, local), box, mask.crop(box))
+    image.paste(_contrasting_colour(rng, local), box, mask.crop(box))
 
     # A few thin lines across everything, the shape included: partial occlusion, not a new shape.
     _clutter(rng, draw, size, lines=int(rng.integers(1, 5)), dots=0, blobs=0)
@@ -239,7 +258,8 @@ class SynthSummary:
         head = (f"{self.out_dir} already holds this dataset; nothing written" if self.reused else
                 f"wrote {total} images of {self.size}x{self.size} px to {self.out_dir} "
                 f"in {self.seconds:.1f} s")
-        splits = ", ".join(f"{split}: {n} ({per[split]} per class)" for split, n in self.counts.items())
+        splits = ", ".join(f"{split}: {n} ({per[split]} per class)"
+                           for split, n in self.counts.items())
         return f"{head}\n  {splits}\n  classes: {', '.join(self.classes)}"
 
 
@@ -253,9 +273,9 @@ def _check(classes: int, per_class: int, size: int, seed: int, val_fraction: flo
         raise CnnlabError(f"val_fraction={val_fraction}: must be between 0 and 1 (e.g. 0.2)")
     n_val = round(per_class * val_fraction)
     if per_class < 2 or n_val < 1 or n_val >= per_class:
-        raise CnnlabError(f"per_class={per_class} with val_fraction={val_fraction} gives {n_val} val "
-                          f"and {per_class - n_val} train images per class; each split needs at "
-                          f"least 1, so raise per_class")
+        raise CnnlabError(f"per_class={per_class} with val_fraction={val_fraction} gives {n_val} "
+                          f"val and {per_class - n_val} train images per class; each split needs "
+                          f"at least 1, so raise per_class")
     if size < MIN_SIZE:
         raise CnnlabError(f"size={size}: images must be at least {MIN_SIZE} px")
     if seed < 0:
@@ -268,12 +288,17 @@ def _check(classes: int, per_class: int, size: int, seed: int, val_fraction: flo
 
 
 def _jobs(root: Path, names: list[str], per_class: int, n_val: int) -> list[tuple[int, int, Path]]:
-    """(class index, image index, file path) for every image: the last n_val of each class are val."""
-    return [(c, i, root / ("val" if i >= per_class - n_val else "train") / name / f"{name}_{i:04d}.jpg")
-            for c, name in enumerate(names) for i in range(per_class)]
+    """(class index, image index, file path) per image; the last n_val of each class are val."""
+    jobs = []
+    for c, name in enumerate(names):
+        for i in range(per_class):
+            split = "val" if i >= per_class - n_val else "train"
+            jobs.append((c, i, root / split / name / f"{name}_{i:04d}.jpg"))
+    return jobs
 
 
-def _write_one(seed: int, class_index: int, index: int, size: int, quality: int, path: Path) -> None:
+def _write_one(seed: int, class_index: int, index: int, size: int, quality: int,
+               path: Path) -> None:
     """Render and save one image; its RNG depends only on (seed, class, index)."""
     rng = np.random.default_rng([seed, class_index, index])
     pixels, _ = render(SHAPE_NAMES[class_index], size, rng)
@@ -298,8 +323,8 @@ def _reusable(root: Path, params: dict, jobs: list) -> bool:
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError):
-        raise CnnlabError(f"{root} is not empty and holds no readable {META_NAME}; refusing to write "
-                          f"into it. Choose a new or empty folder") from None
+        raise CnnlabError(f"{root} is not empty and holds no readable {META_NAME}; refusing to "
+                          f"write into it. Choose a new or empty folder") from None
     old = meta.get("parameters", {})
     if old != params:
         changed = ", ".join(f"{k} {old.get(k)!r} there, {v!r} asked"
@@ -312,7 +337,7 @@ def _reusable(root: Path, params: dict, jobs: list) -> bool:
 
 def synthesize(out_dir, classes: int = 6, per_class: int = 100, size: int = 1024, seed: int = 0,
                val_fraction: float = 0.2, quality: int = 90, workers: int = 1) -> SynthSummary:
-    """Write OUT_DIR/{train,val}/<class>/<class>_NNNN.jpg and OUT_DIR/synth.json; same args, same bytes."""
+    """Write out_dir/{train,val}/<class>/<class>_NNNN.jpg + synth.json; same args, same bytes."""
     n_val = _check(classes, per_class, size, seed, val_fraction, quality, workers)
     root = Path(out_dir)
     names = list(SHAPE_NAMES[:classes])
@@ -326,7 +351,7 @@ def synthesize(out_dir, classes: int = 6, per_class: int = 100, size: int = 1024
     start = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
     meta = {"parameters": params, "class_names": names, "counts": counts, "complete": False}
-    # Written first with complete=False so that an interrupted run is recognised as ours and redone.
+    # Written first, complete=False, so that an interrupted run is recognised as ours and redone.
     (root / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
     args = [(seed, c, i, size, quality, path) for c, i, path in jobs]
     if workers == 1:
