@@ -7,6 +7,12 @@ The public API, one plain function per CLI command (same arguments):
     cnnlab.evaluate(run_dir, data=None, split="val")                         # cnnlab eval
     cnnlab.predict(run_dir, [paths], top_k=3)                                # cnnlab predict
     cnnlab.create_model(name, num_classes, **options), cnnlab.list_models()  # cnnlab models
+    cnnlab.summarize_model("simple_cnn", "3x1000x1000")                       # cnnlab summary
+    cnnlab.filter_image(path, kernel="sobel-x"), cnnlab.inspect_run(run, img) # cnnlab filter / inspect
+    cnnlab.diagnose(history), cnnlab.write_report(run_dir)                   # verdict / report.html
+    cnnlab.find_lr(data=...), cnnlab.augment_preview(data), cnnlab.compare(data)
+    cnnlab.check_dataset(root)                                               # cnnlab data check
+    cnnlab.fit(resume=run_dir)                                               # cnnlab train --resume
 
 Names are resolved lazily (PEP 562) so that `cnnlab --help` does not import torch.
 """
@@ -35,6 +41,15 @@ _EXPORTS = {
     "diagnose": "cnnlab.diagnose",
     "check_dataset": "cnnlab.datacheck",
     "demo": "cnnlab.demo",
+    "summarize_model": "cnnlab.summary",
+    "summary": "cnnlab.summary",
+    "filter_image": "cnnlab.filters",
+    "inspect_run": "cnnlab.inspect_run",
+    "write_report": "cnnlab.report",
+    "find_lr": "cnnlab.lr_find",
+    "lr_find": "cnnlab.lr_find",
+    "augment_preview": "cnnlab.augment_preview",
+    "compare": "cnnlab.compare",
 }
 
 __all__ = ["CnnlabError", "ImageReadError", *_EXPORTS]

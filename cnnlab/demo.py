@@ -14,10 +14,15 @@ from cnnlab.evaluate import evaluate
 from cnnlab.synth import synthesize
 from cnnlab.train import TrainResult, fit
 
-# The built-in dataset: 6 shape classes, 100 large (1024 px) images each.
-DEMO_SYNTH = {"classes": 6, "per_class": 100, "size": 1024, "seed": 0}
-# Chosen so the demo reaches >= 0.95 validation accuracy in about 3 minutes on 2 CPU cores.
-DEMO_TRAIN = {"model": "simple_cnn", "img_size": 128, "epochs": 10, "batch_size": 32}
+# The built-in dataset: 6 shape classes, 300 large (1024 px) photos-to-be each. 300 rather than the
+# synth default of 100: with 80 training images per class the network memorises the backgrounds
+# before it generalises (val accuracy stalls near 0.85); with 240 it reaches >= 0.95.
+DEMO_SYNTH = {"classes": 6, "per_class": 300, "size": 1024, "seed": 0, "workers": 2}
+# Chosen so that the demo reaches >= 0.95 validation accuracy in about 3 minutes on 2 CPU cores:
+# the images are decoded once into the cache at 74 px, and a narrow simple_cnn at 64 px trains at a
+# few hundred images/s. Dropout 0.2: the augmentation already regularises, 0.5 slows learning here.
+DEMO_TRAIN = {"model": "simple_cnn", "img_size": 64, "epochs": 20, "batch_size": 32, "dropout": 0.2,
+              "lr": 3e-3, "model_options": {"widths": [16, 32, 64, 128]}}
 
 
 def default_data_dir() -> Path:
