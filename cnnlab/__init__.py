@@ -10,7 +10,7 @@ The public API, one plain function per CLI command (same arguments):
     cnnlab.summarize_model("simple_cnn", "3x1000x1000")                       # cnnlab summary
     cnnlab.filter_image(path, kernel="sobel-x"), cnnlab.inspect_run(run, img) # cnnlab filter / inspect
     cnnlab.diagnose(history), cnnlab.write_report(run_dir)                   # verdict / report.html
-    cnnlab.find_lr(data=...), cnnlab.augment_preview(data), cnnlab.compare(data)
+    cnnlab.find_lr(data=...)                                                 # cnnlab lr-find
     cnnlab.check_dataset(root)                                               # cnnlab data check
     cnnlab.fit(resume=run_dir)                                               # cnnlab train --resume
 
@@ -38,18 +38,14 @@ _EXPORTS = {
     "find_samples": "cnnlab.data",
     "read_image": "cnnlab.images",
     "synthesize": "cnnlab.synth",
-    "diagnose": "cnnlab.diagnose",
+    "diagnose": "cnnlab.diagnosis",
     "check_dataset": "cnnlab.datacheck",
-    "demo": "cnnlab.demo",
-    "summarize_model": "cnnlab.summary",
-    "summary": "cnnlab.summary",
+    "summarize_model": "cnnlab.model_summary",
+    "summary": "cnnlab.model_summary",
     "filter_image": "cnnlab.filters",
     "inspect_run": "cnnlab.inspect_run",
     "write_report": "cnnlab.report",
     "find_lr": "cnnlab.lr_find",
-    "lr_find": "cnnlab.lr_find",
-    "augment_preview": "cnnlab.augment_preview",
-    "compare": "cnnlab.compare",
 }
 
 __all__ = ["CnnlabError", "ImageReadError", *_EXPORTS]

@@ -18,9 +18,10 @@ uint8 pixels. A cached image is then a memory copy and the transforms' first Res
 
 Nothing stale is served: every open compares each file's size and mtime with the index; changed
 and added files are decoded and appended. Entries of changed and removed files become dead bytes at
-that update, and the store is compacted once more than half of it is dead. The store's key covers the folder, the size, the
-pixel cap and the decoder (cnnlab/images.py's source, Pillow and torchvision versions), so a change
-to any of them starts a new store instead of serving pixels decoded another way.
+that update, and the store is compacted once more than half of it is dead. The store's key covers
+the folder, the size, the pixel cap and the decoder (cnnlab/images.py's source, the Pillow and
+torchvision versions), so a change to any of them starts a new store instead of serving pixels
+decoded another way; `eval` and `predict` (one pass) only reuse a store that exists, never build one.
 """
 
 from __future__ import annotations

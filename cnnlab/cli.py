@@ -303,7 +303,7 @@ def summary_command(
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON instead."),
 ) -> None:
     """Layer table for one input size: shapes, parameters, MACs, receptive field, memory; vs an MLP."""
-    from cnnlab.summary import summarize_model
+    from cnnlab.model_summary import summarize_model
 
     result = summarize_model(model, input, num_classes=num_classes, mlp_hidden=mlp_hidden,
                              **_parse_model_options(model_option))

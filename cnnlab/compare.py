@@ -64,7 +64,7 @@ def compare(data: str, models: tuple[str, ...] | list[str] = ("mlp", "simple_cnn
     `model_options` maps a model name to its extra factory options; `train_options` are TrainConfig fields
     shared by every model."""
     from cnnlab import plots
-    from cnnlab.diagnose import diagnose
+    from cnnlab.diagnosis import diagnose
     from cnnlab.models import list_models
     from cnnlab.runfolder import write_json, write_text
     from cnnlab.train import fit

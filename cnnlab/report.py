@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from cnnlab.diagnose import Diagnosis, diagnose
+from cnnlab.diagnosis import Diagnosis, diagnose
 from cnnlab.errors import CnnlabError
 from cnnlab.images import image_size
 from cnnlab.runfolder import read_json, read_metrics, write_json, write_text
@@ -465,7 +465,7 @@ def _model(run: _RunFiles) -> tuple[str, str, str]:
 def _layer_summary(name: str, options: dict, num_classes: int, img_size: int | None):
     """cnnlab.summary's ModelSummary for the run's input size, or None (module absent, or it cannot)."""
     try:
-        from cnnlab.summary import summarize_model
+        from cnnlab.model_summary import summarize_model
     except ImportError:  # the summary module is optional for the report
         return None
     if not img_size:

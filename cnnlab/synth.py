@@ -2,8 +2,7 @@
 
 Nothing can be downloaded, so this is the default dataset. It is made to need spatial features:
 the shape has a random position, scale, rotation and colour, so an MLP on raw pixels does poorly,
-while a CNN learns it because the shape is solid and far in brightness from the background under
-it, and the clutter is thin or small. Measured by hand (6 classes, 480 train images at 128 px,
+while a CNN learns it because the shape is solid and much lighter than the background under it, and the clutter is thin or small. Measured by hand (6 classes, 480 train images at 128 px,
 AdamW + one-cycle, flips and right-angle rotations, 20 epochs): 4-stage CNN 0.875 val
 accuracy, MLP 0.31.
 
@@ -143,15 +142,16 @@ def _smooth_noise(rng: np.random.Generator, side: int, grid: int, spread: float)
 
 
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
-    """Low-frequency colour field + faint mid-frequency texture around a muted base colour, RGB."""
+    """Dark-to-mid, muted colour field + faint mid-frequency texture: RGB (size, size)."""
     # Both layers are built at <= 256 px and upsampled once: one full-size resize instead of two,
     # the cost that dominated generation (the texture has no detail finer than 1/40 of the side).
     side = min(size, 256)
-    base = rng.uniform(50, 205) + rng.normal(0, 20, 3)                         # grey + a tint
-    drift = _smooth_noise(rng, side, int(rng.integers(3, 7)), spread=32)       # slow colour drift
+    # Luma stays below ~160, so that a shape 100 levels lighter always exists (see render).
+    base = rng.uniform(25, 115) + rng.normal(0, 15, 3)                         # grey + a tint
+    drift = _smooth_noise(rng, side, int(rng.integers(3, 7)), spread=20)       # slow colour drift
     # Half the drift's chroma: strong colour edges in the background are what slows learning most.
     drift = (drift + drift.mean(2, keepdims=True).astype(np.int16)) // 2
-    texture = _smooth_noise(rng, side, int(rng.integers(20, 40)), spread=8)    # mottled texture
+    texture = _smooth_noise(rng, side, int(rng.integers(20, 40)), spread=6)    # mottled texture
     small = np.clip(drift + texture + base.astype(np.int16), 0, 255).astype(np.uint8)  # (s, s, 3)
     return Image.fromarray(small).resize((size, size), Image.BILINEAR)
 
@@ -187,15 +187,16 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
     return rgb @ np.array([0.299, 0.587, 0.114])
 
 
-def _contrasting_colour(rng: np.random.Generator, local: np.ndarray, min_contrast: float = 100,
-                        tries: int = 64) -> tuple[int, int, int]:
-    """A random colour whose luma differs from that of `local` (3,) by >= min_contrast (of 255).
+def _lighter_colour(rng: np.random.Generator, local: np.ndarray, min_contrast: float = 100,
+                    tries: int = 64) -> tuple[int, int, int]:
+    """A random colour whose luma is >= min_contrast (of 255) above that of `local` (3,).
 
-    Luma contrast, not just any colour distance: a small CNN's first filters find light/dark edges
-    within a few epochs, whereas iso-luminant hue edges take it far longer to learn.
+    Luma contrast, not just any colour distance, and always light-on-dark: a small CNN's first
+    filters find light/dark edges of one polarity within a few epochs, while iso-luminant hue edges
+    or edges of either sign take it longer (measured by hand: ~0.1 more val accuracy at 10 epochs).
     """
-    candidates = rng.integers(0, 256, (tries, 3))                     # (tries, 3)
-    contrast = np.abs(_luminance(candidates) - _luminance(local))     # (tries,)
+    candidates = rng.integers(0, 256, (tries, 3))                      # (tries, 3)
+    contrast = _luminance(candidates) - _luminance(local)              # (tries,)
     good = np.nonzero(contrast >= min_contrast)[0]
     best = good[0] if len(good) else np.argmax(contrast)  # first good one keeps the hue random
     return tuple(int(v) for v in candidates[best])
@@ -219,7 +220,7 @@ def render(name: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, 
     background = np.asarray(image.resize((thumb, thumb), Image.NEAREST))[under]     # (n, 3)
     local = background.mean(0) if len(background) else np.full(3, 128.0)
     box = mask.getbbox()  # paste only inside the shape's bounding box: 3-10x less work
-    image.paste(_contrasting_colour(rng, local), box, mask.crop(box))
+    image.paste(_lighter_colour(rng, local), box, mask.crop(box))
 
     # A few thin lines across everything, the shape included: partial occlusion, not a new shape.
     _clutter(rng, draw, size, lines=int(rng.integers(1, 5)), dots=0, blobs=0)

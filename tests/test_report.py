@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cnnlab.diagnose import Diagnosis, diagnose
+from cnnlab.diagnosis import Diagnosis, diagnose
 from cnnlab.images import read_pil
 from cnnlab.report import SECTION_IDS, write_report
 from cnnlab.runfolder import read_metrics
@@ -156,6 +156,8 @@ def test_image_sizes_come_from_the_data_folder_or_say_it_is_gone(tiny_run, tmp_p
 
 def test_augmentation_preview_is_embedded_when_present(tiny_run, tmp_path):
     run = _copy_run(tiny_run.run_dir, tmp_path / "run", evaluated=False)
+    # train writes a preview itself; without one the report says how to make it
+    (run / "augment_preview.png").unlink(missing_ok=True)
     assert "No augmentation preview in this run folder yet" in write_report(run).read_text(encoding="utf-8")
     shutil.copy(run / "learning_curves.png", run / "augment_preview.png")
     text = write_report(run).read_text(encoding="utf-8")

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.scratch import output_size_info
-from cnnlab.summary import ModelSummary, ShapeCheckError, parse_input_shape, summarize_model, summary
+from cnnlab.model_summary import ModelSummary, ShapeCheckError, parse_input_shape, summarize_model, summary
 
 
 def _real_leaf_shapes(model: nn.Module, shape: tuple) -> list[tuple]:
@@ -152,7 +152,7 @@ def test_falls_back_to_a_real_forward_when_meta_cannot_run():
 
 
 def test_a_wrong_formula_would_be_caught(monkeypatch):
-    from cnnlab import summary as module
+    from cnnlab import model_summary as module
     from cnnlab.scratch import OutputSize
 
     monkeypatch.setattr(module, "output_size_info", lambda *args: OutputSize(size=1, exact=True, dropped=0))

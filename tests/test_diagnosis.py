@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from cnnlab import diagnose as dg
-from cnnlab.diagnose import (DIVERGING, GOOD_FIT, OVERFITTING, PLATEAU, TOO_FEW_VAL, UNDERFITTING, Diagnosis,
+from cnnlab import diagnosis as dg
+from cnnlab.diagnosis import (DIVERGING, GOOD_FIT, OVERFITTING, PLATEAU, TOO_FEW_VAL, UNDERFITTING, Diagnosis,
                              Verdict, diagnose, wilson_interval)
 
 
