@@ -11,7 +11,7 @@ from platformdirs import user_cache_dir
 
 from cnnlab.config import TrainConfig
 from cnnlab.evaluate import evaluate
-from cnnlab.synth import synthesize
+from cnnlab.synth import GENERATOR_VERSION, synthesize
 from cnnlab.train import TrainResult, fit
 
 # The built-in dataset: 6 shape classes, 300 large (1024 px) photos-to-be each. 300 rather than the
@@ -28,7 +28,8 @@ DEMO_TRAIN = {"model": "simple_cnn", "img_size": 64, "epochs": 20, "batch_size":
 def default_data_dir() -> Path:
     """Where the built-in dataset is kept between demos ($CNNLAB_CACHE or the user's cache dir)."""
     root = os.environ.get("CNNLAB_CACHE") or user_cache_dir("cnnlab")
-    return Path(root) / "datasets" / "shapes-{classes}x{per_class}-{size}px-seed{seed}".format(**DEMO_SYNTH)
+    name = "shapes-v{version}-{classes}x{per_class}-{size}px-seed{seed}".format(version=GENERATOR_VERSION, **DEMO_SYNTH)
+    return Path(root) / "datasets" / name
 
 
 def demo(data: str | None = None, out: str = "runs/demo", epochs: int | None = None) -> TrainResult:

@@ -2,9 +2,10 @@
 
 Nothing can be downloaded, so this is the default dataset. It is made to need spatial features:
 the shape has a random position, scale, rotation and colour, so an MLP on raw pixels does poorly,
-while a CNN learns it because the shape is solid and much lighter than the background under it, and the clutter is thin or small. Measured by hand (6 classes, 480 train images at 128 px,
-AdamW + one-cycle, flips and right-angle rotations, 20 epochs): 4-stage CNN 0.875 val
-accuracy, MLP 0.31.
+while a CNN learns it because the shape is solid and much lighter than the background under it,
+and the clutter is thin or small. Measured by hand (6 classes, 480 train images at 128 px, a
+4-stage CNN, AdamW + one-cycle, flips and right-angle rotations): 0.73 val accuracy after 10
+epochs and still rising (0.875 after 20 with an earlier background); an MLP stays near 0.3.
 
 Every image's random numbers come from `np.random.default_rng([seed, class_index, image_index])`,
 so the bytes of a file depend only on the arguments, never on generation order or worker count.
@@ -146,7 +147,7 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
     # Both layers are built at <= 256 px and upsampled once: one full-size resize instead of two,
     # the cost that dominated generation (the texture has no detail finer than 1/40 of the side).
     side = min(size, 256)
-    # Luma stays below ~160, so that a shape 100 levels lighter always exists (see render).
+    # Luma mostly below ~155, so that a colour 100 levels lighter exists for the shape.
     base = rng.uniform(25, 115) + rng.normal(0, 15, 3)                         # grey + a tint
     drift = _smooth_noise(rng, side, int(rng.integers(3, 7)), spread=20)       # slow colour drift
     # Half the drift's chroma: strong colour edges in the background are what slows learning most.
@@ -176,7 +177,7 @@ def _clutter(rng: np.random.Generator, draw: ImageDraw.ImageDraw, size: int, lin
         r = rng.uniform(0.5, max(1.0, size / 200))
         draw.ellipse([x - r, y - r, x + r, y + r], fill=_random_colour(rng))
     for _ in range(blobs):
-        # at most 3% of the side in radius: a tenth of the smallest shape's area at most
+        # radius <= 3% of the side, against >= 12.5% for the smallest shape's outer circle
         x, y = rng.uniform(0, size, 2)
         rx, ry = rng.uniform(0.008, 0.03, 2) * size
         draw.ellipse([x - rx, y - ry, x + rx, y + ry], fill=_random_colour(rng))
@@ -193,7 +194,7 @@ def _lighter_colour(rng: np.random.Generator, local: np.ndarray, min_contrast: f
 
     Luma contrast, not just any colour distance, and always light-on-dark: a small CNN's first
     filters find light/dark edges of one polarity within a few epochs, while iso-luminant hue edges
-    or edges of either sign take it longer (measured by hand: ~0.1 more val accuracy at 10 epochs).
+    or edges of either sign take it longer (measured by hand: +0.05-0.1 val accuracy at 10 epochs).
     """
     candidates = rng.integers(0, 256, (tries, 3))                      # (tries, 3)
     contrast = _luminance(candidates) - _luminance(local)              # (tries,)
@@ -214,7 +215,7 @@ def render(name: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, 
     radius = rng.uniform(MIN_EXTENT, MAX_EXTENT) * size / 2
     center = rng.uniform(radius + MARGIN * size, size - radius - MARGIN * size, 2)
     mask = _mask_image(name, size, center, radius, angle=rng.uniform(0, 2 * math.pi))
-    # Mean colour under the shape, from 64-px thumbnails (cheap, and enough to pick a far colour).
+    # Mean colour under the shape, from 64-px thumbnails (cheap, and enough to pick a contrast).
     thumb = min(size, 64)
     under = np.asarray(mask.resize((thumb, thumb), Image.NEAREST)) > 127            # (t, t)
     background = np.asarray(image.resize((thumb, thumb), Image.NEAREST))[under]     # (n, 3)

@@ -341,3 +341,20 @@ def test_describe_and_to_dict():
 def test_verdict_strings_are_stable():
     assert [str(v) for v in Verdict] == ["underfitting", "overfitting", "good_fit", "plateau", "diverging",
                                          "too_few_val"]
+
+
+def test_a_deliberately_overfitting_run_is_diagnosed_with_its_best_epoch(tmp_path):
+    """Few training images, many validation images, no augmentation, no dropout, many epochs."""
+    from cnnlab.synth import synthesize
+    from cnnlab.train import fit
+
+    data = tmp_path / "few"
+    synthesize(data, classes=3, per_class=60, size=128, seed=1, val_fraction=0.75)  # 15 train, 45 val per class
+    result = fit(data=str(data), img_size=32, epochs=15, augment="none", dropout=0.0, weight_decay=0.0,
+                 schedule="constant", lr=1e-3, batch_size=16, workers=0, out=str(tmp_path / "run"),
+                 cache="off", model_options={"widths": [16, 32]}, verbose=False)
+    verdict = result.extras["diagnosis"]
+    lowest = min(result.history, key=lambda row: row["val_loss"])["epoch"]
+    assert verdict.verdict == dg.OVERFITTING
+    assert verdict.best_epoch == lowest == result.best_epoch
+    assert result.history[-1]["train_loss"] < result.history[lowest - 1]["train_loss"]
