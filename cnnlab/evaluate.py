@@ -120,13 +120,15 @@ def load_split(run_dir: Path, info: RunInfo, data: str | None, split: str) -> tu
 
 def evaluate(run_dir: str | os.PathLike, data: str | None = None, split: str = "val", which: str = "best",
              batch_size: int = 64, device: str = "auto", workers: int | None = None,
-             cache: str | None = None, top_losses: int = 16, verbose: bool = True) -> EvalResult:
+             cache: str | None = None, top_losses: int = 16, max_bad: float | None = None,
+             verbose: bool = True) -> EvalResult:
     """Evaluate a run's weights on a split; writes eval_<split>.json, its plots, and updates report.html.
 
     Plots: confusion_matrix_<split>.png (counts and normalised per true class), top_losses_<split>.png (the
     `top_losses` images with the highest loss) and reliability_<split>.png (calibration).
     `cache` (auto, disk, ram, off; None = the run's setting): decoded images come from the training
-    run's cache when it exists (see cnnlab.cache.open_cache, one_pass).
+    run's cache when it exists (see cnnlab.cache.open_cache, one_pass). Unreadable images are skipped
+    with one warning each; more than `max_bad` (None = the run's setting) of the split is an error.
     """
     run_dir = Path(run_dir)
     model, info = load_model(run_dir, which)
@@ -148,6 +150,11 @@ def evaluate(run_dir: str | os.PathLike, data: str | None = None, split: str = "
     logits, labels, indices = collect_logits(model, loader, torch_device, precision, f"eval {split}", show_progress=verbose)
     if len(labels) == 0:
         raise CnnlabError(f"no readable images in the {split} split")
+    unreadable = len(samples) - len(labels)  # each was skipped with one warning line naming it
+    limit = config.get("max_bad", 0.05) if max_bad is None else max_bad
+    if unreadable > limit * len(samples):
+        raise CnnlabError(f"{unreadable} of {len(samples)} images in the {split} split are unreadable "
+                          f"(more than max_bad={limit:.0%}); run `cnnlab data check` to find and quarantine them")
     loss, accuracy = loss_and_accuracy(logits, labels)
     predictions = logits.argmax(1).numpy()
     matrix = confusion_matrix(labels.numpy(), predictions, info.num_classes)

@@ -81,6 +81,9 @@ def test_evaluate_skips_an_unreadable_val_image(tiny_data, tmp_path, capfd):
     saved = json.loads((run.run_dir / "eval_val.json").read_text())
     assert saved["images"] == 11  # 12 val images, one unreadable
     assert result.accuracy == pytest.approx(saved["accuracy"])
+    # 1 of 12 (8 %) is over a 5 % limit: a clear error naming the split and the count
+    with pytest.raises(CnnlabError, match=r"1 of 12 images in the val split are unreadable"):
+        evaluate(run.run_dir, split="val", workers=0, max_bad=0.05, verbose=False)
 
 
 @pytest.mark.parametrize("cache", ["off", "ram"])
