@@ -10,7 +10,7 @@ count and batch size 32, so the ratios are fair even on a machine whose speed ch
   cnnlab   ImageDataset + the resolution cache (cnnlab.cache) + the v2 preset on uint8 tensors
 
 Sections:
-  (a) data loading into 224 px training batches, images/s: first epoch (cache build included) and later
+  (a) data loading into 224 px training batches, images/s: first epoch (cache build included), epochs 2-4
   (a') where the time of one image goes, per step, on one core
   (b) training compute at 224 px on in-memory tensors: fp32 (lecture: NCHW), fp32 channels_last, auto
   (c) compute-bound fraction: cnnlab's epoch on real files vs the same steps on in-memory tensors
@@ -65,9 +65,12 @@ RESULTS_DIR = HERE / "results"
 IMG_SIZE = 224
 BATCH_SIZE = 32
 # (width, height, images): enough batches per epoch to time on 2 cores in a few seconds each.
-SIZES = [(1024, 768, 96), (2000, 1500, 96), (4000, 3000, 32)]
+SIZES = [(1024, 768, 96), (2000, 1500, 160), (4000, 3000, 32)]
 QUICK_SIZES = [(1024, 768, 32), (2000, 1500, 32), (4000, 3000, 16)]
 CLASSES = 2
+# Images per epoch in sections (c) and (d): five batches, so that waiting for the first batch of an
+# epoch (the workers' queue is empty when it starts) weighs little, as in real epochs.
+FRACTION_IMAGES = 160
 TARGETS = {"first_epoch": 2.5, "cached_epoch": 20.0, "auto_vs_fp32": 2.5, "compute_fraction": 0.90}
 
 
@@ -218,7 +221,7 @@ def section_loading(sets: list[tuple[str, Path, list[Sample]]], workers: int, sc
         lecture_times = [one_epoch(lecture, 1)]
         ours, build = cnnlab_loader(samples, workers, "disk", str(cache_dir))
         our_times = [one_epoch(ours, 1)]
-        for epoch in (2, 3):
+        for epoch in (2, 3, 4):
             lecture_times.append(one_epoch(lecture, epoch))
             our_times.append(one_epoch(ours, epoch))
         del lecture, ours  # stop their workers
@@ -288,13 +291,15 @@ def section_breakdown(sets: list[tuple[str, Path, list[Sample]]], scratch: Path,
     return rows
 
 
-def section_compute(models: list[str], rounds: int, threads: int | None = None) -> list[dict]:
+def section_compute(models: list[str], rounds: int, threads: int | None = None,
+                    variants: tuple[str, ...] = ("fp32_nchw", "fp32_cl", "auto")) -> list[dict]:
     """(b) training images/s on in-memory tensors: fp32 NCHW (lecture), fp32 channels_last, auto.
 
     With `threads`, torch runs on that many threads: one thread shows the per-core ratio, which
     other jobs on the machine disturb far less than two threads meeting at every barrier.
     """
-    variants = {"fp32_nchw": ("fp32", False), "fp32_cl": ("fp32", True), "auto": ("auto", None)}
+    options = {"fp32_nchw": ("fp32", False), "fp32_cl": ("fp32", True), "auto": ("auto", None)}
+    variants = {label: options[label] for label in variants}
     rows = []
     saved_threads = torch.get_num_threads()
     for model_name in models:
@@ -314,11 +319,11 @@ def section_compute(models: list[str], rounds: int, threads: int | None = None) 
         auto = steps["auto"][1]
         row["auto_is"] = auto.name + (" + channels_last" if auto.channels_last else "")
         row["ratio_auto"] = row["auto"] / row["fp32_nchw"]
-        row["ratio_auto_cl"] = row["auto"] / row["fp32_cl"]
+        row["ratio_auto_cl"] = row["auto"] / row["fp32_cl"] if "fp32_cl" in row else float("nan")
         rows.append(row)
         del steps
-        print(f"(b) {model_name}: fp32 {row['fp32_nchw']:.1f}, fp32 CL {row['fp32_cl']:.1f}, auto "
-              f"{row['auto']:.1f} img/s", file=sys.stderr, flush=True)
+        print(f"(b) {row['model']}: " + ", ".join(f"{label} {row[label]:.1f}" for label in variants) + " img/s",
+              file=sys.stderr, flush=True)
     return rows
 
 
@@ -362,7 +367,8 @@ def section_workers(name: str, samples: list[Sample], model_name: str, scratch: 
     rows = [{"cache": cache, "workers": workers, "epoch": min(times[cache, workers]),
              "rate": len(samples) / min(times[cache, workers])} for cache, workers in configs]
     for row in rows:
-        print(f"(d) cache {row['cache']}, {row['workers']} workers: {row['rate']:.1f} img/s", file=sys.stderr, flush=True)
+        print(f"(d) cache {row['cache']}, {row['workers']} workers: {row['rate']:.1f} img/s", file=sys.stderr,
+              flush=True)
     return rows
 
 
@@ -404,10 +410,12 @@ def report(info: dict, args, loading, breakdown, compute, fraction, workers_rows
     lines.append(f"| load average at start / end | {info['load'][0]:.1f} / {os.getloadavg()[0]:.1f} "
                  f"(other jobs share these cores: absolute numbers vary, the side-by-side ratios less) |")
     lines += ["", f"Batch size {BATCH_SIZE}, crops of {IMG_SIZE} px, {args.workers} DataLoader workers for both "
-              f"pipelines, cache short side {decode_size(IMG_SIZE)} px.", "",
+              f"pipelines in (a), cnnlab's default ({default_workers()}) in (c); cache short side "
+              f"{decode_size(IMG_SIZE)} px.", "",
               "## (a) Data loading into training batches (images/s, higher is better)", "",
-              "| data | images | lecture epoch 1 | lecture epochs 2-3 | cnnlab uncached | cnnlab epoch 1 (cache build incl.) "
-              "| cnnlab epochs 2-3 | **ratio epoch 1** | **ratio later** | cache only, crop (no rotation/jitter) "
+              "| data | images | lecture epoch 1 | lecture epochs 2-4 | cnnlab uncached "
+              "| cnnlab epoch 1 (cache build incl.) "
+              "| cnnlab epochs 2-4 | **ratio epoch 1** | **ratio later** | cache only, crop (no rotation/jitter) "
               "| cache build | cache on disk |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in loading:
@@ -425,28 +433,37 @@ def report(info: dict, args, loading, breakdown, compute, fraction, workers_rows
         lecture = r["decode_full"] + r["resize_full"] + r["augment_pil"]
         cached = r["cache_read"] + r["augment_tensor"]
         lines.append(f"| {r['data']} | {r['decode_full']:.1f} | {r['resize_full']:.1f} | {r['augment_pil']:.1f} | "
-                     f"**{lecture:.1f}** | {r['decode_reduced']:.1f} ({lecture / r['decode_reduced']:.1f}x less "
-                     f"than the lecture total) | {r['cache_read']:.2f} | {r['augment_tensor']:.1f} | "
-                     f"{r['color_jitter']:.1f} | {r['rotation']:.1f} | **{cached:.1f}** ({lecture / cached:.1f}x less) |")
+                     f"**{lecture:.1f}** | {r['decode_reduced']:.1f} (lecture / this: "
+                     f"{lecture / r['decode_reduced']:.1f}x) | {r['cache_read']:.2f} | {r['augment_tensor']:.1f} | "
+                     f"{r['color_jitter']:.1f} | {r['rotation']:.1f} | **{cached:.1f}** "
+                     f"(lecture / this: {lecture / cached:.1f}x) |")
     lines += ["", "## (b) Training compute at 224 px on in-memory tensors (images/s)", "",
               "| model | fp32 NCHW (lecture) | fp32 channels_last | auto | auto is | **auto / fp32** "
               "| auto / fp32 channels_last | epoch of 1,000 images: fp32 / auto |",
               "|---|---|---|---|---|---|---|---|"]
     for r in compute:
-        lines.append(f"| {r['model']} | {r['fp32_nchw']:.1f} | {r['fp32_cl']:.1f} | {r['auto']:.1f} | {r['auto_is']} "
-                     f"| **{r['ratio_auto']:.2f}x** | {r['ratio_auto_cl']:.2f}x | {1000 / r['fp32_nchw']:.0f} s / "
+        fp32_cl = f"{r['fp32_cl']:.1f}" if "fp32_cl" in r else "-"
+        ratio_cl = f"{r['ratio_auto_cl']:.2f}x" if "fp32_cl" in r else "-"
+        lines.append(f"| {r['model']} | {r['fp32_nchw']:.1f} | {fp32_cl} | {r['auto']:.1f} | {r['auto_is']} "
+                     f"| **{r['ratio_auto']:.2f}x** | {ratio_cl} | {1000 / r['fp32_nchw']:.0f} s / "
                      f"{1000 / r['auto']:.0f} s |")
-    lines += ["", "## (c) Compute-bound fraction (cnnlab, auto precision, cached files, best of epochs 2-3)", "",
+    lines += ["", "## (c) Compute-bound fraction", "",
+              "cnnlab, auto precision, cached files; the best epoch after a warm-up epoch.", "",
               "| model | data | images | epoch on real files | same steps on in-memory tensors | **fraction** |",
               "|---|---|---|---|---|---|"]
     for r in fraction:
         lines.append(f"| {r['model']} | {r['data']} | {r['images']} | {r['real_epoch']:.2f} s | "
                      f"{r['memory_epoch']:.2f} s | **{r['fraction'] * 100:.0f} %** |")
     if workers_rows:
-        lines += ["", f"## (d) DataLoader workers (training {args.workers_model}, auto precision, best of epochs 2-3)", "",
+        lines += ["", "## (d) DataLoader workers", "",
+                  f"Training {args.workers_model} with auto precision; the best epoch after a warm-up epoch.", "",
                   "| cache | workers | epoch | images/s |", "|---|---|---|---|"]
         for r in workers_rows:
             lines.append(f"| {r['cache']} | {r['workers']} | {r['epoch']:.2f} s | {r['rate']:.1f} |")
+        best = {cache: max((r for r in workers_rows if r["cache"] == cache), key=lambda r: r["rate"])["workers"]
+                for cache in ("disk", "off")}
+        lines += ["", f"Fastest here: {best['disk']} worker(s) with the cache, {best['off']} without; "
+                  f"`device.default_workers()` picks {default_workers()} on this machine."]
     lines += ["", "## Targets", ""]
     costs = {r["data"]: r for r in breakdown}
     large = [r for r in loading if r["data"].startswith(("shapes-2000", "shapes-4000"))] or loading
@@ -490,7 +507,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", help="run on this image folder instead of generated JPEGs")
     parser.add_argument("--limit", type=int, help="use at most this many training images of --data")
     parser.add_argument("--quick", action="store_true", help="fewer images and batches (about 3 minutes)")
-    parser.add_argument("--workers", type=int, default=default_workers(), help="DataLoader workers, both pipelines")
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+                        help="DataLoader workers of both pipelines in (a): default every core, for the most "
+                             "each pipeline can load; (c) uses cnnlab's default_workers()")
     parser.add_argument("--workers-model", default="simple_cnn", help="model trained in section (d)")
     parser.add_argument("--skip-workers", action="store_true", help="skip section (d)")
     parser.add_argument("--out", help="Markdown report (default benchmarks/results/large_images.md)")
@@ -511,11 +530,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         loading = section_loading(sets, args.workers, scratch)
         breakdown = section_breakdown(sets, scratch)
-        rounds = 2 if args.quick else 3
+        rounds = 1 if args.quick else 2
         compute = section_compute(["simple_cnn", "resnet18"], rounds=rounds + 1)
-        compute += section_compute(["resnet18"], rounds=rounds, threads=1)
+        compute += section_compute(["resnet18"], rounds=rounds, threads=1, variants=("fp32_nchw", "auto"))
         name, _, samples = sets[min(1, len(sets) - 1)]  # 2000x1500, or the --data folder
-        fraction = section_fraction(name, samples, ["simple_cnn", "resnet18"], args.workers, scratch, rounds)
+        samples = samples[:FRACTION_IMAGES]
+        fraction = section_fraction(name, samples, ["simple_cnn", "resnet18"], default_workers(), scratch, rounds)
         workers_rows = [] if args.skip_workers else section_workers(name, samples, args.workers_model, scratch,
                                                                     rounds)
     finally:

@@ -14,8 +14,8 @@ import yaml
 from torchvision.transforms.v2 import functional as F
 
 from cnnlab import cache as cache_module
-from cnnlab.cache import choose_mode, decode_for_cache, open_cache
-from cnnlab.data import ImageDataset, Sample, find_samples
+from cnnlab.cache import choose_mode, open_cache
+from cnnlab.data import ImageDataset, Sample
 from cnnlab.errors import CnnlabError
 from cnnlab.images import read_image, save_image
 from cnnlab.loaders import make_loader

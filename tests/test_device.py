@@ -21,8 +21,10 @@ def test_auto_precision_follows_the_hardware():
         resolve_precision("fp16", cpu)
 
 
-def test_default_workers_is_within_the_cores():
-    assert 0 <= default_workers() <= max(1, len(__import__("os").sched_getaffinity(0)))
+@pytest.mark.parametrize("cores, workers", [(1, 0), (2, 2), (3, 2), (4, 3), (64, 8)])
+def test_default_workers_follow_the_cores(monkeypatch, cores, workers):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert default_workers() == workers
 
 
 @pytest.fixture
