@@ -36,3 +36,15 @@ def tiny_eval(tiny_run):
     from cnnlab.evaluate import evaluate
 
     return evaluate(tiny_run.run_dir, split="val", workers=0, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a test module: on a shared 2-core machine spinning OpenMP threads
+    waste most of the CPU, and forked children then never touch the parent's thread pool."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -23,13 +23,7 @@ FORK = multiprocessing.get_context("fork")
 VALUES = 1 << 20  # 4 MB per version: big enough that a kill often lands inside a write
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # forked children use torch; with one intra-op thread they never touch the parent's OpenMP pool
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _write_versions_forever(path: str, first: int) -> None:

@@ -18,13 +18,7 @@ TINY = {"img_size": 32, "batch_size": 8, "workers": 0, "model_options": {"widths
         "verbose": False}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # one intra-op thread: spinning OpenMP threads waste most of the CPU on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _fresh_state(**options) -> dict:

@@ -31,12 +31,7 @@ CLI_TINY = ["--img-size", "32", "--workers", "2", "--model-option", "widths=[8,1
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _assert_same_weights(run_a, run_b, name="last.safetensors"):

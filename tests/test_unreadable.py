@@ -18,13 +18,7 @@ from cnnlab.train import fit
 TINY = {"img_size": 32, "batch_size": 8, "model_options": {"widths": [8, 16]}, "cache": "off", "verbose": False}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # one intra-op thread: spinning OpenMP threads waste most of the CPU on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _copy_with_truncated(tiny_data, tmp_path, count: int, split: str = "train") -> tuple:
