@@ -470,14 +470,18 @@ def report(info: dict, args, loading, breakdown, compute, fraction, workers_rows
     for r in large:
         c = costs[r["data"]]
         lecture = f"{c['decode_full'] + c['resize_full'] + c['augment_pil']:.0f} ms"
+        small_files = c["decode_full"] < c["augment_pil"]
         lines.append(f"- first-epoch loading, {r['data']}: " + _verdict(
             r["ratio_first"], TARGETS["first_epoch"],
-            f"per image and core the lecture spends {lecture} (full decode {c['decode_full']:.0f} + resize "
-            f"{c['resize_full']:.0f} + PIL augmentation {c['augment_pil']:.0f}); cnnlab's first epoch spends "
-            f"{c['decode_reduced']:.0f} ms building the cache (the DCT-domain reduction skips the inverse "
-            f"transform of the discarded detail, not the entropy decoding of the whole file) plus "
-            f"{c['augment_tensor']:.0f} ms of v2 augmentation on tensors, which costs more than PIL's "
-            f"{c['augment_pil']:.0f} ms"))
+            f"per image and core the lecture spends {lecture} (full decode {c['decode_full']:.1f} + resize "
+            f"{c['resize_full']:.1f} + PIL augmentation {c['augment_pil']:.1f}); cnnlab's first epoch spends "
+            f"{c['decode_reduced']:.1f} ms building the cache "
+            + ("(these files are small: decoding them costs less than augmenting, so there is little for a "
+               "reduced decode or a cache to save) " if small_files else
+               "(the DCT-domain reduction skips the inverse transform of the discarded detail, not the "
+               "entropy decoding of the whole file) ")
+            + f"plus {c['augment_tensor']:.1f} ms of v2 augmentation on tensors, which costs more than PIL's "
+            f"{c['augment_pil']:.1f} ms"))
         lines.append(f"- cached epochs, {r['data']}: " + _verdict(
             r["ratio_later"], TARGETS["cached_epoch"],
             f"reading a cached image costs {c['cache_read']:.2f} ms (with a resize + crop only the cache "
@@ -490,14 +494,16 @@ def report(info: dict, args, loading, breakdown, compute, fraction, workers_rows
             lines.append(f"- {r['model']} training, auto vs fp32: " + _verdict(
                 r["ratio_auto"], TARGETS["auto_vs_fp32"],
                 "bf16 matrix products run ~3x fp32 on this CPU (AVX-512 BF16, no AMX), but batch norm, ReLU, "
-                "pooling and the optimizer stay memory-bound and gain far less; other jobs on the machine "
-                f"(load average {info['load'][0]:.1f} on {info['cores']} cores at the start) stall the "
-                "two-thread bf16 kernels more than the slower fp32 ones"))
+                "pooling and the optimizer stay memory-bound and gain far less"
+                + ("" if "thread" in r["model"] or info["load"][0] < 1.0 else
+                   f"; other jobs on the machine (load average {info['load'][0]:.1f} on {info['cores']} cores "
+                   "at the start) stall the two-thread bf16 kernels more than the slower fp32 ones")))
     for r in fraction:
         lines.append(f"- compute-bound fraction, {r['model']}: " + _verdict(
             r["fraction"] * 100, TARGETS["compute_fraction"] * 100,
             "the DataLoader workers augment on the same 2 cores the model trains on, so every ms of "
-            "augmentation per image is taken from compute; the smaller the model, the larger the share",
+            "augmentation per image is taken from compute (the smaller the model, the larger the share), "
+            "and each epoch starts by waiting for its first batch, as the workers' queues are empty",
             unit=" %"))
     return "\n".join(lines) + "\n"
 

@@ -73,11 +73,12 @@ def resolve_precision(name: str, device: torch.device, channels_last: bool | Non
 def default_workers() -> int:
     """DataLoader workers from the cores this process may use.
 
-    Measured on 2 cores (benchmarks/large_images.py, section d; simple_cnn at 224 px): on a quiet
-    machine 2 workers train 7-12 % faster than 1 or 0, with the cache and without; with other jobs
-    loading the machine, 1 worker was 2-8 % ahead. The quiet case is the one a user's own machine
-    is in, so 2 cores get 2 workers (a worker whose prefetch queue is full sleeps). From 3 cores on,
-    one core is left to the main process; on 1 core a worker cannot overlap anything: 0.
+    Measured on 2 cores (benchmarks/large_images.py, section d; simple_cnn at 224 px, with and without
+    the cache): on a quiet machine 2 workers were the fastest in every run, 6-27 % ahead of 1 worker
+    and 1-23 % ahead of 0; only while other jobs loaded the machine was 1 worker ahead (2-8 %). A
+    user's own machine is the quiet case, so 2 cores get 2 workers (a worker whose prefetch queue is
+    full sleeps). From 3 cores on, one core is left to the main process; on 1 core a worker cannot
+    overlap anything: 0.
     """
     try:
         cores = len(os.sched_getaffinity(0))

@@ -27,17 +27,7 @@ def test_default_workers_follow_the_cores(monkeypatch, cores, workers):
     assert default_workers() == workers
 
 
-@pytest.fixture
-def one_thread():
-    # Small layers at 48 px: a second OpenMP thread gains little and, on a busy 2-core machine,
-    # waits at every barrier (several times slower).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_auto_precision_learns_as_well_as_fp32(tmp_path, one_thread):
+def test_auto_precision_learns_as_well_as_fp32(tmp_path, one_torch_thread):
     """Same seed, same batches: bf16 autocast (where auto picks it) must fit the data as fp32 does.
 
     Within a test's time budget the shapes dataset is learnt but not yet generalised (validation

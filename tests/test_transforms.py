@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 import torchvision.transforms as T
 from PIL import Image
@@ -14,16 +13,8 @@ from cnnlab.transforms import IMAGENET_MEAN, IMAGENET_STD, decode_size, train_tr
 
 IMG_SIZE = 32
 DRAWS = 300
-
-
-@pytest.fixture
-def one_thread():
-    # Hundreds of tiny per-image ops: with 2 OpenMP threads on a busy 2-core machine each op waits
-    # at a barrier and the test runs 30x slower; one thread is what DataLoader workers use anyway.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Hundreds of tiny per-image ops: one_torch_thread (conftest), as in a DataLoader worker; with two
+# OpenMP threads on a busy 2-core machine every op waits at a barrier and the test runs 30x slower.
 
 
 def _lecture_pipeline(img_size: int) -> T.Compose:
@@ -45,7 +36,7 @@ def _channel_stats(batch: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"mean": means.mean(0), "spread": means.std(0), "std": stds.mean(0)}
 
 
-def test_tensor_preset_matches_the_pil_pipeline_statistically(one_thread):
+def test_tensor_preset_matches_the_pil_pipeline_statistically(one_torch_thread):
     pixels, _ = render("star", 80, np.random.default_rng(0))  # (80, 80, 3) uint8
     tensor = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()  # (3, 80, 80)
     tensor_path, pil_path = train_transform("default", IMG_SIZE), _lecture_pipeline(IMG_SIZE)
@@ -62,7 +53,7 @@ def test_tensor_preset_matches_the_pil_pipeline_statistically(one_thread):
     assert a["spread"].min() > 0.05  # and it is there at all
 
 
-def test_preset_is_random_per_sample_and_normalises_last(one_thread):
+def test_preset_is_random_per_sample_and_normalises_last(one_torch_thread):
     transform = train_transform("default", IMG_SIZE)
     assert isinstance(transform.transforms[-2], v2.ToDtype) and isinstance(transform.transforms[-1], v2.Normalize)
     pixels, _ = render("circle", 64, np.random.default_rng(1))
