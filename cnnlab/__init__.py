@@ -9,10 +9,11 @@ The public API, one plain function per CLI command (same arguments):
     cnnlab.create_model(name, num_classes, **options), cnnlab.list_models()  # cnnlab models
     cnnlab.summarize_model("simple_cnn", "3x1000x1000")                       # cnnlab summary
     cnnlab.filter_image(path, kernel="sobel-x"), cnnlab.inspect_run(run, img) # cnnlab filter / inspect
-    cnnlab.diagnose(history), cnnlab.write_report(run_dir)                   # verdict / report.html
+    cnnlab.diagnose_run(run_dir), cnnlab.write_report(run_dir)               # the run's verdict / report.html
     cnnlab.find_lr(data=...)                                                 # cnnlab lr-find
     cnnlab.check_dataset(root)                                               # cnnlab data check
     cnnlab.fit(resume=run_dir)                                               # cnnlab train --resume
+    cnnlab.read_run(run_dir)                                                 # a run folder, typed
 
 Names are resolved lazily (PEP 562) so that `cnnlab --help` does not import torch.
 """
@@ -28,24 +29,26 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS = {
     "TrainConfig": "cnnlab.config",
-    "fit": "cnnlab.train",
-    "TrainResult": "cnnlab.train",
-    "evaluate": "cnnlab.evaluate",
-    "predict": "cnnlab.predict",
+    "fit": "cnnlab.commands.train",
+    "TrainResult": "cnnlab.commands.train",
+    "evaluate": "cnnlab.commands.evaluate",
+    "predict": "cnnlab.commands.predict",
     "create_model": "cnnlab.models",
     "list_models": "cnnlab.models",
-    "load_model": "cnnlab.runfolder",
-    "find_samples": "cnnlab.data",
-    "read_image": "cnnlab.images",
-    "synthesize": "cnnlab.synth",
-    "diagnose": "cnnlab.diagnosis",
-    "check_dataset": "cnnlab.datacheck",
-    "summarize_model": "cnnlab.model_summary",
-    "summary": "cnnlab.model_summary",
-    "filter_image": "cnnlab.filters",
-    "inspect_run": "cnnlab.inspect_run",
-    "write_report": "cnnlab.report",
-    "find_lr": "cnnlab.lr_find",
+    "load_model": "cnnlab.runs.reader",
+    "read_run": "cnnlab.runs.reader",
+    "diagnose_run": "cnnlab.runs.reader",
+    "find_samples": "cnnlab.data.folders",
+    "read_image": "cnnlab.data.images",
+    "synthesize": "cnnlab.data.synth",
+    "diagnose": "cnnlab.runs.diagnosis",
+    "check_dataset": "cnnlab.data.check",
+    "summarize_model": "cnnlab.models.summary",
+    "summary": "cnnlab.models.summary",
+    "filter_image": "cnnlab.commands.filters",
+    "inspect_run": "cnnlab.commands.inspect",
+    "write_report": "cnnlab.runs.report",
+    "find_lr": "cnnlab.commands.lr_find",
 }
 
 __all__ = ["CnnlabError", "ImageReadError", *_EXPORTS]

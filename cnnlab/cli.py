@@ -1,25 +1,78 @@
 """Command-line interface: a thin layer that parses options, calls one library function, prints.
 
-Every command has a Python twin with the same arguments (see cnnlab/__init__.py). Library modules
-are imported inside the commands so that `--help` stays fast.
+Every command has a Python twin with the same arguments (see cnnlab/__init__.py). `train`'s options are
+built from TrainConfig's fields: the flag, its default and its help all come from cnnlab/config.py, so
+the two cannot drift (tests/test_cli.py checks it). Library modules are imported inside the commands so
+that `--help` stays fast and does not import torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import sys
-from typing import Optional
+import typing
+from typing import Any, Optional
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from cnnlab.config import TrainConfig, default
+from cnnlab import __version__
+from cnnlab.config import TrainConfig, config_from_file, default, field_docs
 from cnnlab.errors import CnnlabError
-from cnnlab.interrupt import TrainingInterrupted
+from cnnlab.training.signals import TrainingInterrupted
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+class _ReadableHelp:
+    """Help that reads like the command line: flags without a `<bool>` type, arguments as NAME."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if isinstance(param, TyperOption) and param.is_flag:
+                param.metavar = ""  # a flag takes no value: `--json`, not `--json <bool>`
+            elif isinstance(param, TyperArgument) and param.metavar is None:
+                param.metavar = param.name.upper()
+        return params
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = ["[OPTIONS]"] if any(isinstance(p, TyperOption) for p in self.get_params(ctx)) else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = param.metavar + ("..." if param.nargs != 1 else "")
+                pieces.append(name if param.required else f"[{name}]")
+        if isinstance(self, TyperGroup):
+            pieces.append(self.subcommand_metavar)
+        return pieces
+
+
+class Command(_ReadableHelp, TyperCommand):
+    """A command whose help and usage read like the command line."""
+
+
+class Group(_ReadableHelp, TyperGroup):
+    """A command group whose help reads like the command line."""
+
+
+app = typer.Typer(cls=Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="cnnlab: train, understand and trust CNNs on your own images.")
-data_app = typer.Typer(no_args_is_help=True, help="Make or check image datasets.")
+data_app = typer.Typer(cls=Group, no_args_is_help=True, help="Make or check image datasets.")
+cache_app = typer.Typer(cls=Group, no_args_is_help=True, help="See or clear the decoded-image cache.")
 app.add_typer(data_app, name="data")
+app.add_typer(cache_app, name="cache")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cnnlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                              help="Print cnnlab's version and exit.")) -> None:
+    """cnnlab: train, understand and trust CNNs on your own images."""
 
 
 def _d(name: str):
@@ -27,11 +80,16 @@ def _d(name: str):
     return default(TrainConfig, name)
 
 
+def _help(name: str) -> str:
+    """Help text of a TrainConfig field: its docstring."""
+    return field_docs(TrainConfig)[name]
+
+
 # --------------------------------------------------------------------------------------------
-# data
+# data, cache
 # --------------------------------------------------------------------------------------------
 
-@data_app.command("synth")
+@data_app.command("synth", cls=Command)
 def data_synth(
     out_dir: str = typer.Argument(..., help="Folder to write train/<class>/ and val/<class>/ into."),
     classes: int = typer.Option(6, help="Number of shape classes."),
@@ -41,14 +99,14 @@ def data_synth(
     val_fraction: float = typer.Option(0.2, help="Share of each class written to val/."),
 ) -> None:
     """Write the built-in large-image dataset: shapes on a cluttered, textured background."""
-    from cnnlab.synth import synthesize
+    from cnnlab.data.synth import synthesize
 
     summary = synthesize(out_dir, classes=classes, per_class=per_class, size=size, seed=seed,
                          val_fraction=val_fraction)
     typer.echo(summary.describe())
 
 
-@data_app.command("check")
+@data_app.command("check", cls=Command)
 def data_check(
     data_dir: str = typer.Argument(..., help="Image folder: <class>/ folders, or train/ val/ test/ holding them."),
     fix_report: Optional[str] = typer.Option(None, help="Write every problem to this CSV "
@@ -58,8 +116,9 @@ def data_check(
     max_pixels: int = typer.Option(_d("max_pixels"), help="Images with more pixels are errors (read from the header)."),
     workers: Optional[int] = typer.Option(None, help="Parallel readers; default: the number of CPU cores."),
 ) -> None:
-    """Check an image folder before training: unreadable files, odd modes, duplicates, leakage. Exit 1 if not trainable."""
-    from cnnlab.datacheck import check_dataset
+    """Check an image folder before training: unreadable files, duplicates, leakage, outliers, imbalance.
+    Exit 1 if not trainable."""
+    from cnnlab.data.check import check_dataset
 
     report = check_dataset(data_dir, fix_report=fix_report, quarantine=quarantine, max_pixels=max_pixels,
                            workers=workers)
@@ -67,8 +126,35 @@ def data_check(
     raise typer.Exit(report.exit_code)
 
 
+@cache_app.command("list", cls=Command)
+def cache_list(cache_dir: Optional[str] = typer.Option(None, help="Cache folder (default: CNNLAB_CACHE or "
+                                                       "the user cache folder).")) -> None:
+    """List the decoded-image stores: the data folder each caches, its size on disk and its images."""
+    from cnnlab.data.cache import cache_root, list_stores
+
+    stores = list_stores(cache_dir)
+    typer.echo(f"image cache in {cache_root(cache_dir)}: {len(stores)} store(s), "
+               f"{sum(s.bytes for s in stores) / 1e6:,.1f} MB")
+    for store in stores:
+        typer.echo(f"  {store.path.name}  {store.bytes / 1e6:,.1f} MB  {store.images} images at short side "
+                   f"{store.size}  from {store.source}")
+
+
+@cache_app.command("clear", cls=Command)
+def cache_clear(
+    names: Optional[list[str]] = typer.Argument(None, help="Stores to delete, as `cnnlab cache list` names them "
+                                                "(default: all)."),
+    cache_dir: Optional[str] = typer.Option(None, help="Cache folder (default: CNNLAB_CACHE or the user cache folder)."),
+) -> None:
+    """Delete decoded-image stores (they are rebuilt from the images when needed)."""
+    from cnnlab.data.cache import clear_stores
+
+    gone = clear_stores(cache_dir, names or None)
+    typer.echo(f"deleted {len(gone)} store(s), {sum(s.bytes for s in gone) / 1e6:,.1f} MB freed")
+
+
 # --------------------------------------------------------------------------------------------
-# train / eval / predict / demo / models
+# train: every TrainConfig field is a flag
 # --------------------------------------------------------------------------------------------
 
 def _parse_model_options(items: list[str]) -> dict:
@@ -84,124 +170,170 @@ def _parse_model_options(items: list[str]) -> dict:
     return options
 
 
-@app.command()
-def train(
-    ctx: typer.Context,
-    data: Optional[str] = typer.Option(None, help="Image folder (class sub-folders, optionally inside train/ val/ "
-                                                  "test/); not needed with --resume."),
-    model: str = typer.Option(_d("model"), help="Model name; `cnnlab models` lists them."),
-    img_size: int = typer.Option(_d("img_size"), help="Side of the square training crop in pixels."),
-    epochs: int = typer.Option(_d("epochs"), help="Maximum number of epochs."),
-    batch_size: int = typer.Option(_d("batch_size"), help="Images per step."),
-    lr: Optional[str] = typer.Option(None, help="Peak learning rate, or 'auto' to run the LR finder first "
-                                                 "(default: 2e-3 for adamw, 0.05 for sgd)."),
-    optimizer: str = typer.Option(_d("optimizer"), help="adamw or sgd."),
-    weight_decay: float = typer.Option(_d("weight_decay"), help="Weight decay (not on biases and norms)."),
-    schedule: str = typer.Option(_d("schedule"), help="onecycle, cosine (with warm-up) or constant."),
-    dropout: float = typer.Option(_d("dropout"), help="Dropout before the classifier."),
-    augment: str = typer.Option(_d("augment"), help="Augmentation preset: default (the lecture's) or none."),
-    label_smoothing: float = typer.Option(_d("label_smoothing"), help="Cross-entropy label smoothing."),
-    patience: Optional[int] = typer.Option(_d("patience"), help="Early stop after N epochs without a better val loss."),
-    val_fraction: float = typer.Option(_d("val_fraction"), help="Validation share when there is no val/ folder."),
-    seed: int = typer.Option(_d("seed"), help="Random seed (split, init, shuffling, augmentation)."),
-    device: str = typer.Option(_d("device"), help="auto, cpu, cuda or cuda:N."),
-    workers: Optional[int] = typer.Option(_d("workers"), help="DataLoader workers (default: from the core count)."),
-    precision: str = typer.Option(_d("precision"), help="auto, fp32, bf16 or fp16."),
-    compile: bool = typer.Option(_d("compile"), "--compile", help="Use torch.compile."),
-    cache: str = typer.Option(_d("cache"), help="Decoded-image cache: auto, disk, ram or off."),
-    cache_dir: Optional[str] = typer.Option(_d("cache_dir"), help="Folder for the disk cache."),
-    max_pixels: int = typer.Option(_d("max_pixels"), help="Refuse images larger than this many pixels."),
-    max_bad: float = typer.Option(_d("max_bad"), help="Unreadable images are skipped with one warning each; "
-                                 "stop if more than this share of a split is unreadable."),
-    pretrained: bool = typer.Option(_d("pretrained"), "--pretrained", help="Start torchvision models from ImageNet weights (downloads)."),
-    weights: Optional[str] = typer.Option(_d("weights"), help="Start from these weights: a run's .safetensors, or a "
-                                           ".pt/.pth state dict read as tensors only (never runs code). A classifier "
-                                           "for another number of classes starts fresh."),
-    model_option: list[str] = typer.Option([], help="Extra model option NAME=VALUE, repeatable (e.g. widths=[16,32,64])."),
-    out: Optional[str] = typer.Option(_d("out"), help="Run folder (default runs/<model>-<time>)."),
-    resume: Optional[str] = typer.Option(None, help="Continue the run in this folder exactly where its checkpoint "
-                                         "(written every epoch and on Ctrl-C/kill) left it, with its own options; "
-                                         "only --epochs (to extend it) and --workers may be given too."),
-) -> None:
+# TrainConfig fields whose flag differs from the field: name -> (flag name, CLI type)
+_FLAG_NAMES = {"model_options": "model_option"}
+
+
+def _cli_annotation(name: str, hint: Any) -> Any:
+    """The CLI type of a field: numbers and text as they are, 'number or auto' as text, a dict as repeatable text."""
+    if name == "model_options":
+        return list[str]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if len(args) > 1:  # e.g. lr: float | str | None -> text, TrainConfig converts it
+        return Optional[str]
+    if args:  # X | None
+        return Optional[args[0]]
+    return hint
+
+
+def config_parameters() -> list[inspect.Parameter]:
+    """One keyword parameter per TrainConfig field, with its default and docstring as help."""
+    hints = typing.get_type_hints(TrainConfig)
+    params = []
+    for item in dataclasses.fields(TrainConfig):
+        name = item.name
+        value = [] if name == "model_options" else _d(name)
+        if name == "data":
+            value = None  # not needed with --resume or --config
+        option = typer.Option(value, f"--{_FLAG_NAMES.get(name, name).replace('_', '-')}", help=_help(name))
+        if hints[name] is bool:  # a plain switch: --compile, not --compile/--no-compile
+            option = typer.Option(value, f"--{name.replace('_', '-')}", help=_help(name))
+        params.append(inspect.Parameter(_FLAG_NAMES.get(name, name), inspect.Parameter.KEYWORD_ONLY, default=option,
+                                        annotation=_cli_annotation(name, hints[name])))
+    return params
+
+
+def _typed_options(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """The TrainConfig fields the user typed on the command line, under their field names."""
+    typed = {}
+    for item in dataclasses.fields(TrainConfig):
+        flag = _FLAG_NAMES.get(item.name, item.name)
+        if ctx.get_parameter_source(flag).name != "DEFAULT":
+            value = values[flag]
+            typed[item.name] = _parse_model_options(value) if item.name == "model_options" else value
+    return typed
+
+
+def train(ctx: typer.Context, **values: Any) -> None:
     """Train a model on an image folder and write a self-describing run folder.
 
-    Ctrl-C or kill (SIGTERM) stops after the current step, saves a checkpoint and prints how to resume.
+    Every option is a field of cnnlab.TrainConfig. --config FILE.yaml reads options from a file (e.g. a run's
+    own config.yaml); flags typed on the command line override it. Ctrl-C or kill (SIGTERM) stops after the
+    current step, saves a checkpoint and prints how to resume.
     """
-    from cnnlab.train import fit
+    from cnnlab.commands.train import fit
 
-    if resume:
-        # every option the user typed goes to fit; it refuses all but --epochs and --workers
-        given = {name: value for name, value in ctx.params.items()
-                 if name != "resume" and ctx.get_parameter_source(name).name != "DEFAULT"}
-        result = fit(resume=resume, **given)
+    options = config_from_file(values["config"]) if values["config"] else {}
+    options |= _typed_options(ctx, values)
+    if values["resume"]:
+        result = fit(resume=values["resume"], **options)
     else:
-        result = fit(TrainConfig(
-            data=data, model=model, img_size=img_size, epochs=epochs, batch_size=batch_size, lr=lr,
-            optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, dropout=dropout, augment=augment,
-            label_smoothing=label_smoothing, patience=patience, val_fraction=val_fraction, seed=seed, device=device,
-            workers=workers, precision=precision, compile=compile, cache=cache, cache_dir=cache_dir,
-            max_pixels=max_pixels, max_bad=max_bad, pretrained=pretrained, weights=weights,
-            model_options=_parse_model_options(model_option), out=out))
+        result = fit(TrainConfig(**options), overwrite=values["overwrite"])
     typer.echo(result.summary())
-    typer.echo(f"verdict: {result.extras['diagnosis'].headline} (details: {result.run_dir / 'report.html'})")
+    if result.diagnosis is not None:
+        typer.echo(f"verdict: {result.diagnosis.verdict.label.lower()}; report: {result.run_dir / 'report.html'}")
 
 
-@app.command("eval")
+train.__signature__ = inspect.Signature([
+    inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+    *config_parameters(),
+    inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
+        None, help="Read options from this YAML file (keys: the option names with underscores, e.g. a run's "
+                   "config.yaml); flags override it.")),
+    inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
+        None, help="Continue the run in this folder exactly where its checkpoint (written every epoch and on "
+                   "Ctrl-C/kill) left it, with its own options; options given too must be the run's own, except "
+                   "--epochs (to extend it), --workers, --data (a moved folder), --cache and --cache-dir.")),
+    inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+        False, "--overwrite", help="Replace the run already in --out (its files are deleted); without it such a "
+                                   "folder is refused.")),
+])
+app.command("train", cls=Command)(train)
+
+
+# --------------------------------------------------------------------------------------------
+# eval / predict / demo / models
+# --------------------------------------------------------------------------------------------
+
+@app.command("eval", cls=Command)
 def eval_command(
     run_dir: str = typer.Argument(..., help="Run folder written by `cnnlab train`."),
-    data: Optional[str] = typer.Option(None, help="Image folder (default: the one the run was trained on)."),
-    split: str = typer.Option("val", help="val or test."),
+    data: Optional[str] = typer.Option(None, help="Image folder (default: the one the run was trained on; give "
+                                       "its new place if it moved)."),
+    split: str = typer.Option("val", help="val, test or train (the split as training made it)."),
     which: str = typer.Option("best", help="best or last weights."),
+    tta: bool = typer.Option(False, "--tta", help="Average each image's prediction with its mirror image's."),
+    batch_size: int = typer.Option(64, help="Images per batch."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    workers: Optional[int] = typer.Option(None, help="DataLoader workers."),
+    workers: Optional[int] = typer.Option(None, help="DataLoader workers (default: from the core count)."),
+    max_bad: Optional[float] = typer.Option(None, help="Stop if more than this share of the split is unreadable "
+                                            "(default: the run's)."),
 ) -> None:
-    """Evaluate a run: accuracy, per-class precision/recall/F1, confusion matrix."""
-    from cnnlab.evaluate import evaluate
+    """Evaluate a run: accuracy, per-class precision/recall/F1, confusion matrix, top losses, calibration."""
+    from cnnlab.commands.evaluate import evaluate
 
-    result = evaluate(run_dir, data=data, split=split, which=which, device=device, workers=workers)
+    result = evaluate(run_dir, data=data, split=split, which=which, batch_size=batch_size, device=device,
+                      workers=workers, max_bad=max_bad, tta=tta)
     typer.echo(result.describe())
     typer.echo(f"wrote {result.run_dir / f'eval_{split}.json'}, confusion_matrix_{split}.png, "
                f"top_losses_{split}.png, reliability_{split}.png and report.html")
 
 
-@app.command("predict")
+@app.command("predict", cls=Command)
 def predict_command(
     run_dir: str = typer.Argument(..., help="Run folder written by `cnnlab train`."),
     inputs: list[str] = typer.Argument(..., help="Image files or folders."),
     top_k: int = typer.Option(3, help="Classes to show per image."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line (errors too)."),
+    tta: bool = typer.Option(False, "--tta", help="Average each image's prediction with its mirror image's."),
     which: str = typer.Option("best", help="best or last weights."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    max_bad: Optional[float] = typer.Option(None, help="Fail (exit 2) if more than this share of the inputs "
+                                            "cannot be predicted (default: the run's)."),
 ) -> None:
-    """Predict the top-k classes of images with a trained run."""
-    from cnnlab.predict import predict
+    """Predict the top-k classes of images with a trained run.
 
-    for row in predict(run_dir, inputs, top_k=top_k, which=which, device=device):
+    Every input gets a line: its classes, or why it could not be predicted. Exit code 0 when every input
+    was predicted, 1 when some could not be (each says why), 2 when more than --max-bad could not.
+    """
+    from cnnlab.commands.predict import check_failures, predict
+    from cnnlab.runs.reader import read_run
+
+    rows = predict(run_dir, inputs, top_k=top_k, which=which, device=device, tta=tta)
+    for row in rows:
         if as_json:
             typer.echo(json.dumps(row, ensure_ascii=False))
-        elif row.get("error"):
-            typer.echo(f"{row['path']}: {row['error']}")
+        elif "error" in row:
+            typer.echo(f"{row['path']}: error: {row['error']}")
         else:
             typer.echo(f"{row['path']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top"]))
+    if max_bad is None:
+        config = read_run(run_dir).config
+        max_bad = config.max_bad if config else _d("max_bad")
+    check_failures(rows, max_bad)
+    failed = sum("error" in row for row in rows)
+    if failed:
+        typer.echo(f"{failed} of {len(rows)} inputs could not be predicted (see the error lines)", err=True)
+        raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=Command)
 def demo(
     data: Optional[str] = typer.Option(None, help="Where to keep the built-in dataset (default: user cache)."),
-    out: str = typer.Option("runs/demo", help="Run folder."),
+    out: str = typer.Option("runs/demo", help="Run folder (a previous demo run there is replaced)."),
     epochs: Optional[int] = typer.Option(None, help="Override the demo's number of epochs."),
 ) -> None:
-    """Synthesise the built-in dataset if absent, train simple_cnn, evaluate, summarise."""
-    from cnnlab.demo import demo as run_demo
+    """Synthesise the built-in dataset if absent, train, evaluate, summarise."""
+    from cnnlab.commands.demo import demo as run_demo
 
     result = run_demo(data=data, out=out, epochs=epochs)
-    evaluation = result.extras["evaluation"]
-    typer.echo(result.summary())
-    typer.echo(evaluation.describe())
-    typer.echo(f"demo finished in {result.extras['seconds']:.0f}s; open {result.run_dir}/ to see everything")
+    typer.echo(result.train.summary())
+    if result.train.evaluation is not None:
+        typer.echo(result.train.evaluation.describe())
+    typer.echo(f"demo finished in {result.seconds:.0f}s; open {result.train.run_dir / 'report.html'} to see everything")
 
 
-@app.command()
+@app.command(cls=Command)
 def models() -> None:
     """List the model names `--model` accepts."""
     from cnnlab.models import list_models
@@ -211,80 +343,84 @@ def models() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# lr-find / augment-preview / compare
+# lr-find / augment-preview / compare / report
 # --------------------------------------------------------------------------------------------
 
-@app.command("lr-find")
+@app.command("lr-find", cls=Command)
 def lr_find_command(
-    data: str = typer.Option(..., help="Image folder (class sub-folders, optionally inside train/ val/ test/)."),
-    model: str = typer.Option(_d("model"), help="Model name; `cnnlab models` lists them."),
-    img_size: int = typer.Option(_d("img_size"), help="Side of the square training crop in pixels."),
-    batch_size: int = typer.Option(_d("batch_size"), help="Images per step."),
-    optimizer: str = typer.Option(_d("optimizer"), help="adamw or sgd."),
+    data: str = typer.Option(..., help=_help("data")),
+    model: str = typer.Option(_d("model"), help=_help("model")),
+    img_size: int = typer.Option(_d("img_size"), help=_help("img_size")),
+    batch_size: int = typer.Option(_d("batch_size"), help=_help("batch_size")),
+    optimizer: str = typer.Option(_d("optimizer"), help=_help("optimizer")),
     steps: int = typer.Option(200, help="Steps of the range test (fewer on a small dataset; the loader is cycled)."),
-    seed: int = typer.Option(_d("seed"), help="Random seed (split, init, shuffling, augmentation)."),
-    device: str = typer.Option(_d("device"), help="auto, cpu, cuda or cuda:N."),
-    workers: Optional[int] = typer.Option(_d("workers"), help="DataLoader workers (default: from the core count)."),
-    out: str = typer.Option("lr_find.png", help="Where to write the plot of loss vs learning rate."),
+    seed: int = typer.Option(_d("seed"), help=_help("seed")),
+    device: str = typer.Option(_d("device"), help=_help("device")),
+    workers: Optional[int] = typer.Option(_d("workers"), help=_help("workers")),
+    run: Optional[str] = typer.Option(None, help="Run folder: write RUN/lr_find.png and lr_find.json there."),
+    out: Optional[str] = typer.Option(None, help="Where to write the plot (default: runs/lr_find/<data>-<model>.png)."),
 ) -> None:
     """Run the learning-rate range test, print the suggested peak LR and plot loss vs LR."""
-    from cnnlab.lr_find import find_lr
+    from cnnlab.commands.lr_find import find_lr
 
-    result = find_lr(data, model=model, img_size=img_size, batch_size=batch_size, optimizer=optimizer,
-                     steps=steps, out=out, seed=seed, device=device, workers=workers)
+    result, path = find_lr(data, model=model, img_size=img_size, batch_size=batch_size, optimizer=optimizer,
+                           steps=steps, out=out, run=run, seed=seed, device=device, workers=workers)
     typer.echo(result.describe())
-    typer.echo(f"wrote {out}; train with --lr {result.suggestion:.2e} (or --lr auto)")
+    typer.echo(f"wrote {path}; train with --lr {result.suggestion:.2e} (or --lr auto)")
 
 
-@app.command("augment-preview")
+@app.command("augment-preview", cls=Command)
 def augment_preview_command(
-    data: str = typer.Option(..., help="Image folder (class sub-folders, optionally inside train/ val/ test/)."),
-    augment: str = typer.Option(_d("augment"), help="Augmentation preset: default (the lecture's) or none."),
+    data: str = typer.Option(..., help=_help("data")),
+    augment: str = typer.Option(_d("augment"), help=_help("augment")),
+    augment_on: str = typer.Option(_d("augment_on"), help=_help("augment_on")),
     n: int = typer.Option(8, help="Augmented reads per image (columns after the original)."),
     images: int = typer.Option(4, help="Training images to show (rows)."),
-    img_size: int = typer.Option(_d("img_size"), help="Side of the square training crop in pixels."),
+    img_size: int = typer.Option(_d("img_size"), help=_help("img_size")),
     seed: int = typer.Option(_d("seed"), help="Seed for the choice of images and the random transforms."),
-    out: str = typer.Option("augment_preview.png", help="Where to write the grid."),
-    run: Optional[str] = typer.Option(None, help="Run folder: write RUN/augment_preview.png instead (shown in the report)."),
+    run: Optional[str] = typer.Option(None, help="Run folder: write RUN/augment_preview.png (shown in the report)."),
+    out: Optional[str] = typer.Option(None, help="Where to write the grid (default: "
+                                      "runs/augment_preview/<data>.png)."),
 ) -> None:
     """Show training images as evaluated and as N random augmented reads: augmentation happens on the fly."""
     from pathlib import Path
 
-    from cnnlab.augment_preview import augment_preview
+    from cnnlab.commands.augment_preview import augment_preview
 
     path = augment_preview(data, augment=augment, n=n, images=images, img_size=img_size, seed=seed,
-                           out=Path(run) / "augment_preview.png" if run else out)
+                           augment_on=augment_on, out=Path(run) / "augment_preview.png" if run else out)
     typer.echo(f"wrote {path}")
 
 
-@app.command("compare")
+@app.command("compare", cls=Command)
 def compare_command(
-    data: str = typer.Option(..., help="Image folder (class sub-folders, optionally inside train/ val/ test/)."),
+    data: str = typer.Option(..., help=_help("data")),
     models: str = typer.Option("mlp,simple_cnn", help="Comma-separated model names; `cnnlab models` lists them."),
-    epochs: int = typer.Option(_d("epochs"), help="Epochs for every model."),
-    img_size: int = typer.Option(_d("img_size"), help="Side of the square training crop in pixels."),
-    batch_size: int = typer.Option(_d("batch_size"), help="Images per step."),
+    epochs: int = typer.Option(_d("epochs"), help=_help("epochs")),
+    img_size: int = typer.Option(_d("img_size"), help=_help("img_size")),
+    batch_size: int = typer.Option(_d("batch_size"), help=_help("batch_size")),
     seed: int = typer.Option(_d("seed"), help="Random seed, the same for every model."),
-    device: str = typer.Option(_d("device"), help="auto, cpu, cuda or cuda:N."),
-    workers: Optional[int] = typer.Option(_d("workers"), help="DataLoader workers (default: from the core count)."),
+    device: str = typer.Option(_d("device"), help=_help("device")),
+    workers: Optional[int] = typer.Option(_d("workers"), help=_help("workers")),
     out: str = typer.Option("runs/compare", help="Folder for one run per model and compare.md/.json/.png."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the runs of an earlier compare in --out."),
 ) -> None:
     """Train several models (e.g. an MLP and a CNN) with identical settings and print one table."""
-    from cnnlab.compare import compare
+    from cnnlab.commands.compare import compare
 
     names = [name.strip() for name in models.split(",") if name.strip()]
     result = compare(data, names, epochs=epochs, img_size=img_size, batch_size=batch_size, seed=seed, out=out,
-                     device=device, workers=workers)
+                     device=device, workers=workers, overwrite=overwrite)
     typer.echo(result.describe())
     typer.echo(f"wrote {result.out_dir / 'compare.md'}, compare.json and compare.png")
 
 
-@app.command("report")
+@app.command("report", cls=Command)
 def report_command(
     run_dir: str = typer.Argument(..., help="Run folder written by `cnnlab train`."),
 ) -> None:
     """Rebuild RUN_DIR/report.html: one self-contained page with the verdict, curves, evaluation and data."""
-    from cnnlab.report import write_report
+    from cnnlab.runs.report import write_report
 
     typer.echo(f"wrote {write_report(run_dir)}")
 
@@ -293,7 +429,7 @@ def report_command(
 # summary / filter / inspect: what a network does, layer by layer
 # --------------------------------------------------------------------------------------------
 
-@app.command("summary")
+@app.command("summary", cls=Command)
 def summary_command(
     model: str = typer.Option("simple_cnn", help="Model name; `cnnlab models` lists them."),
     input: str = typer.Option("3x1000x1000", "--input", help="One image as CxHxW (or HxW for 3 channels)."),
@@ -303,14 +439,14 @@ def summary_command(
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON instead."),
 ) -> None:
     """Layer table for one input size: shapes, parameters, MACs, receptive field, memory; vs an MLP."""
-    from cnnlab.model_summary import summarize_model
+    from cnnlab.models.summary import summarize_model
 
     result = summarize_model(model, input, num_classes=num_classes, mlp_hidden=mlp_hidden,
                              **_parse_model_options(model_option))
     typer.echo(json.dumps(result.to_dict()) if as_json else result.describe())
 
 
-@app.command("filter")
+@app.command("filter", cls=Command)
 def filter_command(
     image: str = typer.Argument(..., help="Image file."),
     kernel: str = typer.Option("sobel-x", help="sobel-x, sobel-y, laplacian, gaussian, box, sharpen, emboss, "
@@ -323,14 +459,14 @@ def filter_command(
     out: str = typer.Option(..., help="PNG to write: input and output side by side, shapes in the title."),
 ) -> None:
     """Apply a convolution kernel (NumPy, from scratch) to an image and show the result with its shapes."""
-    from cnnlab.filters import filter_image
+    from cnnlab.commands.filters import filter_image
 
     result = filter_image(image, kernel=kernel, stride=stride, padding=padding, pool=pool, pool_size=pool_size,
                           out=out, size=size)
     typer.echo(result.describe())
 
 
-@app.command("inspect")
+@app.command("inspect", cls=Command)
 def inspect_command(
     run_dir: str = typer.Argument(..., help="Run folder written by `cnnlab train`."),
     image: str = typer.Argument(..., help="Image whose feature maps to show."),
@@ -339,7 +475,7 @@ def inspect_command(
     which: str = typer.Option("best", help="best or last weights."),
 ) -> None:
     """Show a trained run's first-layer filters and each stage's feature maps for one image."""
-    from cnnlab.inspect_run import inspect_run
+    from cnnlab.commands.inspect import inspect_run
 
     result = inspect_run(run_dir, image, out, max_maps=max_maps, which=which)
     typer.echo(result.describe())

@@ -1,9 +1,14 @@
-"""Typed, validated option groups. Defaults live here and nowhere else (the CLI reads them)."""
+"""Typed, validated option groups. Defaults live here and nowhere else: the CLI builds `train`'s flags
+from TrainConfig's fields, their defaults and their docstrings (field_docs), so the two cannot drift."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import functools
+import inspect
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,7 @@ def check_range(field_name: str, value: float, low: float | None = None, high: f
 
 
 AUGMENT_PRESETS = ("default", "none")
+AUGMENT_ON = ("workers", "device")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -67,6 +73,8 @@ class TrainConfig:
     """Dropout probability before the classifier (the lecture's regulariser)."""
     augment: str = "default"
     """Augmentation preset: default (the lecture's pipeline) or none."""
+    augment_on: str = "workers"
+    """Where the preset's flip, rotation and colour jitter run: workers (per image, torchvision) or device (per batch, different parameters per image)."""
     label_smoothing: float = 0.0
     """Cross-entropy label smoothing."""
     patience: int | None = None
@@ -94,9 +102,11 @@ class TrainConfig:
     max_bad: float = 0.05
     """Stop if more than this share of a split is unreadable."""
     pretrained: bool = False
-    """Start torchvision models from their ImageNet weights (needs a network download)."""
+    """Start torchvision models from their ImageNet weights (from torch's hub cache, $TORCH_HOME/hub/checkpoints, else downloaded once)."""
     weights: str | None = None
-    """Start from these weights (.safetensors, or a .pt/.pth state dict read with weights_only)."""
+    """Start from these weights: a run's .safetensors, or a .pt/.pth state dict (torchvision's official files included) read as tensors only; a classifier for another number of classes starts fresh."""
+    freeze: int = 0
+    """Train only the classifier for the first N epochs, the rest of the network frozen (N >= epochs: a linear probe); for fine-tuning pretrained weights."""
     model_options: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for the model factory (e.g. widths for simple_cnn)."""
     out: str | None = None
@@ -104,6 +114,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_choice("augment", self.augment, AUGMENT_PRESETS)
+        check_choice("augment_on", self.augment_on, AUGMENT_ON)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("precision", self.precision, PRECISIONS)
@@ -117,6 +128,7 @@ class TrainConfig:
         check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
         check_range("max_bad", self.max_bad, 0.0, 1.0)
         check_range("max_pixels", self.max_pixels, 1)
+        check_range("freeze", self.freeze, 0)
         if self.patience is not None:
             check_range("patience", self.patience, 1)
         if self.workers is not None:
@@ -138,6 +150,43 @@ class TrainConfig:
         """Inverse of to_dict; unknown keys (from newer versions) are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """{field name: its docstring} of a dataclass whose fields are documented by a string right after them
+    (the convention here): read from the source, so the CLI's help is the config's own text."""
+    return _field_docs(cls)
+
+
+@functools.cache
+def _field_docs(cls: type) -> dict[str, str]:
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for statement, following in zip(body, body[1:]):
+        if (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)):
+            docs[statement.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def config_from_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Options from a YAML file (e.g. a run's own config.yaml) as {field: value}; unknown keys are an error
+    naming the closest field, so a typo is not silently ignored."""
+    from cnnlab.files import read_yaml
+
+    values = read_yaml(path)
+    if not isinstance(values, dict):
+        raise CnnlabError(f"--config {path}: expected a mapping of option: value, got {type(values).__name__}")
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    for key in values:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise CnnlabError(f"--config {path}: unknown option '{key}'{hint}; options are the fields of "
+                              "`cnnlab train --help`, with underscores")
+    return values
 
 
 def default(cls: type, name: str) -> Any:

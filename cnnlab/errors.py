@@ -6,9 +6,15 @@ class CnnlabError(Exception):
 
 
 class ImageReadError(CnnlabError):
-    """An image file that cannot be decoded; carries the path and the reason so callers can skip and report it."""
+    """An image file that cannot be decoded: the path, the reason in words, and a short problem code
+    ("empty-file", "not-an-image", "truncated-or-corrupt", "over-pixel-cap", ...) for reports."""
 
-    def __init__(self, path, reason: str):
+    def __init__(self, path, reason: str, problem: str = "unreadable"):
         self.path = str(path)
         self.reason = reason
+        self.problem = problem
         super().__init__(f"cannot read image {self.path}: {reason}")
+
+    def __reduce__(self):
+        # DataLoader workers and process pools pickle exceptions: keep all three fields
+        return type(self), (self.path, self.reason, self.problem)

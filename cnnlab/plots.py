@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _save(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
@@ -34,6 +35,7 @@ def learning_curves(history: list[dict], path: str | os.PathLike, title: str = "
             ax.axvline(best_epoch, color="grey", ls="--", lw=1, label=f"best epoch ({best_epoch})")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers: no tick at 1.5
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     ax_acc.set_ylim(0, 1.02)
@@ -125,7 +127,9 @@ def compare_models(histories: dict[str, list[dict]], parameters: dict[str, int],
                    path: str | os.PathLike, title: str = "", chance: float | None = None) -> Path:
     """Validation accuracy per epoch for each model (and the chance level), and each model's parameter
     count (log scale)."""
-    fig, (ax_acc, ax_params) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, 2]})
+    # constrained layout: the log-scale tick labels of the right panel must not run into its y-label
+    fig, (ax_acc, ax_params) = plt.subplots(1, 2, figsize=(10.5, 4.0), gridspec_kw={"width_ratios": [3, 2]},
+                                            layout="constrained")
     for name, history in histories.items():
         ax_acc.plot([row["epoch"] for row in history], [row["val_acc"] for row in history], "o-", ms=3,
                     label=name)
@@ -133,6 +137,7 @@ def compare_models(histories: dict[str, list[dict]], parameters: dict[str, int],
         ax_acc.axhline(chance, color="grey", ls=":", lw=1, label=f"chance ({chance:.2f})")
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("validation accuracy")
+    ax_acc.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_acc.set_ylim(0, 1.02)
     ax_acc.grid(alpha=0.3)
     ax_acc.legend(fontsize=8)
@@ -148,19 +153,19 @@ def compare_models(histories: dict[str, list[dict]], parameters: dict[str, int],
 
 # --- interpretation (issue 4): top-losses gallery, reliability diagram -----------------------------------------
 def top_losses_gallery(images: list[np.ndarray], titles: list[str], wrong: list[bool], path: str | os.PathLike,
-                       suptitle: str = "", columns: int = 8, cell: float = 2.0) -> Path:
+                       suptitle: str = "", columns: int = 6, cell: float = 2.6) -> Path:
     """Images (H, W, 3) in 0..1 with multi-line titles, red where the prediction was wrong, green where right."""
     n = max(1, len(images))
     columns = min(columns, n)
     rows = math.ceil(n / columns)
     # constrained layout keeps the three-line titles and the suptitle from overlapping the images
-    fig, axes = plt.subplots(rows, columns, figsize=(cell * columns, (cell + 0.45) * rows + 0.4), squeeze=False,
+    fig, axes = plt.subplots(rows, columns, figsize=(cell * columns, (cell + 0.65) * rows + 0.4), squeeze=False,
                              layout="constrained")
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < len(images):
             ax.imshow(images[k])
-            ax.set_title(titles[k], fontsize=7.5, color="#b42318" if wrong[k] else "#1a7f37")
+            ax.set_title(titles[k], fontsize=10, color="#b42318" if wrong[k] else "#1a7f37")
     if suptitle:
         fig.suptitle(suptitle)
     return _save(fig, path)
@@ -169,7 +174,7 @@ def top_losses_gallery(images: list[np.ndarray], titles: list[str], wrong: list[
 def reliability_diagram(bins: list[dict], ece: float, path: str | os.PathLike, title: str = "") -> Path:
     """Accuracy per confidence bin against the diagonal of perfect calibration, with the image count per bin.
 
-    `bins` as cnnlab.interpret.calibration returns them: lower, upper, count, confidence, accuracy (None if empty).
+    `bins` as cnnlab.runs.interpret.calibration returns them: lower, upper, count, confidence, accuracy (None if empty).
     """
     fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(5.2, 5.6), sharex=True,
                                        gridspec_kw={"height_ratios": [3, 1], "hspace": 0.08})
@@ -260,4 +265,26 @@ def augment_grid(panels: np.ndarray, row_titles: list[str], column_titles: list[
         side.set_visible(False)
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# image sizes of a data set (the run report's Dataset section)
+# --------------------------------------------------------------------------------------------
+
+def image_sizes(summary: dict, path: str | os.PathLike, img_size: int | None = None) -> Path:
+    """Bars: files per megapixel range (cnnlab.data.check.size_summary), and what the network sees."""
+    histogram = summary["megapixel_histogram"]
+    edges, counts = histogram["edges"], histogram["counts"]
+    labels = [f"{lo:g}-{hi:g}" if hi is not None else f">{lo:g}" for lo, hi in zip(edges[:-1], edges[1:])]
+    fig, ax = plt.subplots(figsize=(7.0, 3.2), layout="constrained")
+    bars = ax.bar(labels, counts, color="#4c78a8")
+    ax.bar_label(bars, labels=[str(c) if c else "" for c in counts], fontsize=8)
+    ax.set_xlabel("megapixels per image")
+    ax.set_ylabel("files")
+    title = f"{summary['files']} files, median {summary['megapixels']['p50']:.2g} MP"
+    if img_size:
+        title += f"; the network sees {img_size}x{img_size} = {img_size * img_size / 1e6:.2g} MP"
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)

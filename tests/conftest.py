@@ -13,7 +13,7 @@ os.environ.setdefault("TORCH_HOME", "/nonexistent-torch-home")
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """3 classes x 16 images of 64 px, split 12/4 per class."""
-    from cnnlab.synth import synthesize
+    from cnnlab.data.synth import synthesize
 
     root = tmp_path_factory.mktemp("tiny-data")
     synthesize(root / "shapes", classes=3, per_class=16, size=64, seed=0, val_fraction=0.25)
@@ -23,7 +23,7 @@ def tiny_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_run(tiny_data, tmp_path_factory):
     """A 2-epoch simple_cnn run at 32 px on tiny_data (returns the TrainResult)."""
-    from cnnlab.train import fit
+    from cnnlab.commands.train import fit
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     return fit(data=str(tiny_data), img_size=32, epochs=2, batch_size=8, workers=0, out=str(out),
@@ -33,7 +33,7 @@ def tiny_run(tiny_data, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_eval(tiny_run):
     """evaluate() of tiny_run on its 12 validation images (writes eval_val.json, plots, report.html)."""
-    from cnnlab.evaluate import evaluate
+    from cnnlab.commands.evaluate import evaluate
 
     return evaluate(tiny_run.run_dir, split="val", workers=0, verbose=False)
 

@@ -9,7 +9,7 @@ import cnnlab
 def test_every_exported_name_resolves():
     for name in cnnlab.__all__:
         assert getattr(cnnlab, name) is not None, name
-    assert cnnlab.fit.__module__ == "cnnlab.train"
+    assert cnnlab.fit.__module__ == "cnnlab.commands.train"
     assert "simple_cnn" in cnnlab.list_models()
 
 

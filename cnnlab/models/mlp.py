@@ -20,6 +20,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc2 = nn.Linear(hidden, num_classes)
         self.min_input_size = img_size
+        self.fixed_input_size = img_size  # it flattens the image: exactly img_size x img_size
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) -> (N, hidden); the input must be exactly img_size x img_size."""
@@ -34,6 +35,14 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+    def stage_modules(self) -> list[tuple[str, nn.Module]]:
+        """No convolutional stages: an MLP has no feature maps (inspect and Grad-CAM need a CNN)."""
+        return []
+
+    def classifier(self) -> nn.Module:
+        """The output layer."""
+        return self.fc2
 
 
 @register_model("mlp")

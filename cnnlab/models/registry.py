@@ -1,4 +1,15 @@
-"""A small model registry: name -> factory(num_classes, **options) -> nn.Module with features/head."""
+"""A small model registry: name -> factory(num_classes, **options) -> an nn.Module that describes itself.
+
+Every registered model has (a test checks each one):
+    features(x)        (N, 3, H, W) -> (N, C, h, w) last feature maps (an MLP: its hidden layer)
+    head(f)            features -> (N, num_classes) logits; forward(x) = head(features(x))
+    stage_modules()    [(name, module)] whose outputs are the successive feature maps ([] for an MLP):
+                       what `inspect` shows and Grad-CAM reads (the last one)
+    classifier()       the module after the features that a linear probe trains (--freeze)
+    min_input_size     the smallest image side it accepts
+    fixed_input_size   the one side it accepts (an MLP), or None for any size >= min_input_size
+Callers ask the model through these; none matches on layer names or model names.
+"""
 
 from __future__ import annotations
 

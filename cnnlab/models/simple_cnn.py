@@ -34,6 +34,7 @@ class SimpleCNN(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(in_channels, num_classes)
         self.min_input_size = 2 ** len(widths)  # each MaxPool2d(2) halves the side
+        self.fixed_input_size = None  # any size >= min_input_size: global pooling follows the stages
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, widths[-1], H / 2**depth, W / 2**depth)"""
@@ -46,6 +47,14 @@ class SimpleCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+    def stage_modules(self) -> list[tuple[str, nn.Module]]:
+        """(name, module) of each stage, in order; features(x) is the output of the last one."""
+        return [(f"stages.{name}", stage) for name, stage in self.stages.named_children()]
+
+    def classifier(self) -> nn.Module:
+        """The layer that turns pooled features into logits (what a linear probe trains)."""
+        return self.fc
 
 
 @register_model("simple_cnn")

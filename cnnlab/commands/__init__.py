@@ -1,0 +1,2 @@
+"""The commands a user runs, each a plain function the CLI calls: train (fit = prepare, train, finish),
+evaluate, predict, compare, inspect, filters, demo, lr_find, augment_preview."""

@@ -1,0 +1,204 @@
+"""`cnnlab train`: fit() reads as three calls, and finish() is the end of every run.
+
+    run = prepare(config)   # data, model, loaders, optimizer, run folder  (cnnlab.training.setup)
+    train(run)              # the epoch loop, checkpoints, signals          (cnnlab.training.loop)
+    finish(run)             # evaluation of the validation split, verdict, image sizes, layer table,
+                            # augmentation preview, report.html            (this module)
+
+fit(resume=RUN) continues a run from its checkpoint with the options in its config.yaml; the options
+given with it must equal the run's, except the few a continuation may change (RESUME_CHANGEABLE).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from cnnlab import plots
+from cnnlab.commands.augment_preview import PreviewParts, write_run_preview
+from cnnlab.commands.evaluate import EvalResult, write_evaluation
+from cnnlab.config import TrainConfig
+from cnnlab.data.check import size_summary
+from cnnlab.errors import CnnlabError
+from cnnlab.files import write_json
+from cnnlab.models.summary import summarize_model
+from cnnlab.runs.diagnosis import Diagnosis, diagnose
+from cnnlab.runs.reader import read_run
+from cnnlab.runs.report import write_report
+from cnnlab.training import Run, prepare, train
+from cnnlab.training.setup import model_options
+from cnnlab.training.state import load_training_checkpoint
+
+# Options a resumed run may change, because none alters what the steps compute: the data order and the
+# augmentation depend on neither the workers nor where the data folder is or how it is cached;
+# --epochs only extends the run.
+RESUME_CHANGEABLE = ("epochs", "workers", "data", "cache", "cache_dir")
+# Options recorded resolved ("auto" -> bf16): giving the unresolved value again is giving the same value.
+RESOLVED_FROM = {"device": "auto", "precision": "auto", "cache": "auto", "workers": None, "channels_last": None}
+
+
+@dataclass
+class TrainResult:
+    """What fit() returns: the per-epoch history, the verdict, the evaluation, and where everything was written."""
+
+    run_dir: Path
+    history: list[dict]
+    best_epoch: int
+    best_val_loss: float
+    best_val_acc: float
+    stopped_early: bool = False
+    model: nn.Module | None = None
+    """The trained model after the last epoch (same as last.safetensors)."""
+    skipped_steps: int = 0
+    """Steps whose loss was not finite (the weights were not updated from them)."""
+    unreadable: dict = field(default_factory=dict)
+    """{split: number of images that could not be read}."""
+    diagnosis: Diagnosis | None = None
+    """The verdict on the learning curves (diagnosis.json)."""
+    evaluation: EvalResult | None = None
+    """The best epoch's validation split, evaluated (eval_val.json)."""
+
+    def summary(self) -> str:
+        """A few lines for the terminal."""
+        last = self.history[-1]
+        lines = [f"run folder: {self.run_dir}",
+                 f"best epoch {self.best_epoch}: val_loss {self.best_val_loss:.4f}, val_acc {self.best_val_acc:.4f}"
+                 f" (last epoch {last['epoch']}: val_acc {last['val_acc']:.4f})"]
+        if self.stopped_early:
+            lines.append("stopped early: validation loss stopped improving (--patience)")
+        if self.skipped_steps:
+            lines.append(f"skipped {self.skipped_steps} steps whose loss was not finite (skipped_steps in metrics.csv)")
+        if self.unreadable:
+            counts = ", ".join(f"{n} in {split}" for split, n in self.unreadable.items())
+            lines.append(f"skipped unreadable images: {counts} (listed in {self.run_dir / 'dataset.json'})")
+        return "\n".join(lines)
+
+
+def fit(config: TrainConfig | None = None, *, resume: str | os.PathLike | None = None, overwrite: bool = False,
+        verbose: bool = True, **options: Any) -> TrainResult:
+    """Train a model on an image folder; `options` are TrainConfig fields (same names as the CLI flags).
+
+    A run folder that already holds a run is refused unless `overwrite` (its run files are deleted first).
+    resume=RUN_DIR continues that run exactly where its checkpoint left it, with the options in its
+    config.yaml; `options` given with it must be the run's own, or RESUME_CHANGEABLE ones.
+    """
+    checkpoint = None
+    if resume is not None:
+        if config is not None:
+            raise CnnlabError("fit(resume=RUN_DIR) takes its options from the run folder; do not pass a config")
+        config, checkpoint = resume_config(resume, options)
+    elif config is None:
+        config = TrainConfig(**options)
+    elif options:
+        raise CnnlabError(f"give the options either as a TrainConfig or as keywords, not both ({', '.join(options)})")
+    run = prepare(config, checkpoint=checkpoint, overwrite=overwrite, verbose=verbose)
+    train(run)
+    return finish(run)
+
+
+def _same(name: str, given: Any, value: Any, saved: Any) -> bool:
+    """Whether an option given with --resume (as typed, and as TrainConfig reads it) says the same as the
+    run's recorded value."""
+    if name in RESOLVED_FROM and given == RESOLVED_FROM[name]:
+        return True
+    if name in ("data", "out", "weights", "cache_dir") and value and saved:
+        return os.path.abspath(str(value)) == os.path.abspath(str(saved))
+    return value == saved
+
+
+def resume_config(run_dir: str | os.PathLike, given: dict[str, Any]):
+    """(the run's TrainConfig with the changeable options applied, its checkpoint) for fit(resume=RUN)."""
+    run_dir = Path(run_dir)
+    checkpoint = load_training_checkpoint(run_dir)
+    record = read_run(run_dir)
+    saved = checkpoint.config
+    if record.config is None:
+        raise CnnlabError(f"{run_dir / 'config.yaml'} is missing; is {run_dir} a cnnlab run folder?")
+    current = record.config.to_dict()
+    edited = sorted(k for k in set(saved) | set(current)
+                    if k not in RESUME_CHANGEABLE + ("out",) and saved.get(k) != current.get(k))
+    if edited:
+        name = edited[0]
+        raise CnnlabError(f"{run_dir / 'config.yaml'} was edited since the checkpoint was written ({name}: "
+                          f"{saved.get(name)!r} -> {current.get(name)!r}); put it back, or start a new run with "
+                          f"--weights {run_dir / 'last.safetensors'}")
+    unknown = sorted(set(given) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise CnnlabError(f"unknown option(s) for --resume: {', '.join(unknown)}")
+    # normalise the given values the way TrainConfig does (e.g. --lr "0.002" -> 0.002)
+    normalised = TrainConfig.from_dict(saved | given).to_dict()
+    values = dict(saved)
+    values["out"] = str(run_dir.absolute())  # where the run is now, even if it was moved
+    differing = []
+    for name in given:
+        value = normalised[name]
+        if _same(name, given[name], value, saved.get(name)):
+            continue
+        if name in RESUME_CHANGEABLE:
+            values[name] = value
+        elif name != "out" or not _same("out", given[name], value, str(run_dir)):
+            differing.append(f"--{name.replace('_', '-')} {value} (the run has {saved.get(name)})")
+    if differing:
+        raise CnnlabError(f"--resume continues {run_dir} with its own options; these differ from its config.yaml: "
+                          f"{'; '.join(differing)}. Only {', '.join('--' + n.replace('_', '-') for n in RESUME_CHANGEABLE)} "
+                          f"may change; to change the others, start a new run with --weights "
+                          f"{run_dir / 'last.safetensors'}")
+    if values["epochs"] < saved["epochs"]:
+        raise CnnlabError(f"--epochs {values['epochs']} is fewer than the {saved['epochs']} epochs {run_dir} was "
+                          "started with; --resume can only keep or extend the number of epochs")
+    state = checkpoint.state
+    if state.stopped_early:
+        raise CnnlabError(f"{run_dir} stopped early at epoch {state.epoch} (--patience): there is nothing to resume; "
+                          f"to train on, start a new run with --weights {run_dir / 'best.safetensors'}")
+    if state.epoch >= values["epochs"]:
+        raise CnnlabError(f"{run_dir} has already finished its {state.epoch} epochs; pass --epochs N with N > "
+                          f"{state.epoch} to train it further")
+    if not Path(values["data"]).is_dir():
+        raise CnnlabError(f"the data folder this run was trained on, {values['data']}, no longer exists (moved or "
+                          "deleted?); pass --data with its new place")
+    return TrainConfig.from_dict(values), checkpoint
+
+
+def finish(run: Run) -> TrainResult:
+    """The end of a run: evaluate the best epoch's validation logits (eval_val.json and its plots), the
+    verdict (diagnosis.json), every image's size (dataset.json), the layer table (summary.json), the
+    augmentation preview and report.html; prints the verdict once."""
+    state, run_dir = run.state, run.run_dir
+    record = read_run(run_dir)
+    evaluation = None
+    if run.best_val is not None and len(run.best_val.labels):
+        evaluation = write_evaluation(record, "val", "best", run.val_loader.dataset, run.best_val)
+    val_size = len(run.best_val.labels) if run.best_val is not None else len(run.splits.splits["val"])
+    diagnosis = diagnose(state.history, val_size=val_size, num_classes=len(run.classes))
+    write_json(run_dir / "diagnosis.json",
+               diagnosis.to_dict() | {"inputs": {"val_size": val_size, "num_classes": len(run.classes)}})
+    sizes = size_summary([sample.path for samples in run.splits.splits.values() for sample in samples])
+    run.dataset_info["image_sizes"] = sizes
+    run.write_dataset_info()
+    if "megapixel_histogram" in sizes:
+        plots.image_sizes(sizes, run_dir / "image_sizes.png", img_size=run.config.img_size)
+    _write_layer_table(run)
+    parts = PreviewParts(run.train_loader.dataset, run.parts.pipeline, run.classes,
+                         frozenset(run.unreadable.found["train"]))
+    write_run_preview(run_dir, run.config, parts)
+    write_report(run_dir)
+    run.log(diagnosis.describe())
+    return TrainResult(run_dir, state.history, state.best_epoch, state.best_val_loss, state.best_val_acc,
+                       state.stopped_early, model=run.parts.model, skipped_steps=state.skipped_steps,
+                       unreadable=run.unreadable.count(), diagnosis=diagnosis, evaluation=evaluation)
+
+
+def _write_layer_table(run: Run) -> None:
+    """summary.json: the model's layer table at the training size, for the report."""
+    size = run.config.img_size
+    try:
+        summary = summarize_model(run.config.model, (3, size, size), len(run.classes), **model_options(run.config))
+    except (CnnlabError, TypeError, ValueError, RuntimeError, NotImplementedError) as error:
+        run.log(f"warning: no layer table for the report ({error})")
+        return
+    write_json(run.run_dir / "summary.json", summary.to_dict())

@@ -1,0 +1,373 @@
+"""The one module that opens image files: decode to a uint8 RGB tensor, inspect, and write images.
+
+Every reader in cnnlab (training, evaluation, prediction, inspection, data checks) comes through
+`read_pil`, so EXIF orientation, mode conversions and the pixel cap are applied identically
+everywhere. The order of operations, for every format:
+
+    open (header only) -> pixel cap -> [JPEG: DCT-domain reduction] -> decode -> RGB -> [reduce] -> EXIF turn
+
+Unreadable files raise ImageReadError naming the path and the reason, with a short problem code ("empty-file", "not-an-image", "truncated-or-corrupt", "over-pixel-cap", ...) for reports.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from cnnlab.errors import ImageReadError
+
+# File suffixes treated as images when scanning folders (lower case).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+# 200 megapixels: larger than any phone or DSLR photo, small enough that a forged header
+# cannot make us allocate tens of GB. Checked from the header, before any pixel is decoded.
+DEFAULT_MAX_PIXELS = 200_000_000
+
+# Background that transparent pixels are composited on: neutral grey, so that alpha does not
+# turn into black (PIL's default) or white and bias the colour statistics.
+ALPHA_BACKGROUND = (128, 128, 128)
+
+# EXIF orientation -> the transpose that makes the image upright (the table of ImageOps.exif_transpose).
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,  # stored lying on its left side: turn 90 degrees clockwise
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_EXIF_ORIENTATION_TAG = 0x0112
+
+_JPEG_FORMATS = ("JPEG", "MPO")  # MPO: the multi-picture JPEG some phones write
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_INT_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+# Short side the data check decodes to: enough to run the whole entropy-coded stream (so truncation
+# and corruption are found) at a fraction of the cost of a full decode.
+_CHECK_DECODE_SIZE = 64
+
+# PIL.Image.MAX_IMAGE_PIXELS is process-wide; this lock makes our brief change of it safe across threads.
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ImageProblem:
+    """Something worth reporting about one image file."""
+
+    severity: str  # "error" (cannot be read) or "info" (read, but converted or turned)
+    problem: str  # short code, e.g. "truncated-or-corrupt", "unusual-mode", "exif-rotated"
+    detail: str  # one human sentence
+
+
+@dataclass
+class ImageInfo:
+    """What `inspect_image` found out about one file, header and decode."""
+
+    path: str
+    format: str | None = None  # PIL format name: "JPEG", "PNG", "GIF", ...
+    width: int = 0  # upright, after EXIF orientation
+    height: int = 0
+    mode: str | None = None  # PIL mode as stored: "RGB", "CMYK", "I;16", "P", ...
+    orientation: int = 1  # EXIF orientation tag, 1 = upright
+    frames: int = 1
+    problems: list[ImageProblem] = field(default_factory=list)
+    dhash: int | None = None  # 64-bit difference hash of the decoded pixels: near-duplicates differ in few bits
+    grey_std: float | None = None  # standard deviation of the grey levels (0..255): ~0 for a blank image
+
+    @property
+    def readable(self) -> bool:
+        """True if read_image will return pixels for this file."""
+        return not any(p.severity == "error" for p in self.problems)
+
+    @property
+    def megapixels(self) -> float:
+        """width * height / 1e6."""
+        return self.width * self.height / 1e6
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict."""
+        return {**asdict(self), "readable": self.readable}
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True if the file name has an image suffix (the content is not checked)."""
+    return os.fsdecode(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _unreadable(path, problem: str, reason: str) -> ImageReadError:
+    """An ImageReadError with a short problem code, for reports."""
+    return ImageReadError(path, reason, problem)
+
+
+def _open(path: Path, max_pixels: int) -> Image.Image:
+    """Open lazily (header only) and enforce the pixel cap before any pixel is decoded."""
+    try:
+        if path.stat().st_size == 0:
+            raise _unreadable(path, "empty-file", "the file is empty (0 bytes)")
+        with _PIL_LIMIT_LOCK:
+            # PIL's own fixed limit would refuse files the user allowed with --max-pixels, warn on
+            # every large satellite image, and say nothing of how to allow a genuine file. It is
+            # lifted for the header read only; our cap is checked right below, still before decoding.
+            saved = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+            try:
+                image = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise _unreadable(path, "missing", "no such file") from None
+    except PermissionError:
+        raise _unreadable(path, "permission-denied", "permission denied; check the file's read permission") from None
+    except UnidentifiedImageError:
+        raise _unreadable(path, "not-an-image", "not an image file (unknown format)") from None
+    except Exception as error:  # noqa: BLE001 - PIL's plugins raise many types on malformed headers
+        raise _unreadable(path, "truncated-or-corrupt", f"cannot read the header ({error})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise _unreadable(
+            path, "over-pixel-cap",
+            f"{width}x{height} = {width * height / 1e6:.0f} MP is over the pixel cap of "
+            f"{max_pixels / 1e6:.0f} MP (raise --max-pixels if the file is genuine)")
+    return image
+
+
+def _orientation(image: Image.Image, header_only: bool = False) -> int:
+    """EXIF orientation 1..8 (1 when absent or unreadable: malformed EXIF must not lose the pixels).
+
+    `header_only`: do not decode to look for it (PIL's PNG reader decodes the whole image to find an
+    eXIf chunk placed after the pixel data; writers put it before, where the header read sees it).
+    """
+    if header_only and image.format == "PNG" and "exif" not in image.info:
+        return 1
+    try:
+        value = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - PIL raises many types on broken EXIF blocks
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _reduction(size: tuple[int, int], min_size: int | None) -> int:
+    """Largest integer factor that keeps the short side >= min_size (1 = no reduction)."""
+    if not min_size:
+        return 1
+    return max(1, min(size) // min_size)
+
+
+def _draft_jpeg(image: Image.Image, min_size: int | None) -> None:
+    """Ask libjpeg to decode at 1/2, 1/4 or 1/8 scale: the smallest whose short side is >= min_size.
+
+    The DCT-domain scaling averages each 8x8 block's frequencies, so the result is close to a full
+    decode followed by an area resize, at a fraction of the time and memory.
+    """
+    factor = _reduction(image.size, min_size)
+    scale = next(s for s in (8, 4, 2, 1) if s <= factor)
+    if scale > 1:
+        width, height = image.size
+        # PIL picks the largest power of two <= min(width // w, height // h); asking for
+        # (width // scale, height // scale) makes that exactly `scale` on both sides.
+        image.draft(None, (width // scale, height // scale))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB correctly (16-bit scaled, alpha composited on grey)."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _INT_GREY_MODES:
+        # 16-bit (or 32-bit int) grey: scale the value range to 0..255 instead of clipping,
+        # which is what convert("RGB") does and why 16-bit PNGs come out almost white.
+        array = np.asarray(image).astype(np.int32)  # (H, W); 65535 * 255 fits in int32
+        peak = 65535 if mode.startswith("I;16") or array.max() > 255 else 255
+        array = (np.clip(array, 0, peak) * 255 + peak // 2) // peak  # rounded: 32768 -> 128
+        return Image.fromarray(array.astype(np.uint8), mode="L").convert("RGB")
+    if mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(np.nanmin(array)), float(np.nanmax(array))
+        array = (array - low) / (high - low or 1.0) * 255.0
+        return Image.fromarray(np.nan_to_num(array).astype(np.uint8), mode="L").convert("RGB")
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, ...
+
+
+def _decode(image: Image.Image, path: Path, min_size: int | None) -> Image.Image:
+    """Decode an opened image to upright 8-bit RGB; short side >= min_size when that was asked for."""
+    try:
+        if image.format in _JPEG_FORMATS:
+            _draft_jpeg(image, min_size)
+        image.load()  # multi-frame files (GIF, TIFF, APNG): the first frame, where open() left us
+    except MemoryError:
+        raise _unreadable(path, "out-of-memory", "not enough memory to decode it") from None
+    except Image.DecompressionBombError as error:
+        raise _unreadable(path, "over-pixel-cap", f"a frame is over PIL's size limit ({error})") from None
+    except Exception as error:  # noqa: BLE001 - OSError mostly; plugins also raise Index/Key/TypeError
+        raise _unreadable(path, "truncated-or-corrupt", f"corrupt or truncated ({error})") from None
+    orientation = _orientation(image)
+    try:
+        rgb = _to_rgb(image)
+    except (ValueError, OSError) as error:
+        raise _unreadable(path, "unsupported-mode", f"cannot convert mode {image.mode} to RGB ({error})") from None
+    # Integer box reduction for every format (JPEGs are already within 2x of min_size after the draft),
+    # so what leaves here is never kept at full resolution when a smaller size was asked for.
+    factor = _reduction(rgb.size, min_size)
+    if factor > 1:
+        rgb = rgb.reduce(factor)
+    if orientation in _ORIENTATION_TRANSPOSE:  # after reducing: turning a small image is cheaper
+        rgb = rgb.transpose(_ORIENTATION_TRANSPOSE[orientation])
+    return rgb
+
+
+def read_pil(path: str | os.PathLike, min_size: int | None = None,
+             max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an image file to an 8-bit RGB PIL image, upright (EXIF applied).
+
+    With `min_size`, the image is reduced by the largest integer factor that keeps its short side
+    >= min_size (JPEGs already in the decoder, by DCT-domain scaling 1/2, 1/4, 1/8): the same pixels
+    a full decode + resize would give, at a fraction of the time and memory for large photos.
+    """
+    path = Path(path)
+    image = _open(path, max_pixels)
+    with image:  # closes the file handle, which load() leaves open for multi-frame files
+        rgb = _decode(image, path, min_size)
+    if rgb is not image:
+        image.close()  # free the full-resolution pixels now, not at garbage collection
+    return rgb
+
+
+def read_image(path: str | os.PathLike, min_size: int | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Decode an image file to a uint8 tensor of shape (3, H, W), upright, RGB."""
+    image = read_pil(path, min_size=min_size, max_pixels=max_pixels)
+    array = np.asarray(image)  # (H, W, 3), read-only, over PIL's bytes
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # (3, H, W), writable
+
+
+def image_size(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) from the header only, after EXIF orientation."""
+    width, height, _ = image_header(path, max_pixels)
+    return width, height
+
+
+def image_header(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int, str]:
+    """(width, height, format) from the header only (nothing decoded), width and height after EXIF orientation."""
+    with _open(Path(path), max_pixels) as image:
+        width, height = image.size
+        orientation = _orientation(image, header_only=True)
+        kind = image.format or "unknown"
+    return (height, width, kind) if orientation in (5, 6, 7, 8) else (width, height, kind)
+
+
+def _mode_problem(image: Image.Image) -> ImageProblem | None:
+    """The conversion read_pil will apply to this mode, as an info-level problem (None for plain RGB)."""
+    mode = image.mode
+    args = image.tile[0].args if image.tile else None  # the raw mode: "RGB;16B" (PNG), ("RGB;16B", ...) (TIFF)
+    rawmode = args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else ""
+    if mode in ("RGB", "RGBA", "LA") and isinstance(rawmode, str) and ";16" in rawmode:
+        note = f"16 bits per channel ({mode}): the high byte is used"
+        if mode != "RGB":
+            note += f"; transparent pixels composited on grey {ALPHA_BACKGROUND}"
+        return ImageProblem("info", "unusual-mode", note)
+    notes = {
+        "CMYK": "CMYK: converted to RGB without colour management (colours may shift)",
+        "P": "palette (P): converted to RGB",
+        "1": "1-bit black and white: copied to 3 channels",
+        "L": "grayscale (L): copied to 3 channels",
+        "F": "32-bit float: scaled from its own min..max to 0..255",
+        "YCbCr": "YCbCr: converted to RGB",
+    }
+    if mode in _INT_GREY_MODES:
+        return ImageProblem("info", "unusual-mode", f"16-bit grayscale ({mode}): scaled to 8 bits "
+                            "(value * 255 / 65535), then copied to 3 channels")
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+        return ImageProblem("info", "unusual-mode", f"{mode} with an alpha channel: transparent pixels "
+                            f"are composited on grey {ALPHA_BACKGROUND}")
+    if mode in notes:
+        return ImageProblem("info", "unusual-mode", notes[mode])
+    if mode != "RGB":
+        return ImageProblem("info", "unusual-mode", f"{mode}: converted to RGB")
+    return None
+
+
+def inspect_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  decode: bool = True) -> ImageInfo:
+    """Header facts and problems of one file; never raises for a bad image (its problem says why).
+
+    With `decode`, the pixels are decoded through the same code path as read_image (at a small
+    size: the whole compressed stream is still read), so truncated and corrupt files are found.
+    """
+    path = Path(path)
+    info = ImageInfo(path=os.fsdecode(path))
+    try:
+        image = _open(path, max_pixels)
+    except ImageReadError as error:
+        info.problems.append(ImageProblem("error", error.problem, error.reason))
+        return info
+    with image:
+        info.format, info.mode = image.format, image.mode
+        width, height = image.size  # as stored; the JPEG draft below shrinks image.size
+        mode_problem = _mode_problem(image)  # before decoding: it reads the raw mode of the tile
+        if decode:
+            try:
+                rgb = _decode(image, path, _CHECK_DECODE_SIZE)
+            except ImageReadError as error:
+                info.problems.append(ImageProblem("error", error.problem, error.reason))
+                return info
+            info.dhash, info.grey_std = _fingerprint(rgb)
+        info.orientation = _orientation(image, header_only=not decode)
+        info.width, info.height = (height, width) if info.orientation in (5, 6, 7, 8) else (width, height)
+        try:
+            # Counted after the first frame is decoded: GIF counts by walking the file.
+            info.frames = int(getattr(image, "n_frames", 1))
+        except Exception:  # noqa: BLE001 - a broken later frame does not matter: only the first is read
+            info.frames = 1
+    if mode_problem is not None:
+        info.problems.append(mode_problem)
+    if info.orientation != 1:
+        info.problems.append(ImageProblem(
+            "info", "exif-rotated", f"EXIF orientation {info.orientation}: turned upright when read "
+            f"(stored as {width}x{height}, used as {info.width}x{info.height})"))
+    if info.frames > 1:
+        info.problems.append(ImageProblem("info", "multi-frame",
+                                          f"{info.frames} frames: only the first is used"))
+    return info
+
+
+def _fingerprint(rgb: Image.Image) -> tuple[int, float]:
+    """(difference hash, grey-level standard deviation) of a decoded image.
+
+    dHash (Krawetz): the grey image shrunk to 9x8, one bit per pair of horizontal neighbours (is the left
+    one brighter?). Re-encoding, resizing and mild colour changes flip few of the 64 bits, so copies of
+    one picture (a placeholder saved many times) have hashes a few bits apart; different photos differ
+    in about half of them.
+    """
+    grey = rgb.convert("L")
+    small = np.asarray(grey.resize((9, 8), Image.Resampling.BOX), dtype=np.int16)  # (8, 9)
+    bits = (small[:, :-1] > small[:, 1:]).flatten()                                 # (64,)
+    value = int(np.packbits(bits).view(">u8")[0])
+    return value, float(np.asarray(grey, dtype=np.float32).std())
+
+
+def save_image(array: np.ndarray | torch.Tensor, path: str | os.PathLike, quality: int = 90) -> None:
+    """Write an (H, W, 3) uint8 array or a (3, H, W) uint8 tensor as JPEG or PNG (by suffix)."""
+    if isinstance(array, torch.Tensor):
+        array = array.permute(1, 2, 0).cpu().numpy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        # Fixed encoder settings so the same pixels always give the same bytes.
+        image.save(path, format="JPEG", quality=quality, optimize=False, subsampling=2)
+    else:
+        image.save(path)

@@ -1,0 +1,146 @@
+"""DataLoaders whose randomness is a pure function of (seed, epoch, position), built complete in one place.
+
+The training sampler yields (index, sample_seed) pairs; the dataset seeds each image's random crop with
+sample_seed and the batch augmentation on the device draws from the same seeds. So the images of epoch e
+are the same whatever the number of workers or processes, and a run resumed at epoch e (another process,
+other workers) sees exactly the batches it would have seen. Sharding over processes (DDP) is slicing
+the one permutation: rank r of W takes every W-th position, so the union of the ranks' k-th batches is
+the k-th global batch of a single-process run.
+
+Every loader is built by `make_loader`, complete: sampler -> SkipIndices (leaves out files found
+unreadable, cnnlab.data.unreadable) -> BatchSampler, its own generator, workers that leave signals to
+the main process. Nothing patches it afterwards.
+"""
+
+from __future__ import annotations
+
+import signal
+from itertools import islice
+
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Sampler
+
+from cnnlab.data.dataset import ImageDataset, collate_skip_bad
+
+
+def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    """A torch.Generator seeded from (seed, epoch, stream) only."""
+    generator = torch.Generator()
+    generator.manual_seed((seed * 1_000_003 + epoch) * 7919 + stream)
+    return generator
+
+
+class EpochSampler(Sampler):
+    """Shuffled (index, sample_seed) pairs for one epoch, this rank's share; call set_epoch before each epoch."""
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+        self.rank = rank
+        self.world_size = world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = epoch_generator(self.seed, self.epoch)
+        order = torch.randperm(self.size, generator=generator)
+        seeds = torch.randint(0, 2**62, (self.size,), generator=generator)
+        for position in range(self.rank, self.size, self.world_size):
+            yield int(order[position]), int(seeds[position])
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.size, self.world_size))
+
+
+class ShardIndices(Sampler):
+    """Evaluation order: this rank's share of 0..size-1 (every index exactly once over all ranks)."""
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1):
+        self.size = size
+        self.rank = rank
+        self.world_size = world_size
+
+    def __iter__(self):
+        return iter(range(self.rank, self.size, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.size, self.world_size))
+
+
+def _index(item) -> int:
+    # EpochSampler yields (index, augmentation seed); ShardIndices plain indices
+    return item[0] if isinstance(item, tuple) else item
+
+
+class SkipIndices(Sampler):
+    """Another sampler's items minus `skip`, from the `start`-th remaining item on; remembers what it yielded.
+
+    cnnlab.data.unreadable sets `skip` (files found unreadable in earlier epochs) and `start` (resuming in
+    the middle of an epoch) before each pass, and compares `yielded` with what came back.
+    """
+
+    def __init__(self, sampler: Sampler):
+        self.sampler = sampler
+        self.skip: set[int] = set()
+        self.start = 0
+        self.yielded: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    @property
+    def epoch(self) -> int | None:
+        return getattr(self.sampler, "epoch", None)
+
+    def __iter__(self):
+        self.yielded = []
+        kept = (item for item in self.sampler if _index(item) not in self.skip)
+        for item in islice(kept, self.start, None):
+            self.yielded.append(_index(item))
+            yield item
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - len(self.skip) - self.start, 0)
+
+
+def _leave_signals_to_the_main_process(worker_id: int) -> None:
+    # Ctrl-C in a terminal, `timeout`, `kill -- -PGID`, systemd and Slurm signal the whole process group.
+    # A worker killed by it would make the main process fail with "DataLoader worker ... killed by
+    # signal" instead of finishing its step and writing a checkpoint; the main process ends the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def make_loader(dataset: ImageDataset, batch_size: int, workers: int, *, train: bool, seed: int = 0,
+                pin_memory: bool = False, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Training loader (EpochSampler) or evaluation loader (file order), this rank's share, complete.
+
+    `batch_size` is this process's batch. The loader's own generator (seeded by `seed`) gives the workers
+    their base seed: a DataLoader otherwise draws it from torch's global generator when an iterator
+    starts, which would shift dropout's random numbers in a resumed run.
+    """
+    base = EpochSampler(len(dataset), seed, rank, world_size) if train else ShardIndices(len(dataset), rank, world_size)
+    return DataLoader(
+        dataset,
+        batch_sampler=BatchSampler(SkipIndices(base), batch_size, drop_last=False),
+        num_workers=workers,
+        collate_fn=collate_skip_bad,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=_leave_signals_to_the_main_process if workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def skip_sampler(loader: DataLoader) -> SkipIndices:
+    """The SkipIndices that make_loader put between the sampler and the batches."""
+    return loader.batch_sampler.sampler
+
+
+def loader_batch_size(loader: DataLoader) -> int:
+    """Images per batch of a loader made by make_loader."""
+    return loader.batch_sampler.batch_size

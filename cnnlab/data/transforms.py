@@ -1,0 +1,118 @@
+"""Per-image transforms (torchvision.transforms.v2 on uint8 tensors, run in the DataLoader workers) and the
+preprocessing record a run stores with its weights.
+
+Workers hand over uint8 pixels; normalisation happens on the training device (`normalize`), after the
+batch augmentation of cnnlab.data.augment when it runs there. The `default` preset is the lecture's
+pipeline (RandomHorizontalFlip, RandomRotation(10), RandomResizedCrop(scale 0.8-1), ColorJitter
+0.2/0.2/0.2/0.1, then Normalize); where it runs is `augment_on`:
+    workers  every op per image in the workers (torchvision v2, as the lecture writes it)
+    device   the workers only crop (RandomResizedCrop); flip, rotation and colour jitter run on the
+             whole batch on the device, with different parameters per image (cnnlab.data.augment)
+`none` and evaluation are a deterministic resize + center crop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torchvision.transforms import v2
+
+from cnnlab.config import AUGMENT_ON, AUGMENT_PRESETS, check_choice
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Images are first brought to a short side of img_size / 0.875 (the classic 224 <- 256 ratio):
+# RandomResizedCrop(scale >= 0.8) then never upsamples, and rotation/jitter run on a small image
+# instead of a 12-megapixel one.
+DECODE_RATIO = 0.875
+CROP_SCALE = (0.8, 1.0)  # the lecture's RandomResizedCrop(scale=(0.8, 1.0))
+
+
+def decode_size(img_size: int, ratio: float = DECODE_RATIO) -> int:
+    """Short side the decoder must deliver for crops of `img_size`."""
+    return math.ceil(img_size / ratio)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images are prepared for the model; stored in model.json with the weights, and applied as
+    stored by eval, predict, inspect and export, so a run predicts the way it was trained."""
+
+    resize_short_side: int
+    """The image's short side is resized to this first."""
+    center_crop: int
+    """Then the central square of this side is what the network sees."""
+    decode_ratio: float = DECODE_RATIO
+    """center_crop / the short side the decoder (and the cache) delivers."""
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    """Per-channel mean subtracted after scaling to 0..1 (RGB)."""
+    std: tuple[float, float, float] = IMAGENET_STD
+    """Per-channel standard deviation divided by (RGB)."""
+    color: str = "RGB"
+    """Channel order of the network input."""
+    exif_orientation: bool = True
+    """Images are turned upright by their EXIF orientation before anything else."""
+
+    @classmethod
+    def for_size(cls, img_size: int) -> "Preprocessing":
+        """The record for a run trained at `img_size` with today's constants."""
+        return cls(resize_short_side=img_size, center_crop=img_size)
+
+    @property
+    def decode_size(self) -> int:
+        """Short side to decode (and cache) at."""
+        return decode_size(self.center_crop, self.decode_ratio)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (lists, not tuples)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict, img_size: int) -> "Preprocessing":
+        """The stored record; keys an older run did not write take the values it was trained with then."""
+        known = {f.name for f in fields(cls)}
+        kept = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known}
+        return cls(**{"resize_short_side": img_size, "center_crop": img_size} | kept)
+
+
+def eval_transform(preprocessing: Preprocessing) -> v2.Compose:
+    """Deterministic, uint8 in and out: resize the short side, center crop."""
+    return v2.Compose([v2.Resize(preprocessing.resize_short_side, antialias=True),
+                       v2.CenterCrop(preprocessing.center_crop)])
+
+
+def train_transform(preset: str, img_size: int, augment_on: str = "workers") -> v2.Compose:
+    """The per-image part of a preset (uint8 in and out); random parameters drawn anew for every read."""
+    check_choice("augment", preset, AUGMENT_PRESETS)
+    check_choice("augment_on", augment_on, AUGMENT_ON)
+    if preset == "none":
+        return eval_transform(Preprocessing.for_size(img_size))
+    if augment_on == "device":  # the rest of the preset runs on the batch (cnnlab.data.augment)
+        return v2.Compose([v2.Resize(decode_size(img_size), antialias=True),
+                           v2.RandomResizedCrop(img_size, scale=CROP_SCALE, antialias=True)])
+    return v2.Compose([
+        v2.Resize(decode_size(img_size), antialias=True),
+        v2.RandomHorizontalFlip(p=0.5),
+        v2.RandomRotation(10),
+        v2.RandomResizedCrop(img_size, scale=CROP_SCALE, antialias=True),
+        v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1),
+    ])
+
+
+def normalize(images: torch.Tensor, mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD) -> torch.Tensor:
+    """uint8 (N, 3, H, W) in 0..255 (or float in 0..1) -> float32 normalised per channel, on its device."""
+    if images.dtype == torch.uint8:
+        images = images.float().div_(255)
+    mean_t = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    return (images - mean_t) / std_t
+
+
+def denormalize(batch: torch.Tensor, mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD) -> torch.Tensor:
+    """Undo normalize for display: (N, 3, H, W) float -> same shape in 0..1."""
+    mean_t = torch.tensor(mean, device=batch.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=batch.device).view(1, 3, 1, 1)
+    return (batch * std_t + mean_t).clamp(0, 1)

@@ -1,0 +1,93 @@
+"""From a batch of uint8 pixels to the model's input on its device, and a model over a loader without
+gradients: logits for validation, evaluation and prediction.
+
+Workers hand over uint8 (N, 3, S, S): a quarter of the bytes of float32 through the worker queues and
+the host-to-device copy. Scaling to 0..1, the batch augmentation (training only) and the normalisation
+run here, on the device, as whole-batch tensor ops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from cnnlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from cnnlab.training.device import Precision
+from cnnlab.training.progress import Progress
+
+
+@dataclass(frozen=True)
+class InputPipeline:
+    """What happens to a batch between the loader and the model, on the device."""
+
+    device: torch.device
+    precision: Precision
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    # (images float (N, 3, S, S) in 0..1, seeds (N,)) -> same shape: the batch augmentation, or None
+    augment: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+
+    def __call__(self, images: torch.Tensor, seeds: torch.Tensor | None = None, train: bool = False) -> torch.Tensor:
+        """uint8 (N, 3, S, S) on the host -> normalised float (N, 3, S, S) on the device, in the model's
+        memory format; augmented per image (from `seeds`) when `train`."""
+        images = images.to(self.device, non_blocking=True)
+        images = images.float().div_(255) if images.dtype == torch.uint8 else images
+        if train and self.augment is not None:
+            images = self.augment(images, seeds)
+        images = normalize(images, self.mean, self.std)
+        if self.precision.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+
+@dataclass
+class Logits:
+    """A model's outputs over a loader: logits (N, K) float32 on the CPU, labels (N,), dataset indices (N,)
+    of every image that could be read."""
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+
+    def loss_and_accuracy(self) -> tuple[float, float]:
+        """Mean cross-entropy and accuracy (NaN when nothing was read)."""
+        return loss_and_accuracy(self.logits, self.labels)
+
+
+@torch.no_grad()
+def collect_logits(model: nn.Module, loader: DataLoader, pipeline: InputPipeline, description: str = "eval",
+                   show_progress: bool = True, tta: bool = False) -> Logits:
+    """Run `model` (eval mode) over every batch of `loader`; with `tta`, average the logits of each image and
+    its mirror image (flip test-time augmentation)."""
+    model.eval()
+    all_logits, all_labels, all_indices = [], [], []
+    with Progress(len(loader.dataset), description, enabled=show_progress, show_loss=False) as progress:
+        for batch in loader:
+            if len(batch) == 0:
+                continue
+            images = pipeline(batch.images)
+            with pipeline.precision.autocast(pipeline.device):
+                logits = model(images).float()                           # (N, K)
+                if tta:
+                    logits = (logits + model(images.flip(-1)).float()) / 2  # mirror along the width
+            all_logits.append(logits.cpu())
+            all_labels.append(batch.labels)
+            all_indices.append(batch.indices)
+            progress.update(len(batch))
+    if not all_logits:
+        empty = torch.empty(0, dtype=torch.long)
+        return Logits(torch.empty(0, 0), empty, empty)
+    return Logits(torch.cat(all_logits), torch.cat(all_labels), torch.cat(all_indices))
+
+
+def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of a set of logits."""
+    if len(labels) == 0:
+        return float("nan"), float("nan")
+    loss = nn.functional.cross_entropy(logits, labels).item()
+    accuracy = (logits.argmax(1) == labels).float().mean().item()
+    return loss, accuracy

@@ -1,0 +1,220 @@
+"""The training loop: train_step, train_one_epoch, validate, and train(run) over the epochs.
+
+At the end of every epoch, train() writes the run's weights (best/last), metrics.csv, the learning
+curves and RUN/checkpoint.safetensors (cnnlab.training.state), from which a resumed run continues bit
+for bit; SIGINT/SIGTERM stop it after the current step with a checkpoint (cnnlab.training.signals).
+Unreadable images are skipped and counted (cnnlab.data.unreadable). The loop only touches the model,
+the loaders (samplers with set_epoch), the optimizer and the scheduler, so it runs unchanged in each
+process of a torchrun/DDP job once the model is wrapped and the samplers sharded.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cnnlab import plots
+from cnnlab.data.loaders import skip_sampler
+from cnnlab.errors import CnnlabError
+from cnnlab.models.weights import save_weights
+from cnnlab.training.forward import Logits, collect_logits
+from cnnlab.training.progress import Progress
+from cnnlab.training.record import BEST, CHECKPOINT, CURVES, LAST, write_metrics
+from cnnlab.training.setup import Run, TrainingParts
+from cnnlab.training.signals import StopOnSignal, TrainingInterrupted
+from cnnlab.training.state import LoopState, save_training_checkpoint
+
+# Stop when this many steps in a row had a non-finite loss: the run has diverged, and skipping on
+# would only hide it.
+MAX_NONFINITE_STEPS = 10
+
+
+def train_step(parts: TrainingParts, images: torch.Tensor, labels: torch.Tensor, state: LoopState) -> float | None:
+    """One optimisation step on a batch (N, 3, H, W) already on the device; returns the loss, or None
+    for a skipped step.
+
+    A non-finite loss never reaches backward() or the optimizer, and the BatchNorm statistics its
+    forward pass updated are put back: the step changes nothing but the schedule and the counts.
+    """
+    labels = labels.to(parts.device, non_blocking=True)
+    buffers = [buffer.detach().clone() for buffer in parts.model.buffers()]  # BN running stats (small)
+    with parts.precision.autocast(parts.device):
+        logits = parts.net(images)                      # (N, K)
+        loss = parts.loss_fn(logits.float(), labels)    # loss in fp32 for a stable log-softmax
+    sums = state.epoch_sums
+    sums.lr = parts.optimizer.param_groups[0]["lr"]
+    parts.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    if not torch.isfinite(loss):
+        with torch.no_grad():
+            for buffer, saved in zip(parts.model.buffers(), buffers):
+                buffer.copy_(saved)
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            parts.scheduler.step()  # the schedule stays aligned with the batches
+        sums.skipped_steps += 1
+        state.skipped_steps += 1
+        state.nonfinite_in_a_row += 1
+        if state.nonfinite_in_a_row >= MAX_NONFINITE_STEPS:
+            raise CnnlabError(f"training stopped in epoch {state.epoch + 1}: the loss was not a finite number "
+                              f"(nan or inf) for {MAX_NONFINITE_STEPS} steps in a row ({state.skipped_steps} "
+                              "skipped in all; the weights were never updated from them). Lower the learning "
+                              "rate (--lr), check the images with `cnnlab data check`, or use --precision fp32")
+        return None
+    state.nonfinite_in_a_row = 0
+    parts.scaler.scale(loss).backward()
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    parts.scheduler.step()
+    loss_value = loss.item()
+    sums.correct += (logits.argmax(1) == labels).sum().item()
+    sums.images += len(labels)
+    sums.loss_sum += loss_value * len(labels)
+    return loss_value
+
+
+def set_frozen(model: nn.Module, frozen: bool) -> None:
+    """Freeze everything but the classifier (weights and BatchNorm statistics), or unfreeze it all.
+
+    Called after model.train(): frozen modules are put in eval mode so their BatchNorm statistics stay
+    those of the pretrained weights (a linear probe on fixed features)."""
+    head = set(model.classifier().parameters())
+    head_modules = set(model.classifier().modules())
+    for parameter in model.parameters():
+        parameter.requires_grad_(not frozen or parameter in head)
+    if frozen:
+        for module in model.modules():
+            if module not in head_modules and module is not model:
+                module.eval()
+
+
+def train_one_epoch(run: Run, epoch: int, stop: StopOnSignal | None = None) -> bool:
+    """Train on epoch `epoch` from batch state.batches_done on; False if a stop signal came first."""
+    parts, state, loader = run.parts, run.state, run.train_loader
+    parts.net.train()
+    if run.config.freeze:
+        set_frozen(parts.model, epoch <= run.config.freeze)
+    first = state.batches_done
+    run.unreadable.begin_pass("train", epoch, start_batch=first)
+    with Progress(len(skip_sampler(loader)), f"epoch {epoch} train", enabled=run.verbose) as progress:
+        for batch_number, batch in enumerate(loader, start=first):
+            run.unreadable.record_batch("train", batch_number - first, batch.indices, epoch)
+            if len(batch) > 0:
+                images = parts.pipeline(batch.images, batch.seeds, train=True)
+                progress.update(len(batch), train_step(parts, images, batch.labels, state))
+            state.batches_done = batch_number + 1
+            if stop is not None and stop.signum is not None:
+                return False
+    return True
+
+
+def validate(run: Run, epoch: int) -> Logits:
+    """Logits of every readable validation image with the current weights."""
+    run.unreadable.begin_pass("val", epoch)
+    result = collect_logits(run.parts.net, run.val_loader, run.parts.pipeline, f"epoch {epoch} val",
+                            show_progress=run.verbose)
+    run.unreadable.record_pass("val", result.indices, epoch)
+    return result
+
+
+def epoch_row(state: LoopState, epoch: int, val_loss: float, val_acc: float, seconds: float, lr: float) -> dict:
+    """One line of metrics.csv from the sums of the epoch just trained."""
+    sums = state.epoch_sums
+    seen = sums.images
+    return {"epoch": epoch, "lr": sums.lr if sums.lr is not None else lr,
+            "train_loss": sums.loss_sum / seen if seen else float("nan"),
+            "train_acc": sums.correct / seen if seen else float("nan"),
+            "val_loss": val_loss, "val_acc": val_acc, "seconds": seconds, "skipped_steps": sums.skipped_steps}
+
+
+def train(run: Run) -> LoopState:
+    """The epoch loop, from wherever run.state says the run is, to config.epochs or an early stop."""
+    with StopOnSignal() as stop:
+        for epoch in range(run.state.epoch + 1, run.config.epochs + 1):
+            _train_epoch(run, epoch, stop)
+            if run.state.stopped_early:
+                run.log(f"early stop: no better validation loss for {run.config.patience} epochs")
+                break
+            if stop.signum is not None and epoch < run.config.epochs:
+                _stop_on_signal(run, stop.signum, save=False)
+    return run.state
+
+
+def _train_epoch(run: Run, epoch: int, stop: StopOnSignal) -> None:
+    """Train and validate one epoch, record it and save its files."""
+    state, parts, config = run.state, run.parts, run.config
+    start = time.perf_counter()
+    skip_sampler(run.train_loader).set_epoch(epoch)
+    if not train_one_epoch(run, epoch, stop):
+        _stop_on_signal(run, stop.signum, save=True)
+    val = validate(run, epoch)
+    val_loss, val_acc = val.loss_and_accuracy()
+    row = epoch_row(state, epoch, val_loss, val_acc, time.perf_counter() - start,
+                    parts.optimizer.param_groups[0]["lr"])
+    images = state.epoch_sums.images
+    state.history.append(row)
+    improved = val_loss < state.best_val_loss
+    if improved:
+        state.best_epoch, state.best_val_loss, state.best_val_acc = epoch, val_loss, val_acc
+        state.epochs_without_improvement = 0
+        run.best_val = val
+    else:
+        state.epochs_without_improvement += 1
+    state.stopped_early = bool(config.patience and state.epochs_without_improvement >= config.patience)
+    state.epoch = epoch
+    state.start_epoch()
+    _save_epoch(run, improved)
+    run.log(f"epoch {epoch}/{config.epochs}: train_loss {row['train_loss']:.4f} train_acc "
+            f"{row['train_acc']:.3f} | val_loss {val_loss:.4f} val_acc {val_acc:.3f} | "
+            f"{images / row['seconds']:.0f} img/s, {row['seconds']:.1f}s"
+            + (f" | {row['skipped_steps']} steps skipped (non-finite loss)" if row["skipped_steps"] else "")
+            + (" *" if improved else ""))
+
+
+def save_checkpoint(run: Run) -> None:
+    """RUN/checkpoint.safetensors for `cnnlab train --resume`."""
+    state, parts = run.state, run.parts
+    state.unreadable = run.unreadable.state()
+    extra = {}
+    if run.best_val is not None:
+        extra = {"val.logits": run.best_val.logits, "val.labels": run.best_val.labels,
+                 "val.indices": run.best_val.indices}
+    save_training_checkpoint(run.run_dir, parts.model, parts.optimizer, parts.scheduler, parts.scaler, state,
+                             run.config.to_dict(), run.classes, parts.device, extra=extra)
+
+
+def _save_epoch(run: Run, improved: bool) -> None:
+    """Weights, metrics, curves and the checkpoint of the epoch just finished (the checkpoint last).
+
+    If a file cannot be written (disk full, read-only), training stops: going on would compute
+    epochs that cannot be kept. The files of the previous epoch are intact, so --resume works.
+    """
+    state, model = run.state, run.parts.model
+    try:
+        if improved:
+            save_weights(model, run.run_dir / BEST, run.metadata | {"epoch": state.epoch})
+        save_weights(model, run.run_dir / LAST, run.metadata | {"epoch": state.epoch})
+        write_metrics(run.run_dir, state.history)
+        if run.unreadable.count() != run.reported_unreadable:
+            run.write_dataset_info()
+        plots.learning_curves(state.history, run.run_dir / CURVES, title=f"{run.config.model} on "
+                              f"{Path(run.config.data).name}", best_epoch=state.best_epoch)
+        save_checkpoint(run)
+    except CnnlabError as error:
+        raise CnnlabError(f"{error}. Training stopped after epoch {state.epoch} because its files could not be "
+                          f"saved; the last checkpoint in {run.run_dir} is kept: once this is fixed, continue "
+                          f"with `cnnlab train --resume {run.run_dir}`") from None
+
+
+def _stop_on_signal(run: Run, signum: int, save: bool) -> None:
+    """After SIGINT/SIGTERM: write a checkpoint (mid-epoch if `save`) and raise TrainingInterrupted."""
+    if save:
+        save_checkpoint(run)
+    raise TrainingInterrupted(signum, f"{signal.Signals(signum).name}: training stopped at {run.state.position()}; "
+                                      f"the checkpoint is in {run.run_dir / CHECKPOINT}. Continue with: "
+                                      f"cnnlab train --resume {run.run_dir}")

@@ -1,0 +1,118 @@
+"""The run folder's writer during training: what a run folder holds, and the files training writes.
+
+    RUN/config.yaml          every training option, resolved (read back as a TrainConfig)
+    RUN/classes.json         class names, index order = model output order
+    RUN/dataset.json         where the data came from: split sizes, per-class counts, unreadable files
+    RUN/model.json           model name, options, classes, preprocessing: enough to rebuild and predict
+    RUN/metrics.csv          one row per epoch (METRIC_COLUMNS)
+    RUN/learning_curves.png  loss and accuracy, train vs val (rewritten each epoch)
+    RUN/best.safetensors     weights with the lowest validation loss
+    RUN/last.safetensors     weights after the last finished epoch
+    RUN/checkpoint.safetensors  the full training state for --resume (cnnlab.training.state)
+
+The end of a run (cnnlab.commands.train.finish) adds diagnosis.json, eval_val.json and its plots,
+summary.json, augment_preview.png and report.html. cnnlab.runs.reader is the one reader of all of them.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from cnnlab.errors import CnnlabError
+from cnnlab.files import atomic_write, remove_stale_temporaries
+
+CONFIG = "config.yaml"
+CLASSES = "classes.json"
+DATASET = "dataset.json"
+MODEL = "model.json"
+METRICS = "metrics.csv"
+CURVES = "learning_curves.png"
+BEST = "best.safetensors"
+LAST = "last.safetensors"
+CHECKPOINT = "checkpoint.safetensors"
+# skipped_steps: steps whose loss was not finite (nan/inf), so the weights were not updated from them
+METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "skipped_steps")
+# Files (and patterns) a run writes anywhere in its life: what --overwrite removes, and what marks a
+# folder as holding a run. Anything else in the folder is the user's and is left alone.
+RUN_FILE_PATTERNS = (CONFIG, CLASSES, DATASET, MODEL, METRICS, CURVES, BEST, LAST, CHECKPOINT, "diagnosis.json",
+                     "summary.json", "report.html", "augment_preview.png", "lr_find.png", "lr_find.json",
+                     "image_sizes.png", "eval_*.json", "confusion_matrix_*.png", "top_losses_*.png",
+                     "reliability_*.png", "gradcam_*", "heatmaps_*")
+RUN_MARKERS = (CONFIG, MODEL, METRICS, CHECKPOINT, BEST, LAST)
+
+
+def model_metadata(model_name: str, model_options: dict, classes: list[str], img_size: int,
+                   preprocessing: dict) -> dict:
+    """The dict stored as model.json and inside each .safetensors file."""
+    return {"model": model_name, "model_options": model_options, "num_classes": len(classes),
+            "classes": classes, "img_size": img_size, "preprocessing": preprocessing,
+            "format": "cnnlab-1"}
+
+
+def holds_run(folder: Path) -> bool:
+    """True if `folder` already holds (part of) a cnnlab run."""
+    return any((folder / name).exists() for name in RUN_MARKERS)
+
+
+def clear_run(folder: Path) -> list[str]:
+    """Remove every file a run writes from `folder` (--overwrite); returns what was removed."""
+    removed = []
+    for pattern in RUN_FILE_PATTERNS:
+        for path in sorted(folder.glob(pattern)):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path.name)
+    return removed
+
+
+def new_run_dir(out: str | None, model: str, overwrite: bool = False) -> Path:
+    """The run folder for a new run, created; refuses one that holds a run unless `overwrite`.
+
+    Without `out`: runs/<model>-<YYYYmmdd-HHMMSS>, with a suffix when two runs start in the same second.
+    """
+    if out:
+        run_dir = Path(out).expanduser().absolute()
+        if run_dir.exists() and not run_dir.is_dir():
+            raise CnnlabError(f"--out {run_dir} is a file; give a folder for the run")
+        if run_dir.is_dir() and holds_run(run_dir):
+            if not overwrite:
+                raise CnnlabError(f"{run_dir} already holds a run; continue it with `cnnlab train --resume "
+                                  f"{run_dir}`, replace it with --overwrite (its files are deleted), or choose "
+                                  "another --out folder")
+            clear_run(run_dir)
+    else:
+        base = Path("runs").absolute() / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir, n = base, 1
+        while run_dir.exists():
+            n += 1
+            run_dir = base.with_name(f"{base.name}-{n}")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CnnlabError(f"cannot create the run folder {run_dir}: {error.strerror or error}") from None
+    remove_stale_temporaries(run_dir)
+    return run_dir
+
+
+def write_metrics(run_dir: str | os.PathLike, history: list[dict]) -> None:
+    """Rewrite metrics.csv from the whole history (small; keeps the file consistent after a resume)."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore")
+            writer.writeheader()
+            for row in history:
+                writer.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
+    atomic_write(Path(run_dir) / METRICS, write)
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value

@@ -1,0 +1,246 @@
+"""Everything a training run needs before its first step, built from a TrainConfig: `prepare(config)`.
+
+    run = prepare(config)   # data, model, loaders, optimizer, schedule, run folder (this module)
+    train(run)              # the epoch loop (cnnlab.training.loop)
+    finish(run)             # verdict, evaluation, report (cnnlab.commands.train)
+
+The pieces (seed_everything, build_model, make_datasets, make_loaders) are also what lr_find and the
+augmentation preview use, so they see exactly what training sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from cnnlab.config import TrainConfig
+from cnnlab.data.cache import CachedImages, open_cache
+from cnnlab.data.dataset import ImageDataset
+from cnnlab.data.folders import DatasetSplits, find_samples
+from cnnlab.data.loaders import make_loader
+from cnnlab.data.transforms import Preprocessing, decode_size, eval_transform, train_transform
+from cnnlab.data.unreadable import UnreadableImages
+from cnnlab.errors import CnnlabError
+from cnnlab.files import write_json, write_yaml
+from cnnlab.models import create_model
+from cnnlab.models.weights import load_start_weights
+from cnnlab.training.device import Precision, compile_model, default_workers, resolve_device, resolve_precision
+from cnnlab.training.forward import InputPipeline, Logits
+from cnnlab.training.lr_find import suggest_lr_for_config
+from cnnlab.training.optim import DEFAULT_LR, build_optimizer, build_scheduler
+from cnnlab.training.record import CLASSES, CONFIG, DATASET, MODEL, model_metadata, new_run_dir
+from cnnlab.training.state import LoopState, TrainingCheckpoint, restore_training
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (weights initialisation, dropout)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def model_options(config: TrainConfig) -> dict:
+    """Keyword arguments for create_model, as stored in model.json (never `pretrained`: the weights
+    come from the run's own files when the model is rebuilt)."""
+    options = {"dropout": config.dropout, "img_size": config.img_size}
+    options.update(config.model_options)
+    return options
+
+
+def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
+    """create_model with the run's options, checked against the image size."""
+    extra = {"pretrained": True} if config.pretrained else {}
+    model = create_model(config.model, num_classes, **model_options(config), **extra)
+    minimum = model.min_input_size
+    if config.img_size < minimum:
+        raise CnnlabError(f"img_size={config.img_size} is too small for model '{config.model}', which "
+                          f"halves the image {int(math.log2(minimum))} times; use --img-size {minimum} or more")
+    return model
+
+
+def make_datasets(splits: DatasetSplits, config: TrainConfig, cache: CachedImages | None = None
+                  ) -> dict[str, ImageDataset]:
+    """Training set with the preset's per-image transform; val/test with the deterministic eval transform.
+
+    With `cache` (open_cache over every split's files), images come from it instead of the files.
+    """
+    datasets = {}
+    for split, samples in splits.splits.items():
+        transform = train_transform(config.augment, config.img_size, config.augment_on) if split == "train" \
+            else eval_transform(Preprocessing.for_size(config.img_size))
+        source = cache.select([sample.path for sample in samples]) if cache is not None else None
+        datasets[split] = ImageDataset(samples, transform, decode_size=decode_size(config.img_size),
+                                       max_pixels=config.max_pixels, source=source)
+    return datasets
+
+
+def open_training_cache(splits: DatasetSplits, config: TrainConfig, only: tuple[str, ...] | None = None,
+                        one_pass: bool = False, verbose: bool = True) -> CachedImages | None:
+    """Decode every file once, at the size the transforms start from; later epochs read uint8 pixels.
+    `one_pass` (a look at a few images): use a cache that exists, never build one."""
+    paths = [sample.path for split, samples in splits.splits.items() if only is None or split in only
+             for sample in samples]
+    return open_cache(paths, decode_size(config.img_size), config.cache, cache_dir=config.cache_dir,
+                      max_pixels=config.max_pixels, one_pass=one_pass, verbose=verbose)
+
+
+def input_pipeline(config: TrainConfig, device: torch.device, precision: Precision) -> InputPipeline:
+    """The batch's way from the loader to the model: on the device, normalised, augmented when training."""
+    return InputPipeline(device, precision, augment=None)
+
+
+@dataclass
+class TrainingParts:
+    """What a training step uses: `net` runs the forward pass (compiled if asked), `model` holds the
+    weights that are saved (its state_dict keys carry no torch.compile wrapper prefix)."""
+
+    model: nn.Module
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    loss_fn: nn.Module
+    pipeline: InputPipeline
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipeline.device
+
+    @property
+    def precision(self) -> Precision:
+        return self.pipeline.precision
+
+
+@dataclass
+class Run:
+    """A training run: its resolved options, folder, data, training parts, loaders and loop state."""
+
+    config: TrainConfig
+    """The options with every 'auto' resolved (written as config.yaml, stored in each checkpoint)."""
+    run_dir: Path
+    splits: DatasetSplits
+    metadata: dict
+    """model.json, also inside each .safetensors."""
+    preprocessing: Preprocessing
+    parts: TrainingParts
+    train_loader: DataLoader
+    val_loader: DataLoader
+    unreadable: UnreadableImages
+    dataset_info: dict
+    """dataset.json, without the unreadable files."""
+    state: LoopState = field(default_factory=LoopState)
+    best_val: Logits | None = None
+    """Validation logits of the best epoch (what eval_val.json is computed from at the end)."""
+    verbose: bool = True
+    reported_unreadable: dict = field(default_factory=dict)
+    """Unreadable-image counts last written to dataset.json."""
+
+    @property
+    def classes(self) -> list[str]:
+        return self.splits.classes
+
+    def log(self, message: str) -> None:
+        """A line on stderr when verbose."""
+        if self.verbose:
+            print(message, file=sys.stderr, flush=True)
+
+    def write_dataset_info(self) -> None:
+        """dataset.json: splits, counts and the unreadable files found so far."""
+        report = self.unreadable.report()
+        write_json(self.run_dir / DATASET, self.dataset_info | ({"unreadable": report} if report else {}))
+        self.reported_unreadable = self.unreadable.count()
+
+
+def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None, overwrite: bool = False,
+            verbose: bool = True) -> Run:
+    """Build a Run from `config` (a new run folder), or continue one from its `checkpoint` (--resume)."""
+    if not config.data:
+        raise CnnlabError("no data folder given; pass --data DIR (make one with `cnnlab data synth DIR`)")
+    if config.weights and config.pretrained:
+        raise CnnlabError("--weights and --pretrained both say which weights to start from; give only one")
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device, config.channels_last)
+    splits = find_samples(config.data, val_fraction=config.val_fraction, seed=config.seed)
+    if checkpoint is not None and checkpoint.classes != splits.classes:
+        raise CnnlabError(f"the classes in {splits.root} ({', '.join(splits.classes)}) are not the ones the run "
+                          f"was trained on ({', '.join(checkpoint.classes)}); resume with the same data folder")
+    if not splits.splits.get("val"):
+        raise CnnlabError(f"no validation images in {splits.root}; add a val/ folder or raise --val-fraction")
+    seed_everything(config.seed)
+    model = build_model(config, len(splits.classes)).to(device)
+    start_note = None
+    if config.weights and checkpoint is None:  # a resumed run's weights come from its checkpoint
+        start_note = load_start_weights(model, config.weights, config.model, len(splits.classes))
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    run_dir = Path(config.out) if checkpoint is not None else new_run_dir(config.out, config.model, overwrite)
+
+    workers = default_workers() if config.workers is None else config.workers
+    cache = open_training_cache(splits, config, verbose=verbose)
+    datasets = make_datasets(splits, config, cache)
+    pin = device.type == "cuda"
+    loaders = {"train": make_loader(datasets["train"], config.batch_size, workers, train=True, seed=config.seed,
+                                    pin_memory=pin),
+               "val": make_loader(datasets["val"], config.batch_size * 2, workers, train=False, seed=config.seed,
+                                  pin_memory=pin)}
+    unreadable = UnreadableImages(loaders, config.max_bad, checkpoint.state.unreadable if checkpoint else None)
+    unreadable.known_in_advance()
+    pipeline = input_pipeline(config, device, precision)
+
+    lr = config.lr
+    if lr == "auto":
+        lr = suggest_lr_for_config(config, model, loaders["train"], pipeline, verbose=verbose, run_dir=run_dir)
+    lr = float(lr) if lr is not None else DEFAULT_LR[config.optimizer]
+    steps_per_epoch = math.ceil(len(datasets["train"]) / config.batch_size)
+    optimizer = build_optimizer(model, config.optimizer, lr, config.weight_decay)
+    scheduler = build_scheduler(optimizer, config.schedule, steps_per_epoch * config.epochs,
+                                round(config.warmup_epochs * steps_per_epoch))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+    resolved = dataclasses.replace(config, data=splits.root, lr=lr, workers=workers, out=str(run_dir),
+                                   device=str(device), precision=precision.name,
+                                   channels_last=precision.channels_last,
+                                   cache=cache.mode if cache is not None else "off")
+    preprocessing = Preprocessing.for_size(config.img_size)
+    metadata = model_metadata(config.model, model_options(config), splits.classes, config.img_size,
+                              preprocessing.to_dict())
+    dataset_info = {"root": splits.root, "split_source": splits.split_source, "counts": splits.counts(),
+                    "ignored_files": len(splits.ignored)}
+    write_yaml(run_dir / CONFIG, resolved.to_dict())
+    write_json(run_dir / CLASSES, splits.classes)
+    write_json(run_dir / MODEL, metadata)
+
+    # Forward passes go through `net` (compiled if asked); weights are saved from `model`, whose
+    # state_dict keys do not carry torch.compile's wrapper prefix.
+    net = compile_model(model) if config.compile else model
+    parts = TrainingParts(model, net, optimizer, scheduler, scaler, loss_fn, pipeline)
+    run = Run(resolved, run_dir, splits, metadata, preprocessing, parts, loaders["train"], loaders["val"],
+              unreadable, dataset_info, verbose=verbose)
+    run.write_dataset_info()
+    n_params = sum(p.numel() for p in model.parameters())
+    run.log(f"training {config.model} ({n_params:,} parameters) on {len(datasets['train'])} train / "
+            f"{len(datasets['val'])} val images, {len(splits.classes)} classes, {config.img_size}px, "
+            f"{device} {precision.name}, {workers} workers -> {run_dir}")
+    if config.batch_size > len(datasets["train"]):
+        run.log(f"note: --batch-size {config.batch_size} is larger than the {len(datasets['train'])} training "
+                "images, so every epoch is a single step; a smaller batch takes more steps per epoch")
+    if start_note:
+        run.log(start_note)
+    if checkpoint is not None:
+        run.state = checkpoint.state
+        extra = checkpoint.extra()
+        if "val.logits" in extra:
+            run.best_val = Logits(extra["val.logits"], extra["val.labels"], extra["val.indices"])
+        run.log(f"resuming {run_dir} from {checkpoint.state.position()}, to epoch {config.epochs}")
+        restore_training(checkpoint, model, optimizer, scheduler, scaler, device)  # last: it sets the RNGs
+    return run

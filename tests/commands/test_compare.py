@@ -1,0 +1,73 @@
+"""MLP vs CNN on tiny data: one run per model with identical settings, a table with the true parameter
+counts, compare.md/.json/.png written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cnnlab.cli import app
+from cnnlab.commands.compare import COLUMNS, compare
+from cnnlab.errors import CnnlabError
+from cnnlab.models import create_model
+
+
+@pytest.fixture(scope="module")
+def tiny_compare(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    return compare(str(tiny_data), ("mlp", "simple_cnn"), epochs=1, img_size=32, batch_size=8, out=out,
+                   model_options={"simple_cnn": {"widths": [8, 16]}}, workers=0, cache="off", augment="none",
+                   verbose=False)
+
+
+def _parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_table_has_both_models_with_true_parameter_counts(tiny_compare):
+    rows = {row["model"]: row for row in tiny_compare.rows}
+    assert list(rows) == ["mlp", "simple_cnn"]
+    mlp = _parameters(create_model("mlp", 3, img_size=32))
+    assert rows["mlp"]["parameters"] == mlp == 3 * 32 * 32 * 512 + 512 + 512 * 3 + 3
+    assert rows["simple_cnn"]["parameters"] == _parameters(create_model("simple_cnn", 3, widths=[8, 16]))
+    for row in rows.values():
+        assert set(COLUMNS) <= set(row)
+        assert 0.0 <= row["best_val_acc"] <= 1.0 and row["best_epoch"] == 1 and row["train_seconds"] > 0
+        assert row["verdict"] in ("underfitting", "overfitting", "good_fit", "plateau", "diverging", "too_few_val")
+
+
+def test_each_model_has_its_own_run_with_the_same_settings(tiny_compare):
+    import yaml
+
+    configs = {}
+    for name, run_dir in tiny_compare.runs.items():
+        assert run_dir == tiny_compare.out_dir / name and (run_dir / "best.safetensors").is_file()
+        configs[name] = yaml.safe_load((run_dir / "config.yaml").read_text())
+    different = {key for key in configs["mlp"] if configs["mlp"][key] != configs["simple_cnn"][key]}
+    assert different == {"model", "model_options", "out"}
+
+
+def test_files_written(tiny_compare):
+    out = tiny_compare.out_dir
+    saved = json.loads((out / "compare.json").read_text())
+    assert [row["model"] for row in saved["rows"]] == ["mlp", "simple_cnn"]
+    assert saved["settings"]["epochs"] == 1 and saved["settings"]["img_size"] == 32
+    table = (out / "compare.md").read_text()
+    assert "| mlp | 1,574,915 (1.57 M)" in table and "| simple_cnn |" in table
+    assert (out / "compare.png").stat().st_size > 5000
+    assert tiny_compare.describe().count("\n") == 3  # header, rule, two rows
+
+
+def test_bad_model_lists_fail_before_training(tiny_data, tmp_path):
+    with pytest.raises(CnnlabError, match="did you mean 'simple_cnn'"):
+        compare(str(tiny_data), ("mlp", "simple_cn"), out=tmp_path)
+    with pytest.raises(CnnlabError, match="two or more different models"):
+        compare(str(tiny_data), ("mlp", "mlp"), out=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_help():
+    output = CliRunner().invoke(app, ["compare", "--help"]).output
+    assert "--models" in output and "--epochs" in output

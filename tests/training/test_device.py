@@ -1,0 +1,75 @@
+"""Compute settings: precision resolution, auto precision trains as well as fp32, compile fallback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cnnlab.training.device import compile_model, cpu_has_fast_bf16, default_workers, resolve_precision
+from cnnlab.errors import CnnlabError
+from cnnlab.models import create_model
+
+
+def test_auto_precision_follows_the_hardware():
+    cpu = torch.device("cpu")
+    auto = resolve_precision("auto", cpu)
+    assert auto.name == ("bf16" if cpu_has_fast_bf16() else "fp32")
+    assert auto.channels_last  # NHWC is faster on the CPU in every precision
+    assert resolve_precision("fp32", cpu).autocast_dtype is None
+    assert resolve_precision("bf16", cpu, channels_last=False).channels_last is False
+    with pytest.raises(CnnlabError, match="fp16 is not supported on the CPU"):
+        resolve_precision("fp16", cpu)
+
+
+@pytest.mark.parametrize("cores, workers", [(1, 0), (2, 2), (3, 2), (4, 3), (64, 8)])
+def test_default_workers_follow_the_cores(monkeypatch, cores, workers):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert default_workers() == workers
+
+
+def test_auto_precision_learns_as_well_as_fp32(tmp_path, one_torch_thread):
+    """Same seed, same batches: bf16 autocast (where auto picks it) must fit the data as fp32 does.
+
+    Within a test's time budget the shapes dataset is learnt but not yet generalised (validation
+    stays near chance for both), so the fitted accuracy is the one compared.
+    """
+    from cnnlab.data.synth import synthesize
+    from cnnlab.commands.train import fit
+
+    data = tmp_path / "shapes"
+    synthesize(data, classes=3, per_class=40, size=64, seed=1, val_fraction=0.25)  # 90 train, 30 val
+    common = dict(data=str(data), img_size=48, epochs=10, batch_size=10, lr=3e-3, workers=0, augment="none",
+                  model_options={"widths": [16, 32, 64, 128]}, dropout=0.0, cache="ram", verbose=False)
+    fp32 = fit(out=str(tmp_path / "fp32"), precision="fp32", **common)
+    auto = fit(out=str(tmp_path / "auto"), precision="auto", **common)
+    last32, last_auto = fp32.history[-1], auto.history[-1]
+    assert last32["train_acc"] >= 0.8 and last_auto["train_acc"] >= 0.8, (fp32.history, auto.history)  # chance 0.33
+    assert abs(last32["train_acc"] - last_auto["train_acc"]) <= 6 / 90 + 1e-6  # within 6 of 90 images
+    assert abs(last32["train_loss"] - last_auto["train_loss"]) < 0.2 * last32["train_loss"]
+    assert abs(last32["val_acc"] - last_auto["val_acc"]) <= 5 / 30 + 1e-6
+
+
+def test_compile_failure_falls_back_to_eager_with_one_warning(capsys):
+    torch.manual_seed(0)
+    model = create_model("simple_cnn", 3, widths=[8, 16]).eval()
+
+    def broken_backend(graph_module, example_inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    net = compile_model(model, backend=broken_backend)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(net(x), model(x))
+        assert torch.equal(net(x), model(x))
+    assert net.failure == "RuntimeError: no C++ compiler here"
+    assert capsys.readouterr().err.count("warning: torch.compile failed") == 1
+
+
+def test_compiled_model_gives_the_eager_result():
+    torch.manual_seed(0)
+    model = create_model("simple_cnn", 3, widths=[8, 16]).eval()
+    net = compile_model(model, backend="eager")  # dynamo tracing without a C++ toolchain
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x), model(x), atol=1e-6)
+    assert net.failure is None
