@@ -29,11 +29,55 @@ def test_expected_commands_exist():
     assert {"train", "eval", "predict", "demo", "models", "data synth"} <= names
 
 
+# The options each command must show in its --help (a command that lost one fails here).
+EXPECTED_FLAGS = {
+    "train": ["--data", "--model", "--img-size", "--resume", "--overwrite", "--config", "--freeze", "--augment-on"],
+    "eval": ["--data", "--split", "--which", "--tta", "--max-bad"],
+    "predict": ["--top-k", "--json", "--tta", "--max-bad"],
+    "demo": ["--data", "--out", "--epochs"],
+    "lr-find": ["--data", "--steps", "--optimizer", "--run", "--out"],
+    "augment-preview": ["--data", "--augment", "--augment-on", "--n", "--run", "--out"],
+    "compare": ["--data", "--models", "--epochs", "--overwrite"],
+    "report": [], "models": [], "summary": ["--model", "--input", "--json"], "filter": ["--kernel", "--stride", "--out"],
+    "inspect": ["--out", "--max-maps", "--which"], "data synth": ["--classes", "--per-class", "--size"],
+    "data check": ["--fix-report", "--quarantine", "--max-pixels"], "cache list": ["--cache-dir"],
+    "cache clear": ["--cache-dir"],
+}
+
+
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c))
 def test_help(command):
-    result = CliRunner().invoke(app, [*command, "--help"])
+    result = CliRunner().invoke(app, [*command, "--help"], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
+    for flag in EXPECTED_FLAGS[" ".join(command)]:
+        assert flag in result.output, flag
+    # flags take no value: no "<bool>" after them; arguments show as NAME, not {name}
+    assert "<bool>" not in result.output and "{" not in result.output.splitlines()[1]
+
+
+def test_every_train_option_is_a_config_field_with_its_docstring_as_help():
+    import dataclasses
+
+    from cnnlab.config import TrainConfig, field_docs
+
+    params = {p.name: p for p in get_command(app).commands["train"].params}
+    docs = field_docs(TrainConfig)
+    for item in dataclasses.fields(TrainConfig):
+        flag = "model_option" if item.name == "model_options" else item.name
+        assert flag in params, f"TrainConfig.{item.name} has no train flag"
+        assert docs[item.name] and params[flag].help == docs[item.name], item.name
+        if item.name not in ("data", "model_options"):
+            assert params[flag].default == item.default, item.name  # the same default as the API
+    assert set(params) - {"model_option", *docs} == {"config", "resume", "overwrite"}
+
+
+def test_usage_and_version():
+    runner = CliRunner()
+    usage = runner.invoke(app, ["predict", "--help"], terminal_width=200).output
+    assert "Usage: root predict [OPTIONS] RUN_DIR INPUTS..." in usage or "predict [OPTIONS] RUN_DIR INPUTS..." in usage
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.output.strip() == f"cnnlab {__import__('cnnlab').__version__}"
 
 
 def cnnlab(*args, cwd=None):

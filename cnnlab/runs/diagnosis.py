@@ -109,7 +109,9 @@ class Diagnosis:
 
     def describe(self) -> str:
         """A few lines for the terminal: verdict and headline, then evidence and advice as bullets."""
-        lines = [f"{self.verdict.label}: {self.headline}"]
+        label = self.verdict.label
+        # "Too short to tell: 2 epochs recorded" says its verdict itself; others get it in front
+        lines = [self.headline if self.headline.lower().startswith(label.lower()) else f"{label}: {self.headline}"]
         lines += [f"  - {item}" for item in self.evidence]
         if self.advice:
             lines.append("What to try:")

@@ -92,3 +92,65 @@ def test_run_folder_without_weights(tmp_path):
 def test_not_a_run_folder(tmp_path):
     with pytest.raises(CnnlabError, match="model.json is missing"):
         load_model(tmp_path)
+
+
+# --- the end of training and the stored preprocessing (issue 9) -----------------------------------------------------
+def test_train_ends_by_evaluating_the_validation_split_of_its_best_epoch(tiny_run):
+    """No separate `eval` needed: eval_val.json is the best epoch's own validation pass."""
+    saved = json.loads((tiny_run.run_dir / "eval_val.json").read_text())
+    best = tiny_run.history[tiny_run.best_epoch - 1]
+    assert saved["images"] == 12 and saved["weights"] == "best"
+    assert saved["accuracy"] == pytest.approx(best["val_acc"], abs=1e-9)
+    assert saved["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+    assert tiny_run.evaluation is not None and tiny_run.evaluation.accuracy == pytest.approx(saved["accuracy"])
+    for name in ("confusion_matrix_val.png", "top_losses_val.png", "reliability_val.png", "summary.json"):
+        assert (tiny_run.run_dir / name).stat().st_size > 500, name
+    report = (tiny_run.run_dir / "report.html").read_text(encoding="utf-8")
+    assert "Not evaluated yet" not in report and "missing" not in report.split("Layer table")[0][-200:]
+
+
+def test_predict_applies_the_stored_preprocessing_not_todays_constants(tiny_run, tiny_data, tmp_path):
+    """A run whose model.json records another normalisation and resize is predicted as it records."""
+    import shutil
+
+    from cnnlab.runs.inference import open_trained
+
+    run = tmp_path / "older"
+    shutil.copytree(tiny_run.run_dir, run)
+    meta = json.loads((run / "model.json").read_text())
+    meta["preprocessing"] |= {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "resize_short_side": 40}
+    (run / "model.json").write_text(json.dumps(meta))
+    image = next((tiny_data / "val" / "circle").iterdir())
+    rows = predict(run, [image], top_k=3)
+    # by hand: resize the short side to 40, center crop 32, normalise with the stored mean/std
+    from torchvision.transforms.v2 import functional as F
+
+    pixels = read_image(image, min_size=37)
+    crop = F.center_crop(F.resize(pixels, [40], antialias=True), [32])
+    x = (crop.float() / 255 - 0.5) / 0.25
+    model, _ = load_model(run)
+    with torch.no_grad():
+        expected = torch.softmax(model(x[None]), 1)[0]
+    got = {t["class"]: t["probability"] for t in rows[0]["top"]}
+    classes = json.loads((run / "classes.json").read_text())
+    assert [got[c] for c in classes] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert open_trained(run).pipeline.mean == (0.5, 0.5, 0.5)
+    # and the run's own preprocessing gives other probabilities: the stored record is what was applied
+    assert predict(tiny_run.run_dir, [image], top_k=3)[0]["top"] != rows[0]["top"]
+
+
+def test_config_file_gives_the_options_and_flags_override_it(tiny_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from cnnlab.cli import app
+
+    out = tmp_path / "again"
+    result = CliRunner().invoke(app, ["train", "--config", str(tiny_run.run_dir / "config.yaml"), "--out", str(out),
+                                      "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    first, again = (yaml.safe_load((d / "config.yaml").read_text()) for d in (tiny_run.run_dir, out))
+    assert {k for k in first if first[k] != again[k]} == {"epochs", "out"}
+    assert again["epochs"] == 1 and again["model_options"] == {"widths": [8, 16]}
+    (tmp_path / "typo.yaml").write_text("img_sise: 32\n")
+    bad = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "typo.yaml")])
+    assert isinstance(bad.exception, CnnlabError) and "did you mean 'img_size'" in str(bad.exception)

@@ -26,6 +26,38 @@ def test_forward_backward_and_seams(name):
         assert torch.allclose(model.head(model.features(x)), model(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_describes_itself(name):
+    """Stages (what inspect and Grad-CAM read), the classifier (what --freeze trains), the input sizes."""
+    model = create_model(name, num_classes=4, img_size=32).eval()
+    minimum, fixed = model.min_input_size, model.fixed_input_size
+    assert isinstance(minimum, int) and minimum >= 1 and (fixed is None or fixed == minimum)
+    side = fixed or max(minimum, 32)
+    x = torch.randn(1, 3, side, side)
+    stages = model.stage_modules()
+    classifier = model.classifier()
+    assert isinstance(classifier, torch.nn.Module) and any(m is classifier for m in model.modules())
+    assert classifier.weight.shape[0] == 4 if hasattr(classifier, "weight") else \
+        [m for m in classifier.modules() if isinstance(m, torch.nn.Linear)][-1].out_features == 4
+    outputs = []
+    hooks = [module.register_forward_hook(lambda m, a, out: outputs.append(out)) for _, module in stages]
+    with torch.no_grad():
+        features = model.features(x)
+    for hook in hooks:
+        hook.remove()
+    if name == "mlp":
+        assert stages == []  # no feature maps: inspect and Grad-CAM refuse it clearly
+        return
+    assert len(stages) >= 3 and len(outputs) == len(stages)
+    assert all(out.ndim == 4 for out in outputs)  # feature maps (N, C, h, w)
+    assert torch.equal(outputs[-1], features)  # the last stage's output is features(x)
+    modules = dict(model.named_modules())
+    assert all(modules[n] is m for n, m in stages)  # names are the modules' own paths
+    # the minimum side is the network's total stride: twice it gives 2x2 final feature maps
+    with torch.no_grad():
+        assert model.features(torch.randn(1, 3, 2 * minimum, 2 * minimum)).shape[-2:] == (2, 2)
+
+
 def test_simple_cnn_parameters_do_not_grow_with_image_size():
     model = create_model("simple_cnn", 10)
     n = sum(p.numel() for p in model.parameters())
