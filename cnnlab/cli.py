@@ -195,9 +195,10 @@ def config_parameters() -> list[inspect.Parameter]:
         value = [] if name == "model_options" else _d(name)
         if name == "data":
             value = None  # not needed with --resume or --config
-        option = typer.Option(value, f"--{_FLAG_NAMES.get(name, name).replace('_', '-')}", help=_help(name))
-        if hints[name] is bool:  # a plain switch: --compile, not --compile/--no-compile
-            option = typer.Option(value, f"--{name.replace('_', '-')}", help=_help(name))
+        flag = f"--{_FLAG_NAMES.get(name, name).replace('_', '-')}"
+        option = typer.Option(value, flag, help=_help(name))
+        if hints[name] is bool and value:  # on by default: --no-ema turns it off
+            option = typer.Option(value, f"{flag}/--no-{flag[2:]}", help=_help(name))
         params.append(inspect.Parameter(_FLAG_NAMES.get(name, name), inspect.Parameter.KEYWORD_ONLY, default=option,
                                         annotation=_cli_annotation(name, hints[name])))
     return params

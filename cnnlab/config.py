@@ -39,6 +39,7 @@ def check_range(field_name: str, value: float, low: float | None = None, high: f
 
 AUGMENT_PRESETS = ("default", "none")
 AUGMENT_ON = ("workers", "device")
+BALANCE = ("auto", "weights", "sampler", "off")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -51,8 +52,8 @@ class TrainConfig:
 
     data: str = ""
     """Image folder: ImageFolder layout, with or without train/val/test split folders."""
-    model: str = "simple_cnn"
-    """Model name from the registry (`cnnlab models` lists them)."""
+    model: str = "resnet9"
+    """Model name from the registry (`cnnlab models` lists them); resnet9 is the fast default for training from scratch."""
     img_size: int = 128
     """Side of the square training crop, in pixels."""
     epochs: int = 10
@@ -69,14 +70,24 @@ class TrainConfig:
     """Learning-rate schedule per step: onecycle, cosine (with warm-up) or constant."""
     warmup_epochs: float = 1.0
     """Warm-up length for the cosine schedule (onecycle warms up for 25% of the steps)."""
-    dropout: float = 0.5
-    """Dropout probability before the classifier (the lecture's regulariser)."""
+    dropout: float = 0.2
+    """Dropout probability before the classifier (the lecture's regulariser; label smoothing, the weight average and augmentation regularise too, so it need not be 0.5)."""
     augment: str = "default"
     """Augmentation preset: default (the lecture's pipeline) or none."""
-    augment_on: str = "workers"
+    augment_on: str = "device"
     """Where the preset's flip, rotation and colour jitter run: workers (per image, torchvision) or device (per batch, different parameters per image)."""
-    label_smoothing: float = 0.0
-    """Cross-entropy label smoothing."""
+    label_smoothing: float = 0.1
+    """Cross-entropy label smoothing: the target is 90% the true class and 10% spread over all, so the network is not pushed to infinite confidence (better calibrated, generalises better)."""
+    ema: bool = True
+    """Evaluate and save an exponential moving average of the weights (over about the last 10% of the steps) instead of the last step's weights."""
+    progressive: bool = True
+    """Progressive resizing: train on smaller images early (from half the size) and at full size over the last quarter of the epochs; validation is always at full size."""
+    mixup: float = 0.0
+    """MixUp alpha (0: off): blend pairs of images and their labels."""
+    cutmix: float = 0.0
+    """CutMix alpha (0: off): paste a patch of one image into another, labels mixed by area; with MixUp, one of the two per batch."""
+    balance: str = "auto"
+    """Class imbalance: weights (loss weighted by inverse class frequency), sampler (draw classes equally often), off, or auto (weights when the largest class has >= 3x the images of the smallest)."""
     patience: int | None = None
     """Stop after this many epochs without a better validation loss; None never stops early."""
     val_fraction: float = 0.2
@@ -115,6 +126,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_choice("augment", self.augment, AUGMENT_PRESETS)
         check_choice("augment_on", self.augment_on, AUGMENT_ON)
+        check_choice("balance", self.balance, BALANCE)
+        check_range("mixup", self.mixup, 0.0, 10.0)
+        check_range("cutmix", self.cutmix, 0.0, 10.0)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("precision", self.precision, PRECISIONS)

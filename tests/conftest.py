@@ -27,7 +27,7 @@ def tiny_run(tiny_data, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     return fit(data=str(tiny_data), img_size=32, epochs=2, batch_size=8, workers=0, out=str(out),
-               model_options={"widths": [8, 16]}, cache="off", verbose=False)
+               model="simple_cnn", model_options={"widths": [8, 16]}, cache="off", verbose=False)
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,7 @@ class TrainResult:
     best_val_acc: float
     stopped_early: bool = False
     model: nn.Module | None = None
-    """The trained model after the last epoch (same as last.safetensors)."""
+    """The trained model after the last epoch, as last.safetensors holds it (the weight average with --ema)."""
     skipped_steps: int = 0
     """Steps whose loss was not finite (the weights were not updated from them)."""
     unreadable: dict = field(default_factory=dict)
@@ -189,7 +189,7 @@ def finish(run: Run) -> TrainResult:
     write_report(run_dir)
     run.log(diagnosis.describe())
     return TrainResult(run_dir, state.history, state.best_epoch, state.best_val_loss, state.best_val_acc,
-                       state.stopped_early, model=run.parts.model, skipped_steps=state.skipped_steps,
+                       state.stopped_early, model=run.parts.saved_model, skipped_steps=state.skipped_steps,
                        unreadable=run.unreadable.count(), diagnosis=diagnosis, evaluation=evaluation)
 
 

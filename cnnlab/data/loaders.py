@@ -31,21 +31,30 @@ def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
 
 
 class EpochSampler(Sampler):
-    """Shuffled (index, sample_seed) pairs for one epoch, this rank's share; call set_epoch before each epoch."""
+    """Shuffled (index, sample_seed) pairs for one epoch, this rank's share; call set_epoch before each epoch.
 
-    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1):
+    With `weights` (one per sample), the epoch's `size` indices are drawn with replacement in proportion
+    to them (--balance sampler: rare classes are seen as often as common ones), still from (seed, epoch).
+    """
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 weights: torch.Tensor | None = None):
         self.size = size
         self.seed = seed
         self.epoch = 0
         self.rank = rank
         self.world_size = world_size
+        self.weights = weights
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         generator = epoch_generator(self.seed, self.epoch)
-        order = torch.randperm(self.size, generator=generator)
+        if self.weights is None:
+            order = torch.randperm(self.size, generator=generator)
+        else:
+            order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
         seeds = torch.randint(0, 2**62, (self.size,), generator=generator)
         for position in range(self.rank, self.size, self.world_size):
             yield int(order[position]), int(seeds[position])
@@ -115,14 +124,17 @@ def _leave_signals_to_the_main_process(worker_id: int) -> None:
 
 
 def make_loader(dataset: ImageDataset, batch_size: int, workers: int, *, train: bool, seed: int = 0,
-                pin_memory: bool = False, rank: int = 0, world_size: int = 1) -> DataLoader:
+                pin_memory: bool = False, rank: int = 0, world_size: int = 1,
+                sample_weights: torch.Tensor | None = None) -> DataLoader:
     """Training loader (EpochSampler) or evaluation loader (file order), this rank's share, complete.
 
-    `batch_size` is this process's batch. The loader's own generator (seeded by `seed`) gives the workers
+    `batch_size` is this process's batch; `sample_weights` (training) draws samples in proportion to them.
+    The loader's own generator (seeded by `seed`) gives the workers
     their base seed: a DataLoader otherwise draws it from torch's global generator when an iterator
     starts, which would shift dropout's random numbers in a resumed run.
     """
-    base = EpochSampler(len(dataset), seed, rank, world_size) if train else ShardIndices(len(dataset), rank, world_size)
+    base = EpochSampler(len(dataset), seed, rank, world_size, sample_weights) if train \
+        else ShardIndices(len(dataset), rank, world_size)
     return DataLoader(
         dataset,
         batch_sampler=BatchSampler(SkipIndices(base), batch_size, drop_last=False),

@@ -1,7 +1,7 @@
 """Models: a registry (create_model, list_models), the models registered in it (see registry.py for
 what every model exposes), their weights on disk (weights.py) and the layer-by-layer summary (summary.py)."""
 
-from cnnlab.models import mlp, simple_cnn, torchvision_models  # noqa: F401  (registers the models)
+from cnnlab.models import mlp, resnet9, simple_cnn, torchvision_models  # noqa: F401  (registers the models)
 from cnnlab.models.registry import create_model, list_models, register_model
 
 __all__ = ["create_model", "list_models", "register_model"]

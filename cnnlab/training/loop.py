@@ -10,6 +10,7 @@ process of a torchrun/DDP job once the model is wrapped and the samplers sharded
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 import warnings
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from cnnlab import plots
+from cnnlab.data.augment import mix_batch
 from cnnlab.data.loaders import skip_sampler
 from cnnlab.errors import CnnlabError
 from cnnlab.models.weights import save_weights
@@ -32,11 +34,17 @@ from cnnlab.training.state import LoopState, save_training_checkpoint
 # Stop when this many steps in a row had a non-finite loss: the run has diverged, and skipping on
 # would only hide it.
 MAX_NONFINITE_STEPS = 10
+# Progressive resizing (fastai, FFCV): small images early train several times faster and learn the coarse
+# shapes; the last quarter at full size adapts the network (and its BatchNorm statistics) to the test size.
+PROGRESSIVE_START = 0.5  # half the side: a quarter of the pixels and of the compute per image
+PROGRESSIVE_FULL = 0.75  # full size from three quarters of the epochs on
+PROGRESSIVE_MIN_EPOCHS = 4  # a shorter run has no room to grow: it trains at full size
 
 
-def train_step(parts: TrainingParts, images: torch.Tensor, labels: torch.Tensor, state: LoopState) -> float | None:
-    """One optimisation step on a batch (N, 3, H, W) already on the device; returns the loss, or None
-    for a skipped step.
+def train_step(parts: TrainingParts, images: torch.Tensor, labels: torch.Tensor, state: LoopState,
+               targets: torch.Tensor | None = None) -> float | None:
+    """One optimisation step on a batch (N, 3, H, W) already on the device, with class labels (N,) and,
+    when MixUp/CutMix blended the images, soft targets (N, K); returns the loss, or None for a skipped step.
 
     A non-finite loss never reaches backward() or the optimizer, and the BatchNorm statistics its
     forward pass updated are put back: the step changes nothing but the schedule and the counts.
@@ -45,7 +53,8 @@ def train_step(parts: TrainingParts, images: torch.Tensor, labels: torch.Tensor,
     buffers = [buffer.detach().clone() for buffer in parts.model.buffers()]  # BN running stats (small)
     with parts.precision.autocast(parts.device):
         logits = parts.net(images)                      # (N, K)
-        loss = parts.loss_fn(logits.float(), labels)    # loss in fp32 for a stable log-softmax
+        # loss in fp32 for a stable log-softmax
+        loss = parts.loss_fn(logits.float(), labels if targets is None else targets)
     sums = state.epoch_sums
     sums.lr = parts.optimizer.param_groups[0]["lr"]
     parts.optimizer.zero_grad(set_to_none=True)
@@ -71,6 +80,9 @@ def train_step(parts: TrainingParts, images: torch.Tensor, labels: torch.Tensor,
     parts.scaler.step(parts.optimizer)
     parts.scaler.update()
     parts.scheduler.step()
+    if parts.average is not None:
+        parts.average.update(parts.model)
+        state.ema_steps = parts.average.steps
     loss_value = loss.item()
     sums.correct += (logits.argmax(1) == labels).sum().item()
     sums.images += len(labels)
@@ -93,20 +105,44 @@ def set_frozen(model: nn.Module, frozen: bool) -> None:
                 module.eval()
 
 
+def epoch_size(epoch: int, epochs: int, img_size: int, step: int) -> int:
+    """Progressive resizing: the side of the training images in `epoch` (1-based) of `epochs`.
+
+    From PROGRESSIVE_START of the side, growing linearly, to the full side by PROGRESSIVE_FULL of the epochs
+    and after; rounded down to a multiple of `step` (the model's total stride, so every stage gets whole
+    pixels). Runs shorter than PROGRESSIVE_MIN_EPOCHS train at full size throughout.
+    """
+    full_from = math.ceil(PROGRESSIVE_FULL * epochs)
+    if epochs < PROGRESSIVE_MIN_EPOCHS or epoch >= full_from:
+        return img_size
+    start = PROGRESSIVE_START * img_size
+    side = start + (img_size - start) * (epoch - 1) / max(full_from - 1, 1)
+    return max(step, int(side // step) * step)
+
+
 def train_one_epoch(run: Run, epoch: int, stop: StopOnSignal | None = None) -> bool:
     """Train on epoch `epoch` from batch state.batches_done on; False if a stop signal came first."""
-    parts, state, loader = run.parts, run.state, run.train_loader
+    parts, state, loader, config = run.parts, run.state, run.train_loader, run.config
     parts.net.train()
-    if run.config.freeze:
-        set_frozen(parts.model, epoch <= run.config.freeze)
+    if config.freeze:
+        set_frozen(parts.model, epoch <= config.freeze)
+    side = epoch_size(epoch, config.epochs, config.img_size, parts.model.min_input_size) if config.progressive \
+        else config.img_size
     first = state.batches_done
     run.unreadable.begin_pass("train", epoch, start_batch=first)
     with Progress(len(skip_sampler(loader)), f"epoch {epoch} train", enabled=run.verbose) as progress:
         for batch_number, batch in enumerate(loader, start=first):
             run.unreadable.record_batch("train", batch_number - first, batch.indices, epoch)
             if len(batch) > 0:
-                images = parts.pipeline(batch.images, batch.seeds, train=True)
-                progress.update(len(batch), train_step(parts, images, batch.labels, state))
+                images = parts.pipeline(batch.images, batch.seeds, train=True)  # (N, 3, S, S) on the device
+                if side != images.shape[-1]:  # (N, 3, side, side): bilinear with antialiasing, as a resize
+                    images = nn.functional.interpolate(images, size=(side, side), mode="bilinear", antialias=True,
+                                                       align_corners=False)
+                targets = None
+                if config.mixup or config.cutmix:
+                    images, targets = mix_batch(images, batch.labels.to(images.device), batch.seeds,
+                                                len(run.classes), config.mixup, config.cutmix)
+                progress.update(len(batch), train_step(parts, images, batch.labels, state, targets))
             state.batches_done = batch_number + 1
             if stop is not None and stop.signum is not None:
                 return False
@@ -116,7 +152,7 @@ def train_one_epoch(run: Run, epoch: int, stop: StopOnSignal | None = None) -> b
 def validate(run: Run, epoch: int) -> Logits:
     """Logits of every readable validation image with the current weights."""
     run.unreadable.begin_pass("val", epoch)
-    result = collect_logits(run.parts.net, run.val_loader, run.parts.pipeline, f"epoch {epoch} val",
+    result = collect_logits(run.parts.evaluated, run.val_loader, run.parts.pipeline, f"epoch {epoch} val",
                             show_progress=run.verbose)
     run.unreadable.record_pass("val", result.indices, epoch)
     return result
@@ -184,6 +220,8 @@ def save_checkpoint(run: Run) -> None:
     if run.best_val is not None:
         extra = {"val.logits": run.best_val.logits, "val.labels": run.best_val.labels,
                  "val.indices": run.best_val.indices}
+    if parts.average is not None:
+        extra |= {f"ema.{name}": tensor for name, tensor in parts.average.state().items()}
     save_training_checkpoint(run.run_dir, parts.model, parts.optimizer, parts.scheduler, parts.scaler, state,
                              run.config.to_dict(), run.classes, parts.device, extra=extra)
 
@@ -194,7 +232,7 @@ def _save_epoch(run: Run, improved: bool) -> None:
     If a file cannot be written (disk full, read-only), training stops: going on would compute
     epochs that cannot be kept. The files of the previous epoch are intact, so --resume works.
     """
-    state, model = run.state, run.parts.model
+    state, model = run.state, run.parts.saved_model
     try:
         if improved:
             save_weights(model, run.run_dir / BEST, run.metadata | {"epoch": state.epoch})

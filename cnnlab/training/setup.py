@@ -26,6 +26,8 @@ from cnnlab.config import TrainConfig
 from cnnlab.data.cache import CachedImages, open_cache
 from cnnlab.data.dataset import ImageDataset
 from cnnlab.data.folders import DatasetSplits, find_samples
+from cnnlab.data.augment import for_preset
+from cnnlab.data.findings import IMBALANCE_RATIO
 from cnnlab.data.loaders import make_loader
 from cnnlab.data.transforms import Preprocessing, decode_size, eval_transform, train_transform
 from cnnlab.data.unreadable import UnreadableImages
@@ -34,6 +36,7 @@ from cnnlab.files import write_json, write_yaml
 from cnnlab.models import create_model
 from cnnlab.models.weights import load_start_weights
 from cnnlab.training.device import Precision, compile_model, default_workers, resolve_device, resolve_precision
+from cnnlab.training.ema import WeightAverage, decay_for
 from cnnlab.training.forward import InputPipeline, Logits
 from cnnlab.training.lr_find import suggest_lr_for_config
 from cnnlab.training.optim import DEFAULT_LR, build_optimizer, build_scheduler
@@ -95,7 +98,41 @@ def open_training_cache(splits: DatasetSplits, config: TrainConfig, only: tuple[
 
 def input_pipeline(config: TrainConfig, device: torch.device, precision: Precision) -> InputPipeline:
     """The batch's way from the loader to the model: on the device, normalised, augmented when training."""
-    return InputPipeline(device, precision, augment=None)
+    return InputPipeline(device, precision, augment=for_preset(config.augment, config.augment_on))
+
+
+@dataclass(frozen=True)
+class Balance:
+    """How a run treats class imbalance: the mode used, and why (logged and recorded)."""
+
+    mode: str  # weights, sampler or off
+    ratio: float  # images of the largest class / of the smallest
+    note: str
+
+
+def resolve_balance(requested: str, counts: list[int]) -> Balance:
+    """What --balance means for these training counts (one per class); auto acts from IMBALANCE_RATIO on,
+    the ratio at which the data check warns too."""
+    ratio = max(counts) / max(min(counts), 1)
+    if requested == "auto":
+        mode = "weights" if ratio >= IMBALANCE_RATIO else "off"
+        why = (f"the largest class has {ratio:.1f}x the images of the smallest (>= {IMBALANCE_RATIO:g}x): the loss "
+               "is weighted by inverse class frequency" if mode == "weights"
+               else f"classes within {IMBALANCE_RATIO:g}x of each other ({ratio:.1f}x): no reweighting")
+        return Balance(mode, ratio, f"balance auto: {why}")
+    return Balance(requested, ratio, f"balance {requested} (largest class {ratio:.1f}x the smallest)")
+
+
+def class_weights(counts: list[int]) -> torch.Tensor:
+    """Inverse-frequency weights (K,), averaging 1 over the images: N / (K * n_c)."""
+    counts_t = torch.tensor(counts, dtype=torch.float32).clamp(min=1)
+    return counts_t.sum() / (len(counts) * counts_t)
+
+
+def loss_function(config: TrainConfig, balance: Balance, counts: list[int]) -> nn.Module:
+    """Cross-entropy with the run's label smoothing and, with balance 'weights', class weights."""
+    weight = class_weights(counts) if balance.mode == "weights" else None
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
 
 
 @dataclass
@@ -110,6 +147,18 @@ class TrainingParts:
     scaler: torch.amp.GradScaler
     loss_fn: nn.Module
     pipeline: InputPipeline
+    average: WeightAverage | None = None
+    """The weight average (--ema): what is validated and saved; None without --ema."""
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The model validation runs: the weight average, or the model itself (compiled if asked)."""
+        return self.average.model if self.average is not None else self.net
+
+    @property
+    def saved_model(self) -> nn.Module:
+        """The model best/last.safetensors hold (its state_dict keys carry no torch.compile prefix)."""
+        return self.average.model if self.average is not None else self.model
 
     @property
     def device(self) -> torch.device:
@@ -192,6 +241,12 @@ def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None
                                     pin_memory=pin),
                "val": make_loader(datasets["val"], config.batch_size * 2, workers, train=False, seed=config.seed,
                                   pin_memory=pin)}
+    counts = [n for n in splits.counts()["train"].values()]
+    balance = resolve_balance(config.balance, counts)
+    if balance.mode == "sampler":  # rebuilt with per-sample weights: 1 / (images of the sample's class)
+        weights = torch.tensor([1.0 / counts[sample.label] for sample in splits.splits["train"]])
+        loaders["train"] = make_loader(datasets["train"], config.batch_size, workers, train=True, seed=config.seed,
+                                       pin_memory=pin, sample_weights=weights)
     unreadable = UnreadableImages(loaders, config.max_bad, checkpoint.state.unreadable if checkpoint else None)
     unreadable.known_in_advance()
     pipeline = input_pipeline(config, device, precision)
@@ -205,7 +260,8 @@ def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None
     scheduler = build_scheduler(optimizer, config.schedule, steps_per_epoch * config.epochs,
                                 round(config.warmup_epochs * steps_per_epoch))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    loss_fn = loss_function(config, balance, counts).to(device)
+    average = WeightAverage(model, decay_for(steps_per_epoch * config.epochs)) if config.ema else None
 
     resolved = dataclasses.replace(config, data=splits.root, lr=lr, workers=workers, out=str(run_dir),
                                    device=str(device), precision=precision.name,
@@ -215,7 +271,8 @@ def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None
     metadata = model_metadata(config.model, model_options(config), splits.classes, config.img_size,
                               preprocessing.to_dict())
     dataset_info = {"root": splits.root, "split_source": splits.split_source, "counts": splits.counts(),
-                    "ignored_files": len(splits.ignored)}
+                    "ignored_files": len(splits.ignored),
+                    "balance": {"requested": config.balance, "mode": balance.mode, "ratio": round(balance.ratio, 3)}}
     write_yaml(run_dir / CONFIG, resolved.to_dict())
     write_json(run_dir / CLASSES, splits.classes)
     write_json(run_dir / MODEL, metadata)
@@ -223,7 +280,7 @@ def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None
     # Forward passes go through `net` (compiled if asked); weights are saved from `model`, whose
     # state_dict keys do not carry torch.compile's wrapper prefix.
     net = compile_model(model) if config.compile else model
-    parts = TrainingParts(model, net, optimizer, scheduler, scaler, loss_fn, pipeline)
+    parts = TrainingParts(model, net, optimizer, scheduler, scaler, loss_fn, pipeline, average)
     run = Run(resolved, run_dir, splits, metadata, preprocessing, parts, loaders["train"], loaders["val"],
               unreadable, dataset_info, verbose=verbose)
     run.write_dataset_info()
@@ -236,11 +293,16 @@ def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None
                 "images, so every epoch is a single step; a smaller batch takes more steps per epoch")
     if start_note:
         run.log(start_note)
+    if balance.mode != "off":
+        run.log(balance.note)
     if checkpoint is not None:
         run.state = checkpoint.state
         extra = checkpoint.extra()
         if "val.logits" in extra:
             run.best_val = Logits(extra["val.logits"], extra["val.labels"], extra["val.indices"])
+        if average is not None:
+            average.load({name[len("ema."):]: t for name, t in extra.items() if name.startswith("ema.")},
+                         checkpoint.state.ema_steps)
         run.log(f"resuming {run_dir} from {checkpoint.state.position()}, to epoch {config.epochs}")
         restore_training(checkpoint, model, optimizer, scheduler, scaler, device)  # last: it sets the RNGs
     return run

@@ -78,6 +78,8 @@ class LoopState:
     """Steps skipped because the loss was not finite, in the whole run."""
     nonfinite_in_a_row: int = 0
     """Consecutive steps with a non-finite loss, up to now."""
+    ema_steps: int = 0
+    """Updates of the weight average so far (its warm-up depends on it)."""
     unreadable: dict = field(default_factory=dict)
     """{split: [[dataset index, epoch found], ...]} for images that could not be read."""
 

@@ -24,7 +24,7 @@ from cnnlab.models import create_model
 from cnnlab.models.weights import load_start_weights
 from cnnlab.runs.reader import read_metrics
 
-TINY = {"img_size": 32, "batch_size": 8, "workers": 0, "model_options": {"widths": [8, 16]}, "cache": "off",
+TINY = {"model": "simple_cnn", "img_size": 32, "batch_size": 8, "workers": 0, "model_options": {"widths": [8, 16]}, "cache": "off",
         "verbose": False}
 ONE_THREAD = os.environ | {"OMP_NUM_THREADS": "1"}
 
@@ -60,7 +60,7 @@ def test_relative_paths_work_from_anywhere_and_a_moved_folder_is_explained(tiny_
     work.mkdir()
     shutil.copytree(tiny_data, work / "tiny")
     result = cnnlab("train", "--data", "tiny", "--out", "run", "--epochs", "1", "--img-size", "32",
-                    "--model-option", "widths=[8,16]", "--workers", "0", "--cache", "off", cwd=work)
+                    "--model", "simple_cnn", "--model-option", "widths=[8,16]", "--workers", "0", "--cache", "off", cwd=work)
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load((work / "run" / "config.yaml").read_text())
     assert config["data"] == str(work / "tiny") and config["out"] == str(work / "run")
@@ -110,7 +110,7 @@ def test_predict_gives_every_input_its_row_and_reason(tiny_run, tiny_data, tmp_p
 # --- 7. the CLI's rough edges ----------------------------------------------------------------------------------------
 def test_train_output_and_notes(tiny_data, tmp_path):
     result = cnnlab("train", "--data", tiny_data, "--out", tmp_path / "r", "--epochs", "1", "--batch-size", "64",
-                    "--img-size", "32", "--model-option", "widths=[8,16]", "--workers", "0", "--cache", "off")
+                    "--img-size", "32", "--model", "simple_cnn", "--model-option", "widths=[8,16]", "--workers", "0", "--cache", "off")
     assert result.returncode == 0, result.stderr
     assert "--batch-size 64 is larger than the 36 training images" in result.stderr
     text = result.stdout + result.stderr

@@ -79,7 +79,7 @@ def test_predict_gives_top_k_probabilities(tiny_run, tiny_data):
 
 
 def test_image_size_too_small_for_model(tiny_data, tmp_path):
-    with pytest.raises(CnnlabError, match="too small for model 'simple_cnn'"):
+    with pytest.raises(CnnlabError, match="too small for model 'resnet9', which halves the image 5 times; use --img-size 32"):
         fit(data=str(tiny_data), img_size=8, epochs=1, out=str(tmp_path / "r"), verbose=False)
 
 

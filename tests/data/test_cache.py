@@ -185,7 +185,7 @@ def test_unwritable_cache_dir_falls_back_and_training_still_works(tiny_data, tmp
                       verbose=False) is None
     assert capsys.readouterr().err.count("warning: cannot use the image cache") == 1
     result = fit(data=str(tiny_data), img_size=32, epochs=1, batch_size=8, workers=0, out=str(tmp_path / "run"),
-                 model_options={"widths": [8, 16]}, cache="disk", cache_dir=str(blocker / "cache"), verbose=False)
+                 model="simple_cnn", model_options={"widths": [8, 16]}, cache="disk", cache_dir=str(blocker / "cache"), verbose=False)
     assert result.history[0]["epoch"] == 1 and np.isfinite(result.history[0]["train_loss"])
     assert "cannot use the image cache" in capsys.readouterr().err
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["cache"] == "off"
@@ -269,7 +269,7 @@ def test_training_with_the_cache_equals_training_without(tiny_data, tmp_path):
     from cnnlab.commands.train import fit
 
     common = dict(data=str(tiny_data), img_size=32, epochs=1, batch_size=8, workers=0,
-                  model_options={"widths": [8, 16]}, verbose=False)
+                  model="simple_cnn", model_options={"widths": [8, 16]}, verbose=False)
     plain = fit(out=str(tmp_path / "off"), cache="off", **common)
     cached = fit(out=str(tmp_path / "disk"), cache="auto", **common)
     assert cached.history[0]["train_loss"] == plain.history[0]["train_loss"]

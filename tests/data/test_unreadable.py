@@ -15,7 +15,7 @@ from cnnlab.commands.evaluate import evaluate
 from cnnlab.data.loaders import EpochSampler
 from cnnlab.commands.train import fit
 
-TINY = {"img_size": 32, "batch_size": 8, "model_options": {"widths": [8, 16]}, "cache": "off", "verbose": False}
+TINY = {"model": "simple_cnn", "img_size": 32, "batch_size": 8, "model_options": {"widths": [8, 16]}, "cache": "off", "verbose": False}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

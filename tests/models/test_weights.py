@@ -129,7 +129,7 @@ def test_a_malicious_pickle_is_refused_even_when_torch_is_told_to_trust_files(ma
     path, marker = malicious
     env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "cnnlab", "train", "--data", str(tiny_data), "--weights", str(path),
-                             "--img-size", "32", "--model-option", "widths=[8,16]", "--cache", "off",
+                             "--img-size", "32", "--model", "simple_cnn", "--model-option", "widths=[8,16]", "--cache", "off",
                              "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

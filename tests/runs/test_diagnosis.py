@@ -401,7 +401,7 @@ def test_a_deliberately_overfitting_run_is_diagnosed_with_its_best_epoch(tmp_pat
     synthesize(data, classes=3, per_class=60, size=128, seed=1, val_fraction=0.75)  # 15 train, 45 val per class
     result = fit(data=str(data), img_size=32, epochs=15, augment="none", dropout=0.0, weight_decay=0.0,
                  schedule="constant", lr=1e-3, batch_size=16, workers=0, out=str(tmp_path / "run"),
-                 cache="off", model_options={"widths": [16, 32]}, verbose=False)
+                 cache="off", model="simple_cnn", model_options={"widths": [16, 32]}, verbose=False)
     verdict = result.diagnosis
     lowest = min(result.history, key=lambda row: row["val_loss"])["epoch"]
     assert verdict.verdict == dg.OVERFITTING

@@ -39,7 +39,8 @@ def test_auto_precision_learns_as_well_as_fp32(tmp_path, one_torch_thread):
     data = tmp_path / "shapes"
     synthesize(data, classes=3, per_class=40, size=64, seed=1, val_fraction=0.25)  # 90 train, 30 val
     common = dict(data=str(data), img_size=48, epochs=10, batch_size=10, lr=3e-3, workers=0, augment="none",
-                  model_options={"widths": [16, 32, 64, 128]}, dropout=0.0, cache="ram", verbose=False)
+                  model="simple_cnn", model_options={"widths": [16, 32, 64, 128]}, dropout=0.0, cache="ram", verbose=False,
+                  label_smoothing=0.0, ema=False, progressive=False)  # the plain loop: what precision changes
     fp32 = fit(out=str(tmp_path / "fp32"), precision="fp32", **common)
     auto = fit(out=str(tmp_path / "auto"), precision="auto", **common)
     last32, last_auto = fp32.history[-1], auto.history[-1]

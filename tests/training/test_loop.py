@@ -17,7 +17,7 @@ from cnnlab.training.loop import MAX_NONFINITE_STEPS
 from cnnlab.training.setup import build_model, seed_everything
 from cnnlab.training.state import load_training_checkpoint
 
-TINY = {"img_size": 32, "batch_size": 8, "workers": 0, "model_options": {"widths": [8, 16]}, "cache": "off",
+TINY = {"model": "simple_cnn", "img_size": 32, "batch_size": 8, "workers": 0, "model_options": {"widths": [8, 16]}, "cache": "off",
         "verbose": False}
 
 

@@ -40,7 +40,7 @@ def model_and_loader(tiny_data):
     """simple_cnn (8, 16) at 32 px and the training loader of tiny_data (36 images, batches of 8); no
     augmentation: the random transforms would cost more than the steps."""
     config = TrainConfig(data=str(tiny_data), img_size=32, batch_size=8, augment="none",
-                         model_options={"widths": [8, 16]})
+                         model="simple_cnn", model_options={"widths": [8, 16]})
     splits = find_samples(config.data)
     seed_everything(0)
     model = build_model(config, len(splits.classes))
@@ -142,7 +142,7 @@ def test_planned_steps_cycles_short_loaders_but_not_forever():
 def test_find_lr_writes_the_plot(tiny_data, tmp_path):
     out = tmp_path / "lr.png"
     result, path = find_lr(str(tiny_data), img_size=32, batch_size=8, steps=20, out=out, workers=0, cache="off",
-                           augment="none", model_options={"widths": [8, 16]}, verbose=False)
+                           augment="none", model="simple_cnn", model_options={"widths": [8, 16]}, verbose=False)
     assert isinstance(result, LRFindResult) and len(result.lrs) == 20 and path == out
     width, height = image_size(out)
     assert width > 300 and height > 200
@@ -152,7 +152,7 @@ def test_fit_with_lr_auto_records_the_suggestion(tiny_data, tmp_path, monkeypatc
     monkeypatch.setattr(lr_find_module, "MIN_STEPS", 10)  # keep the range test short: 2 passes of 5 batches
     monkeypatch.setattr(lr_find_module, "MAX_PASSES", 2)
     result = fit(data=str(tiny_data), img_size=32, epochs=1, batch_size=8, workers=0, cache="off", lr="auto",
-                 augment="none", out=str(tmp_path / "run"), model_options={"widths": [8, 16]}, verbose=False)
+                 augment="none", out=str(tmp_path / "run"), model="simple_cnn", model_options={"widths": [8, 16]}, verbose=False)
     config = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     recorded = json.loads((result.run_dir / "lr_find.json").read_text())
     assert isinstance(config["lr"], float) and 1e-7 <= config["lr"] <= 10
