@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 import difflib
 import functools
 import inspect
@@ -37,6 +38,32 @@ def check_range(field_name: str, value: float, low: float | None = None, high: f
         raise CnnlabError(f"{field_name}={value!r} is out of range; it must be in {bounds}")
 
 
+_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """'90s', '10m', '1.5h', '2h30m' or a number of seconds -> seconds."""
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", text.strip().lower())
+        if not parts or "".join(f"{n}{u}" for n, u in parts) != re.sub(r"\s+", "", text.strip().lower()) \
+                or any(unit not in _UNITS and unit != "" for _, unit in parts):
+            raise CnnlabError(f"--time {text!r} is not a duration; write e.g. 90s, 10m, 2h or 1h30m")
+        seconds = sum(float(number) * _UNITS.get(unit or "s", 1) for number, unit in parts)
+    if seconds <= 0:
+        raise CnnlabError(f"--time {text!r}: the budget must be more than 0 seconds")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """90 -> '1m30s', 7200 -> '2h'."""
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return "".join(f"{v}{u}" for v, u in ((hours, "h"), (minutes, "m"), (secs, "s")) if v) or "0s"
+
+
 AUGMENT_PRESETS = ("default", "none")
 AUGMENT_ON = ("workers", "device")
 BALANCE = ("auto", "weights", "sampler", "off")
@@ -58,6 +85,8 @@ class TrainConfig:
     """Side of the square training crop, in pixels."""
     epochs: int = 10
     """Maximum number of passes over the training split."""
+    time: str | None = None
+    """Train for this wall-clock time instead of --epochs (e.g. 90s, 10m, 2h): the steps that fit are planned from the measured speed, so the learning-rate schedule still ends at the budget."""
     batch_size: int = 32
     """Images per optimisation step."""
     lr: float | str | None = None
@@ -143,6 +172,8 @@ class TrainConfig:
         check_range("max_bad", self.max_bad, 0.0, 1.0)
         check_range("max_pixels", self.max_pixels, 1)
         check_range("freeze", self.freeze, 0)
+        if self.time is not None:
+            parse_duration(self.time)  # a clear error now, not after the data is scanned
         if self.patience is not None:
             check_range("patience", self.patience, 1)
         if self.workers is not None:

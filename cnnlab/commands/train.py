@@ -174,9 +174,9 @@ def finish(run: Run) -> TrainResult:
     if run.best_val is not None and len(run.best_val.labels):
         evaluation = write_evaluation(record, "val", "best", run.val_loader.dataset, run.best_val)
     val_size = len(run.best_val.labels) if run.best_val is not None else len(run.splits.splits["val"])
-    diagnosis = diagnose(state.history, val_size=val_size, num_classes=len(run.classes))
-    write_json(run_dir / "diagnosis.json",
-               diagnosis.to_dict() | {"inputs": {"val_size": val_size, "num_classes": len(run.classes)}})
+    inputs = {"val_size": val_size, "num_classes": len(run.classes), "time_budget": run.config.time}
+    diagnosis = diagnose(state.history, **inputs)
+    write_json(run_dir / "diagnosis.json", diagnosis.to_dict() | {"inputs": inputs})
     sizes = size_summary([sample.path for samples in run.splits.splits.values() for sample in samples])
     run.dataset_info["image_sizes"] = sizes
     run.write_dataset_info()

@@ -133,8 +133,11 @@ def wilson_interval(successes: int, n: int, z: float = WILSON_Z) -> tuple[float,
 
 
 def diagnose(history: list[dict[str, Any]], val_size: int | None = None,
-             num_classes: int | None = None) -> Diagnosis:
-    """Judge a training history (one dict per epoch) as one Verdict, with evidence and advice."""
+             num_classes: int | None = None, time_budget: str | None = None) -> Diagnosis:
+    """Judge a training history (one dict per epoch) as one Verdict, with evidence and advice.
+
+    `time_budget` (e.g. "10m"): the run trained for a wall-clock budget (--time), so its length was the
+    budget's, not a choice of epochs: the evidence says so, and "train longer" becomes "give it more time"."""
     curves = _Curves.from_history(history)
     best = _best_epoch(curves)
     interval, interval_line, accuracy = _val_interval(curves, best, val_size)
@@ -148,10 +151,18 @@ def diagnose(history: list[dict[str, Any]], val_size: int | None = None,
                or _check_plateau(curves, PLATEAU_EPOCHS)
                or _check_still_improving(curves)
                or _check_plateau(curves, 0))
-    evidence = list(finding.evidence)
+    evidence, advice = list(finding.evidence), list(finding.advice)
     if interval_line and interval_line not in evidence:
         evidence.append(interval_line)
-    return Diagnosis(finding.verdict, finding.headline, evidence, list(finding.advice), best, interval)
+    if time_budget:
+        n = len(curves.epochs)
+        evidence.append(f"the run was limited by its time budget (--time {time_budget}): {n} epoch{'s' if n != 1 else ''} "
+                        "fit in it")
+        if finding.verdict in (UNDERFITTING, TOO_SHORT):
+            advice = [a for a in advice if "more epochs" not in a.lower()]
+            advice.insert(0, f"Give it more time than --time {time_budget} (a longer budget plans more epochs), or "
+                             "make each epoch cheaper (a smaller --img-size).")
+    return Diagnosis(finding.verdict, finding.headline, evidence, advice, best, interval)
 
 
 # --- reading the history ----------------------------------------------------------------------------------------

@@ -141,4 +141,5 @@ def diagnose_run(run_dir: str | os.PathLike) -> Diagnosis:
     if val_size is None:
         counts = record.dataset.get("counts", {}).get("val", {})
         val_size = sum(counts.values()) - len(record.dataset.get("unreadable", {}).get("val", [])) if counts else None
-    return diagnose(read_metrics(run_dir), val_size=val_size, num_classes=record.num_classes)
+    return diagnose(read_metrics(run_dir), val_size=val_size, num_classes=record.num_classes,
+                    time_budget=inputs.get("time_budget"))

@@ -10,7 +10,7 @@ process of a torchrun/DDP job once the model is wrapped and the samplers sharded
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import signal
 import time
 import warnings
@@ -23,10 +23,14 @@ from cnnlab import plots
 from cnnlab.data.augment import mix_batch
 from cnnlab.data.loaders import skip_sampler
 from cnnlab.errors import CnnlabError
+from cnnlab.files import write_yaml
 from cnnlab.models.weights import save_weights
 from cnnlab.training.forward import Logits, collect_logits
+from cnnlab.training.budget import CHECK_AFTER_EPOCH, epoch_seconds, plan, replan_needed
+from cnnlab.training.ema import decay_for
+from cnnlab.training.optim import epoch_sizes, set_schedule_length
 from cnnlab.training.progress import Progress
-from cnnlab.training.record import BEST, CHECKPOINT, CURVES, LAST, write_metrics
+from cnnlab.training.record import BEST, CHECKPOINT, CONFIG, CURVES, LAST, write_metrics
 from cnnlab.training.setup import Run, TrainingParts
 from cnnlab.training.signals import StopOnSignal, TrainingInterrupted
 from cnnlab.training.state import LoopState, save_training_checkpoint
@@ -34,11 +38,6 @@ from cnnlab.training.state import LoopState, save_training_checkpoint
 # Stop when this many steps in a row had a non-finite loss: the run has diverged, and skipping on
 # would only hide it.
 MAX_NONFINITE_STEPS = 10
-# Progressive resizing (fastai, FFCV): small images early train several times faster and learn the coarse
-# shapes; the last quarter at full size adapts the network (and its BatchNorm statistics) to the test size.
-PROGRESSIVE_START = 0.5  # half the side: a quarter of the pixels and of the compute per image
-PROGRESSIVE_FULL = 0.75  # full size from three quarters of the epochs on
-PROGRESSIVE_MIN_EPOCHS = 4  # a shorter run has no room to grow: it trains at full size
 
 
 def train_step(parts: TrainingParts, images: torch.Tensor, labels: torch.Tensor, state: LoopState,
@@ -105,29 +104,13 @@ def set_frozen(model: nn.Module, frozen: bool) -> None:
                 module.eval()
 
 
-def epoch_size(epoch: int, epochs: int, img_size: int, step: int) -> int:
-    """Progressive resizing: the side of the training images in `epoch` (1-based) of `epochs`.
-
-    From PROGRESSIVE_START of the side, growing linearly, to the full side by PROGRESSIVE_FULL of the epochs
-    and after; rounded down to a multiple of `step` (the model's total stride, so every stage gets whole
-    pixels). Runs shorter than PROGRESSIVE_MIN_EPOCHS train at full size throughout.
-    """
-    full_from = math.ceil(PROGRESSIVE_FULL * epochs)
-    if epochs < PROGRESSIVE_MIN_EPOCHS or epoch >= full_from:
-        return img_size
-    start = PROGRESSIVE_START * img_size
-    side = start + (img_size - start) * (epoch - 1) / max(full_from - 1, 1)
-    return max(step, int(side // step) * step)
-
-
 def train_one_epoch(run: Run, epoch: int, stop: StopOnSignal | None = None) -> bool:
     """Train on epoch `epoch` from batch state.batches_done on; False if a stop signal came first."""
     parts, state, loader, config = run.parts, run.state, run.train_loader, run.config
     parts.net.train()
     if config.freeze:
         set_frozen(parts.model, epoch <= config.freeze)
-    side = epoch_size(epoch, config.epochs, config.img_size, parts.model.min_input_size) if config.progressive \
-        else config.img_size
+    side = epoch_sizes(config.epochs, config.img_size, parts.model.min_input_size, config.progressive)[epoch - 1]
     first = state.batches_done
     run.unreadable.begin_pass("train", epoch, start_batch=first)
     with Progress(len(skip_sampler(loader)), f"epoch {epoch} train", enabled=run.verbose) as progress:
@@ -146,6 +129,8 @@ def train_one_epoch(run: Run, epoch: int, stop: StopOnSignal | None = None) -> b
             state.batches_done = batch_number + 1
             if stop is not None and stop.signum is not None:
                 return False
+            if state.planned_steps and state.step >= state.planned_steps:
+                break  # a --time plan can end in the middle of its last epoch
     return True
 
 
@@ -171,8 +156,17 @@ def epoch_row(state: LoopState, epoch: int, val_loss: float, val_acc: float, sec
 def train(run: Run) -> LoopState:
     """The epoch loop, from wherever run.state says the run is, to config.epochs or an early stop."""
     with StopOnSignal() as stop:
-        for epoch in range(run.state.epoch + 1, run.config.epochs + 1):
+        while run.state.epoch < run.config.epochs:  # a --time re-plan may change config.epochs on the way
+            epoch = run.state.epoch + 1
+            if run.budget is not None and run.budget.elapsed() >= run.budget.seconds:
+                run.state.budget_reached = True
+                run.log(f"time budget reached after epoch {epoch - 1}: the run ends here")
+                break
+            began = time.monotonic()
             _train_epoch(run, epoch, stop)
+            if run.budget is not None and not run.state.budget_replanned and \
+                    epoch == min(CHECK_AFTER_EPOCH, run.config.epochs - 1):
+                _check_plan(run, epoch, time.monotonic() - began)
             if run.state.stopped_early:
                 run.log(f"early stop: no better validation loss for {run.config.patience} epochs")
                 break
@@ -210,6 +204,33 @@ def _train_epoch(run: Run, epoch: int, stop: StopOnSignal) -> None:
             f"{images / row['seconds']:.0f} img/s, {row['seconds']:.1f}s"
             + (f" | {row['skipped_steps']} steps skipped (non-finite loss)" if row["skipped_steps"] else "")
             + (" *" if improved else ""))
+
+
+def _check_plan(run: Run, epoch: int, actual: float) -> None:
+    """After epoch `epoch` of a --time run, which took `actual` seconds of wall time (training, validation
+    and its files): if that is REPLAN_DRIFT more or less than planned, plan the remaining epochs again from
+    the real speed (once), stretching the schedules to the new length."""
+    budget, state, parts, config = run.budget, run.state, run.parts, run.config
+    state.budget_replanned = True
+    side = budget.sides(config.epochs)[epoch - 1]
+    planned = epoch_seconds(side, config.img_size, len(run.train_loader.dataset), len(run.val_loader.dataset),
+                            budget.plan.seconds_per_image)
+    if not replan_needed(planned, actual):
+        return
+    steps_per_epoch = len(run.train_loader)
+    new = plan(budget.seconds, budget.elapsed(), budget.plan.seconds_per_image, steps_per_epoch, config.batch_size,
+               len(run.train_loader.dataset), len(run.val_loader.dataset), budget.sides, done_epochs=epoch,
+               epoch_scale=actual / planned)
+    run.log(f"time budget: epoch {epoch} took {actual:.1f}s instead of {planned:.1f}s; re-planned to "
+            f"{new.epochs} epochs ({new.total_steps} steps)")
+    run.config = dataclasses.replace(config, epochs=new.epochs)
+    state.planned_steps = new.total_steps
+    set_schedule_length(parts.scheduler, config.schedule, new.total_steps, round(config.warmup_epochs * steps_per_epoch))
+    if parts.average is not None:
+        parts.average.decay = decay_for(new.total_steps)
+    budget.plan = new
+    write_yaml(run.run_dir / CONFIG, run.config.to_dict())  # config.yaml and the checkpoint agree on the plan
+    save_checkpoint(run)
 
 
 def save_checkpoint(run: Run) -> None:

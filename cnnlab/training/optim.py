@@ -1,4 +1,4 @@
-"""Optimizer and per-step learning-rate schedule."""
+"""Optimizer and the schedules of a run: the per-step learning rate, and the image side per epoch."""
 
 from __future__ import annotations
 
@@ -50,13 +50,52 @@ def cosine_factor(step: int, total_steps: int, warmup_steps: int) -> float:
     return _cosine(1.0, 0.0, (step - warmup_steps) / max(total_steps - warmup_steps, 1))
 
 
+def schedule_factor(name: str, total_steps: int, warmup_steps: int):
+    """The LR multiplier as a function of the step: one-cycle, cosine with warm-up, or constant."""
+    total_steps = max(total_steps, 1)
+    if name == "onecycle":
+        return lambda step: onecycle_factor(step, total_steps)
+    if name == "cosine":
+        warmup_steps = min(max(warmup_steps, 0), total_steps - 1)
+        return lambda step: cosine_factor(step, total_steps, warmup_steps)
+    return lambda step: 1.0
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: int,
                     warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step schedule around the optimizer's lr: one-cycle, cosine with warm-up, or constant."""
-    total_steps = max(total_steps, 1)
-    if name == "onecycle":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: onecycle_factor(step, total_steps))
-    if name == "cosine":
-        warmup_steps = min(max(warmup_steps, 0), total_steps - 1)
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total_steps, warmup_steps))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_factor(name, total_steps, warmup_steps))
+
+
+def set_schedule_length(scheduler: torch.optim.lr_scheduler.LambdaLR, name: str, total_steps: int,
+                        warmup_steps: int) -> None:
+    """Stretch or shrink a running schedule to `total_steps` (a re-planned time budget); the step count stays."""
+    scheduler.lr_lambdas = [schedule_factor(name, total_steps, warmup_steps) for _ in scheduler.lr_lambdas]
+
+
+# Progressive resizing (fastai, FFCV), a schedule of the image side: small images early train several times
+# faster and learn the coarse shapes; the last quarter at full size adapts the network (and its BatchNorm
+# statistics) to the test size.
+PROGRESSIVE_START = 0.5  # half the side: a quarter of the pixels and of the compute per image
+PROGRESSIVE_FULL = 0.75  # full size from three quarters of the epochs on
+PROGRESSIVE_MIN_EPOCHS = 4  # a shorter run has no room to grow: it trains at full size
+
+
+def epoch_size(epoch: int, epochs: int, img_size: int, step: int) -> int:
+    """Progressive resizing: the side of the training images in `epoch` (1-based) of `epochs`.
+
+    From PROGRESSIVE_START of the side, growing linearly, to the full side by PROGRESSIVE_FULL of the epochs
+    and after; rounded down to a multiple of `step` (the model's total stride, so every stage gets whole
+    pixels). Runs shorter than PROGRESSIVE_MIN_EPOCHS train at full size throughout.
+    """
+    full_from = math.ceil(PROGRESSIVE_FULL * epochs)
+    if epochs < PROGRESSIVE_MIN_EPOCHS or epoch >= full_from:
+        return img_size
+    start = PROGRESSIVE_START * img_size
+    side = start + (img_size - start) * (epoch - 1) / max(full_from - 1, 1)
+    return max(step, int(side // step) * step)
+
+
+def epoch_sizes(epochs: int, img_size: int, step: int, progressive: bool) -> list[int]:
+    """The training side of each epoch of a run of `epochs` epochs."""
+    return [epoch_size(e, epochs, img_size, step) if progressive else img_size for e in range(1, epochs + 1)]

@@ -14,6 +14,7 @@ import dataclasses
 import math
 import random
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cnnlab.config import TrainConfig
+from cnnlab.config import TrainConfig, parse_duration
 from cnnlab.data.cache import CachedImages, open_cache
 from cnnlab.data.dataset import ImageDataset
 from cnnlab.data.folders import DatasetSplits, find_samples
@@ -36,10 +37,12 @@ from cnnlab.files import write_json, write_yaml
 from cnnlab.models import create_model
 from cnnlab.models.weights import load_start_weights
 from cnnlab.training.device import Precision, compile_model, default_workers, resolve_device, resolve_precision
+from cnnlab.training.budget import Budget, measure_seconds_per_image, plan
+from cnnlab.training.budget import describe as describe_plan
 from cnnlab.training.ema import WeightAverage, decay_for
 from cnnlab.training.forward import InputPipeline, Logits
 from cnnlab.training.lr_find import suggest_lr_for_config
-from cnnlab.training.optim import DEFAULT_LR, build_optimizer, build_scheduler
+from cnnlab.training.optim import DEFAULT_LR, build_optimizer, build_scheduler, epoch_sizes
 from cnnlab.training.record import CLASSES, CONFIG, DATASET, MODEL, model_metadata, new_run_dir
 from cnnlab.training.state import LoopState, TrainingCheckpoint, restore_training
 
@@ -192,6 +195,8 @@ class Run:
     verbose: bool = True
     reported_unreadable: dict = field(default_factory=dict)
     """Unreadable-image counts last written to dataset.json."""
+    budget: Budget | None = None
+    """With --time: the budget and its plan (None otherwise, and in a resumed run, which follows its plan)."""
 
     @property
     def classes(self) -> list[str]:
@@ -209,9 +214,25 @@ class Run:
         self.reported_unreadable = self.unreadable.count()
 
 
+def plan_budget(config: TrainConfig, model: nn.Module, loader: DataLoader, pipeline: InputPipeline,
+                loss_fn: nn.Module, val_images: int, started: float, verbose: bool) -> Budget:
+    """Time a few real training steps and plan the steps that fit config.time (cnnlab.training.budget)."""
+    seconds = parse_duration(config.time)
+    seconds_per_image = measure_seconds_per_image(model, loader, pipeline, loss_fn)
+
+    def sides(epochs: int) -> list[int]:
+        return epoch_sizes(epochs, config.img_size, model.min_input_size, config.progressive)
+    result = plan(seconds, time.monotonic() - started, seconds_per_image, len(loader), config.batch_size,
+                  len(loader.dataset), val_images, sides)
+    if verbose:
+        print(describe_plan(seconds, result), file=sys.stderr, flush=True)
+    return Budget(seconds, started, result, sides)
+
+
 def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None, overwrite: bool = False,
             verbose: bool = True) -> Run:
     """Build a Run from `config` (a new run folder), or continue one from its `checkpoint` (--resume)."""
+    started = time.monotonic()  # a --time budget counts from here: scanning and caching are part of the run
     if not config.data:
         raise CnnlabError("no data folder given; pass --data DIR (make one with `cnnlab data synth DIR`)")
     if config.weights and config.pretrained:
@@ -256,12 +277,19 @@ def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None
         lr = suggest_lr_for_config(config, model, loaders["train"], pipeline, verbose=verbose, run_dir=run_dir)
     lr = float(lr) if lr is not None else DEFAULT_LR[config.optimizer]
     steps_per_epoch = math.ceil(len(datasets["train"]) / config.batch_size)
-    optimizer = build_optimizer(model, config.optimizer, lr, config.weight_decay)
-    scheduler = build_scheduler(optimizer, config.schedule, steps_per_epoch * config.epochs,
-                                round(config.warmup_epochs * steps_per_epoch))
-    scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
     loss_fn = loss_function(config, balance, counts).to(device)
-    average = WeightAverage(model, decay_for(steps_per_epoch * config.epochs)) if config.ema else None
+    total_steps, budget = steps_per_epoch * config.epochs, None
+    if checkpoint is not None and checkpoint.state.planned_steps:
+        total_steps = checkpoint.state.planned_steps  # a budgeted run resumes its plan, not a new one
+    elif config.time and checkpoint is None:
+        budget = plan_budget(config, model, loaders["train"], pipeline, loss_fn, len(datasets["val"]), started,
+                             verbose)
+        config = dataclasses.replace(config, epochs=budget.plan.epochs)
+        total_steps = budget.plan.total_steps
+    optimizer = build_optimizer(model, config.optimizer, lr, config.weight_decay)
+    scheduler = build_scheduler(optimizer, config.schedule, total_steps, round(config.warmup_epochs * steps_per_epoch))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
+    average = WeightAverage(model, decay_for(total_steps)) if config.ema else None
 
     resolved = dataclasses.replace(config, data=splits.root, lr=lr, workers=workers, out=str(run_dir),
                                    device=str(device), precision=precision.name,
@@ -282,7 +310,9 @@ def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None
     net = compile_model(model) if config.compile else model
     parts = TrainingParts(model, net, optimizer, scheduler, scaler, loss_fn, pipeline, average)
     run = Run(resolved, run_dir, splits, metadata, preprocessing, parts, loaders["train"], loaders["val"],
-              unreadable, dataset_info, verbose=verbose)
+              unreadable, dataset_info, verbose=verbose, budget=budget)
+    if budget is not None:
+        run.state.planned_steps = total_steps
     run.write_dataset_info()
     n_params = sum(p.numel() for p in model.parameters())
     run.log(f"training {config.model} ({n_params:,} parameters) on {len(datasets['train'])} train / "

@@ -80,6 +80,12 @@ class LoopState:
     """Consecutive steps with a non-finite loss, up to now."""
     ema_steps: int = 0
     """Updates of the weight average so far (its warm-up depends on it)."""
+    planned_steps: int = 0
+    """With --time: the steps planned to fit the budget (0: every step of config.epochs)."""
+    budget_replanned: bool = False
+    """With --time: whether the plan was re-made after the first epoch (it is, at most once)."""
+    budget_reached: bool = False
+    """With --time: the budget ran out before the planned steps (training ended there)."""
     unreadable: dict = field(default_factory=dict)
     """{split: [[dataset index, epoch found], ...]} for images that could not be read."""
 

@@ -57,7 +57,8 @@ def test_train_writes_the_verdict_and_the_report(tiny_run):
     expected = diagnose(tiny_run.history, val_size=12, num_classes=3)
     assert isinstance(tiny_run.diagnosis, Diagnosis) and tiny_run.diagnosis == expected
     written = json.loads((run / "diagnosis.json").read_text())
-    assert written == json.loads(json.dumps(expected.to_dict())) | {"inputs": {"val_size": 12, "num_classes": 3}}
+    assert written == json.loads(json.dumps(expected.to_dict())) | {"inputs": {"val_size": 12, "num_classes": 3,
+                                                                                  "time_budget": None}}
     assert (run / "report.html").is_file()
     # every file's header, not a sample: 48 images of 64x64 px, all JPEG
     sizes = json.loads((run / "dataset.json").read_text())["image_sizes"]

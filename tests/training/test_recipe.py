@@ -13,7 +13,7 @@ from cnnlab.data.loaders import EpochSampler
 from cnnlab.training.device import resolve_precision
 from cnnlab.training.ema import WeightAverage, decay_for
 from cnnlab.training.forward import InputPipeline, collect_logits
-from cnnlab.training.loop import epoch_size
+from cnnlab.training.optim import epoch_size
 from cnnlab.training.setup import class_weights, resolve_balance
 
 TINY = {"model": "simple_cnn", "img_size": 32, "batch_size": 8, "workers": 0, "model_options": {"widths": [8, 16]},

@@ -1,0 +1,109 @@
+"""--time: durations, the plan's arithmetic, and a real budgeted run that ends on time with a complete folder."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import yaml
+
+from cnnlab.commands.train import fit
+from cnnlab.config import TrainConfig, format_duration, parse_duration
+from cnnlab.errors import CnnlabError
+from cnnlab.runs.reader import read_metrics
+from cnnlab.training.budget import EPOCH_FILES_SECONDS, FINISH_SECONDS, epoch_seconds, plan
+from cnnlab.training.state import load_training_checkpoint
+
+TINY = {"model": "simple_cnn", "img_size": 32, "batch_size": 8, "workers": 0, "model_options": {"widths": [8, 16]},
+        "cache": "off", "verbose": False}
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("10m", 600), ("2h", 7200), ("1h30m", 5400), ("1.5m", 90),
+                                           (45, 45), ("45", 45)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["ten minutes", "10x", "-5m", "0s", "m5"])
+def test_bad_durations_are_one_clear_line(text):
+    with pytest.raises(CnnlabError, match="--time"):
+        TrainConfig(time=text)
+
+
+def test_format_duration():
+    assert [format_duration(s) for s in (59.6, 90, 3600, 5430)] == ["1m", "1m30s", "1h", "1h30m30s"]
+
+
+def test_plan_fits_whole_epochs_in_what_is_left():
+    # 1000 train images at 0.01 s each (10 s an epoch at full size) + 300 val at a third of that (1 s)
+    flat = plan(100, elapsed=9, seconds_per_image=0.01, steps_per_epoch=32, batch_size=32, train_images=1000,
+                val_images=300, sides=lambda n: [128] * n)
+    # left: 100 - 9 - FINISH = 88 s; an epoch: 10 s training + 1 s validation + its files -> 7 epochs
+    assert epoch_seconds(128, 128, 1000, 300, 0.01) == pytest.approx(11 + EPOCH_FILES_SECONDS)
+    assert (flat.epochs, flat.total_steps) == (7, 7 * 32)
+    assert flat.estimated_seconds == pytest.approx(7 * epoch_seconds(128, 128, 1000, 300, 0.01))
+    # a re-plan after 2 epochs that took 20% longer than planned: the rest of the estimates grow alike
+    again = plan(100, 9 + 2 * 1.2 * 11.3, 0.01, 32, 32, 1000, 300, sides=lambda n: [128] * n, done_epochs=2,
+                 epoch_scale=1.2)
+    assert again.epochs == 2 + int((88 - 2 * 1.2 * 11.3) / (1.2 * 11.3))
+    # smaller images early (progressive resizing) make epochs cheaper: more of them fit
+    grown = plan(100, 9, 0.01, 32, 32, 1000, 300, sides=lambda n: [64] * (n // 2) + [128] * (n - n // 2))
+    assert grown.epochs > flat.epochs
+    # not even one epoch: the steps of one that fit, then validation
+    short = plan(15, 1, 0.01, 32, 32, 1000, 300, sides=lambda n: [128] * n)
+    left = 15 - 1 - FINISH_SECONDS - 1.0  # minus the one validation pass
+    assert short.epochs == 1 and short.total_steps == int(left / 0.32)
+
+
+def test_a_budget_too_short_for_one_step_says_what_it_needs():
+    with pytest.raises(CnnlabError, match=r"--time 5s is too short: .* one training step takes about 3\.2s"):
+        plan(5, 1, 0.1, 32, 32, 1000, 300, sides=lambda n: [128] * n)
+
+
+def test_a_short_budget_ends_on_time_with_a_complete_run_folder(tiny_data, tmp_path):
+    """20 s: the run must end within 5 s of it (a shared 2-core machine times epochs with a few tenths of a second
+    of noise each, the plan is checked once after the first epoch, and the finish is an estimate)."""
+    start = time.monotonic()
+    result = fit(data=str(tiny_data), time="20s", out=str(tmp_path / "run"), **TINY)
+    took = time.monotonic() - start
+    assert abs(took - 20) <= 5, took
+    run = tmp_path / "run"
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["time"] == "20s" and config["epochs"] >= len(result.history) >= 3
+    for name in ("best.safetensors", "last.safetensors", "metrics.csv", "eval_val.json", "diagnosis.json",
+                 "report.html", "summary.json"):
+        assert (run / name).is_file(), name
+    diagnosis = json.loads((run / "diagnosis.json").read_text())
+    assert f"limited by its time budget (--time 20s): {len(result.history)} epochs" in " ".join(diagnosis["evidence"])
+    assert "the run was limited by its time budget" in (run / "report.html").read_text()
+    state = load_training_checkpoint(run).state
+    assert state.planned_steps > 0 and not state.stopped_early
+
+
+def test_a_budgeted_run_resumes_its_plan(tiny_data, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import cnnlab.training.loop as loop_module
+    from cnnlab.training.signals import TrainingInterrupted
+
+    original, calls = loop_module.train_step, [0]
+
+    def train_step(*args, **kwargs):
+        calls[0] += 1
+        loss = original(*args, **kwargs)
+        if calls[0] == 12:  # in the third epoch (5 steps each)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    monkeypatch.setattr(loop_module, "train_step", train_step)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        fit(data=str(tiny_data), time="30s", out=str(run), **TINY)
+    planned = load_training_checkpoint(run).state.planned_steps
+    monkeypatch.undo()
+    fit(resume=run, verbose=False)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert len(read_metrics(run)) == config["epochs"]  # the plan, finished: no second measurement
+    assert load_training_checkpoint(run).state.step == planned
