@@ -14,6 +14,10 @@ The lecture preset, split between the workers and the device (augment_on="device
 Approximations, each tested against torchvision's own per-image op on the same parameters
 (tests/data/test_augment.py):
   * rotation interpolates bilinearly (RandomRotation's default is nearest); same geometry and black fill;
+    the flip is folded into the same warp (a mirrored sampling grid), so it costs nothing;
+  * hue turns the colour plane of YIQ (luma kept, chroma rotated by 360 x hue degrees, one 3x3 matrix per
+    image) instead of going through HSV as torchvision does: 10x cheaper on a CPU, the same direction and
+    size of hue change (measured against torchvision: test_hue_is_close_to_torchvisions);
   * ColorJitter applies its four ops in a random order per image; here the order is fixed (brightness,
     contrast, saturation, hue), the order torchvision uses one time in 24;
   * the lecture rotates before cropping, here the crop comes first: a few more black corners, the same
@@ -76,9 +80,10 @@ class BatchAugment:
     def __call__(self, images: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) float in 0..1 on any device -> the same shape, each image augmented by its seed."""
         p = {k: v.to(images.device) for k, v in self.draw(seeds).items()}
-        images = torch.where(p["flip"].view(-1, 1, 1, 1), images.flip(-1), images)
         if self.degrees or self.translate or self.scale != (1.0, 1.0):
-            images = affine(images, p["angle"], p["scale"], p["dx"], p["dy"])
+            images = affine(images, p["angle"], p["scale"], p["dx"], p["dy"], flip=p["flip"])
+        else:
+            images = torch.where(p["flip"].view(-1, 1, 1, 1), images.flip(-1), images)
         dtype = images.dtype
         images = adjust_brightness(images, p["brightness"].to(dtype))
         images = adjust_contrast(images, p["contrast"].to(dtype))
@@ -101,9 +106,10 @@ def for_preset(preset: str, augment_on: str) -> BatchAugment | None:
 # --------------------------------------------------------------------------------------------
 
 def affine(images: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor, dx: torch.Tensor,
-           dy: torch.Tensor) -> torch.Tensor:
-    """Rotate by `angle` degrees (counter-clockwise, about the centre), zoom by `scale` and shift by (dx, dy)
-    of the side, in one bilinear warp; what leaves the frame is black (torchvision's fill 0)."""
+           dy: torch.Tensor, flip: torch.Tensor | None = None) -> torch.Tensor:
+    """Mirror where `flip` (N,) is true, then rotate by `angle` degrees (counter-clockwise, about the centre),
+    zoom by `scale` and shift by (dx, dy) of the side, in one bilinear warp; what leaves the frame is black
+    (torchvision's fill 0)."""
     n, _, height, width = images.shape
     radians = angle.to(torch.float64) * (math.pi / 180)
     cos, sin = torch.cos(radians) / scale, torch.sin(radians) / scale
@@ -114,6 +120,8 @@ def affine(images: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor, dx: t
     theta[:, 0, 0], theta[:, 0, 1] = cos, -sin * height / width
     theta[:, 1, 0], theta[:, 1, 1] = sin * width / height, cos
     theta[:, 0, 2], theta[:, 1, 2] = -2 * dx, -2 * dy
+    if flip is not None:  # mirror, then warp: the input is read at the mirrored x of where the warp reads
+        theta[:, 0, :] *= torch.where(flip.to(images.device), -1.0, 1.0).to(torch.float64).view(-1, 1)
     grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -176,11 +184,28 @@ def hsv_to_rgb(images: torch.Tensor) -> torch.Tensor:
     return choices.gather(1, index)
 
 
-def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Turn the hue by shift (N,) in [-0.5, 0.5] of the colour circle: torchvision's adjust_hue per image."""
+def adjust_hue_hsv(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Turn the hue by shift (N,) in [-0.5, 0.5] of the colour circle through HSV: exactly torchvision's
+    adjust_hue per image (the reference adjust_hue approximates)."""
     hsv = rgb_to_hsv(images)
     hue = (hsv[:, 0] + shift.view(-1, 1, 1)).remainder(1.0)
     return hsv_to_rgb(torch.stack((hue, hsv[:, 1], hsv[:, 2]), 1))
+
+
+# RGB -> YIQ (NTSC): Y is luma, I and Q the colour plane a hue change turns
+_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
+
+
+def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Turn the hue by shift (N,) of the colour circle (360 x shift degrees) as a rotation of the YIQ colour
+    plane: one 3x3 matrix per image, luma unchanged; close to torchvision's HSV adjust_hue (see the module)."""
+    radians = -shift.to(torch.float64) * (2 * math.pi)  # HSV hue runs the other way round the IQ plane
+    cos, sin = torch.cos(radians), torch.sin(radians)
+    rotation = torch.zeros(len(shift), 3, 3, dtype=torch.float64)
+    rotation[:, 0, 0] = 1
+    rotation[:, 1, 1], rotation[:, 1, 2], rotation[:, 2, 1], rotation[:, 2, 2] = cos, -sin, sin, cos
+    matrix = (torch.linalg.inv(_YIQ) @ rotation @ _YIQ).to(images.device, images.dtype)  # (N, 3, 3)
+    return torch.einsum("nij,njhw->nihw", matrix, images).clamp_(0, 1)
 
 
 # --------------------------------------------------------------------------------------------

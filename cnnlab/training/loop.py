@@ -26,7 +26,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.files import write_yaml
 from cnnlab.models.weights import save_weights
 from cnnlab.training.forward import Logits, collect_logits
-from cnnlab.training.budget import CHECK_AFTER_EPOCH, epoch_seconds, plan, replan_needed
+from cnnlab.training.budget import CHECK_AFTER_EPOCH, corrected_speed, epoch_seconds, plan, replan_needed
 from cnnlab.training.ema import decay_for
 from cnnlab.training.optim import epoch_sizes, set_schedule_length
 from cnnlab.training.progress import Progress
@@ -208,19 +208,20 @@ def _train_epoch(run: Run, epoch: int, stop: StopOnSignal) -> None:
 
 def _check_plan(run: Run, epoch: int, actual: float) -> None:
     """After epoch `epoch` of a --time run, which took `actual` seconds of wall time (training, validation
-    and its files): if that is REPLAN_DRIFT more or less than planned, plan the remaining epochs again from
-    the real speed (once), stretching the schedules to the new length."""
+    and its files): if that is REPLAN_DRIFT more or less than planned, correct the measured speed at the side
+    that epoch trained at and plan the remaining epochs again (once), stretching the schedules to the new
+    length."""
     budget, state, parts, config = run.budget, run.state, run.parts, run.config
     state.budget_replanned = True
     side = budget.sides(config.epochs)[epoch - 1]
-    planned = epoch_seconds(side, config.img_size, len(run.train_loader.dataset), len(run.val_loader.dataset),
-                            budget.plan.seconds_per_image)
+    train_images, val_images = len(run.train_loader.dataset), len(run.val_loader.dataset)
+    planned = epoch_seconds(side, budget.plan.speed, train_images, val_images)
     if not replan_needed(planned, actual):
         return
+    speed = corrected_speed(budget.plan.speed, side, actual, train_images, val_images)
     steps_per_epoch = len(run.train_loader)
-    new = plan(budget.seconds, budget.elapsed(), budget.plan.seconds_per_image, steps_per_epoch, config.batch_size,
-               len(run.train_loader.dataset), len(run.val_loader.dataset), budget.sides, done_epochs=epoch,
-               epoch_scale=actual / planned)
+    new = plan(budget.seconds, budget.elapsed(), speed, steps_per_epoch, config.batch_size, train_images, val_images,
+               budget.sides, done_epochs=epoch)
     run.log(f"time budget: epoch {epoch} took {actual:.1f}s instead of {planned:.1f}s; re-planned to "
             f"{new.epochs} epochs ({new.total_steps} steps)")
     run.config = dataclasses.replace(config, epochs=new.epochs)

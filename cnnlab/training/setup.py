@@ -37,7 +37,7 @@ from cnnlab.files import write_json, write_yaml
 from cnnlab.models import create_model
 from cnnlab.models.weights import load_start_weights
 from cnnlab.training.device import Precision, compile_model, default_workers, resolve_device, resolve_precision
-from cnnlab.training.budget import Budget, measure_seconds_per_image, plan
+from cnnlab.training.budget import Budget, Speed, measure_seconds_per_image, plan
 from cnnlab.training.budget import describe as describe_plan
 from cnnlab.training.ema import WeightAverage, decay_for
 from cnnlab.training.forward import InputPipeline, Logits
@@ -218,11 +218,15 @@ def plan_budget(config: TrainConfig, model: nn.Module, loader: DataLoader, pipel
                 loss_fn: nn.Module, val_images: int, started: float, verbose: bool) -> Budget:
     """Time a few real training steps and plan the steps that fit config.time (cnnlab.training.budget)."""
     seconds = parse_duration(config.time)
-    seconds_per_image = measure_seconds_per_image(model, loader, pipeline, loss_fn)
 
     def sides(epochs: int) -> list[int]:
         return epoch_sizes(epochs, config.img_size, model.min_input_size, config.progressive)
-    result = plan(seconds, time.monotonic() - started, seconds_per_image, len(loader), config.batch_size,
+    full = measure_seconds_per_image(model, loader, pipeline, loss_fn)
+    smallest = min(sides(100))  # progressive resizing's first side (the full side when it is off)
+    small = measure_seconds_per_image(model, loader, pipeline, loss_fn, side=smallest) \
+        if smallest < config.img_size else full
+    speed = Speed(config.img_size, full, smallest, small)
+    result = plan(seconds, time.monotonic() - started, speed, len(loader), config.batch_size,
                   len(loader.dataset), val_images, sides)
     if verbose:
         print(describe_plan(seconds, result), file=sys.stderr, flush=True)

@@ -37,14 +37,35 @@ def test_colour_ops_equal_torchvision_per_image(ours, theirs):
         torch.testing.assert_close(out[k], theirs(images[k], float(FACTORS[k])), atol=1e-6, rtol=0)
 
 
-def test_hue_equals_torchvision_per_image():
+def test_hsv_hue_equals_torchvision_per_image():
     images = _photos(4)
     shifts = torch.tensor([-0.1, 0.0, 0.05, 0.099])
-    out = augment.adjust_hue(images, shifts)
+    out = augment.adjust_hue_hsv(images, shifts)
     for k in range(4):
         torch.testing.assert_close(out[k], TF.adjust_hue(images[k], float(shifts[k])), atol=2e-6, rtol=0)
     # and HSV there and back is the identity
     torch.testing.assert_close(augment.hsv_to_rgb(augment.rgb_to_hsv(images)), images, atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("shift", [-0.1, -0.05, 0.02, 0.1])
+def test_hue_is_close_to_torchvisions(shift):
+    """The YIQ rotation the augmentation uses: the hue of colourful pixels moves by the shift asked for (within
+    25%), lands within 0.04 of the circle of where torchvision's HSV shift puts it, and luma is unchanged."""
+    images = _photos(6)
+    ours = augment.adjust_hue(images, torch.full((6,), shift))
+    reference = torch.stack([TF.adjust_hue(image, shift) for image in images])
+    hue = lambda x: augment.rgb_to_hsv(x)[:, 0]  # noqa: E731
+    colourful = augment.rgb_to_hsv(images)[:, 1] > 0.2
+    circular = lambda d: (d + 0.5) % 1 - 0.5  # noqa: E731
+    moved = circular(hue(ours) - hue(images))[colourful].median().item()
+    assert abs(moved - shift) <= 0.25 * abs(shift)
+    assert circular(hue(ours) - hue(reference))[colourful].abs().median().item() < 0.04
+    assert (ours - reference).abs().mean().item() < 0.05
+    unclipped = (ours > 0.01).all(1) & (ours < 0.99).all(1)  # where nothing was clamped, luma is kept exactly
+    torch.testing.assert_close(augment.grayscale(ours)[:, 0][unclipped], augment.grayscale(images)[:, 0][unclipped],
+                               atol=1e-4, rtol=0)  # float32 round-off of a 3x3 product
+    assert torch.equal(augment.adjust_hue(images, torch.zeros(6)), images.clamp(0, 1)) or \
+        torch.allclose(augment.adjust_hue(images, torch.zeros(6)), images, atol=1e-6)
 
 
 def test_rotation_equals_torchvisions_bilinear_rotate_per_image():
@@ -54,6 +75,13 @@ def test_rotation_equals_torchvisions_bilinear_rotate_per_image():
     out = augment.affine(images, angles, ones, zeros, zeros)
     for k in range(3):
         expected = TF.rotate(images[k], float(angles[k]), interpolation=InterpolationMode.BILINEAR)
+        torch.testing.assert_close(out[k], expected, atol=1e-5, rtol=0)
+    # the flip folded into the same warp: torchvision's horizontal flip, then its rotation
+    flip = torch.tensor([True, False, True])
+    out = augment.affine(images, angles, ones, zeros, zeros, flip=flip)
+    for k in range(3):
+        flipped = TF.horizontal_flip(images[k]) if flip[k] else images[k]
+        expected = TF.rotate(flipped, float(angles[k]), interpolation=InterpolationMode.BILINEAR)
         torch.testing.assert_close(out[k], expected, atol=1e-5, rtol=0)
 
 

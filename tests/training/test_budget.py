@@ -12,7 +12,7 @@ from cnnlab.commands.train import fit
 from cnnlab.config import TrainConfig, format_duration, parse_duration
 from cnnlab.errors import CnnlabError
 from cnnlab.runs.reader import read_metrics
-from cnnlab.training.budget import EPOCH_FILES_SECONDS, FINISH_SECONDS, epoch_seconds, plan
+from cnnlab.training.budget import EPOCH_FILES_SECONDS, FINISH_SECONDS, Speed, corrected_speed, epoch_seconds, plan
 from cnnlab.training.state import load_training_checkpoint
 
 TINY = {"model": "simple_cnn", "img_size": 32, "batch_size": 8, "workers": 0, "model_options": {"widths": [8, 16]},
@@ -37,28 +37,36 @@ def test_format_duration():
 
 def test_plan_fits_whole_epochs_in_what_is_left():
     # 1000 train images at 0.01 s each (10 s an epoch at full size) + 300 val at a third of that (1 s)
-    flat = plan(100, elapsed=9, seconds_per_image=0.01, steps_per_epoch=32, batch_size=32, train_images=1000,
+    speed = Speed(128, 0.01, 64, 0.006)  # measured: 100 img/s at 128 px, 167 at 64 (loading does not shrink)
+    flat = plan(100, elapsed=9, speed=speed, steps_per_epoch=32, batch_size=32, train_images=1000,
                 val_images=300, sides=lambda n: [128] * n)
-    # left: 100 - 9 - FINISH = 88 s; an epoch: 10 s training + 1 s validation + its files -> 7 epochs
-    assert epoch_seconds(128, 128, 1000, 300, 0.01) == pytest.approx(11 + EPOCH_FILES_SECONDS)
-    assert (flat.epochs, flat.total_steps) == (7, 7 * 32)
-    assert flat.estimated_seconds == pytest.approx(7 * epoch_seconds(128, 128, 1000, 300, 0.01))
-    # a re-plan after 2 epochs that took 20% longer than planned: the rest of the estimates grow alike
-    again = plan(100, 9 + 2 * 1.2 * 11.3, 0.01, 32, 32, 1000, 300, sides=lambda n: [128] * n, done_epochs=2,
-                 epoch_scale=1.2)
-    assert again.epochs == 2 + int((88 - 2 * 1.2 * 11.3) / (1.2 * 11.3))
-    # smaller images early (progressive resizing) make epochs cheaper: more of them fit
-    grown = plan(100, 9, 0.01, 32, 32, 1000, 300, sides=lambda n: [64] * (n // 2) + [128] * (n - n // 2))
-    assert grown.epochs > flat.epochs
+    # left: 100 - 9 - FINISH = 88 s; an epoch: 10 s training + 1 s validation + its files -> 7 whole epochs
+    # (79.1 s), then 23 steps of an 8th (23 x 0.32 s + its validation and files: 8.66 s) fit
+    assert epoch_seconds(128, speed, 1000, 300) == pytest.approx(11 + EPOCH_FILES_SECONDS)
+    assert (flat.epochs, flat.total_steps) == (8, 7 * 32 + 23)
+    assert flat.estimated_seconds == pytest.approx(7 * 11.3 + 23 * 0.32 + 1.3) and flat.estimated_seconds <= 88
+    # a re-plan after 2 full-size epochs that took 13.56 s instead of 11.3: the full-size speed is corrected
+    slower = corrected_speed(speed, 128, 13.56, 1000, 300)
+    assert slower.full == pytest.approx((13.56 - 1.0 - EPOCH_FILES_SECONDS) / 1000) and slower.small == 0.006
+    again = plan(100, 9 + 2 * 13.56, slower, 32, 32, 1000, 300, sides=lambda n: [128] * n, done_epochs=2)
+    assert again.epochs >= 6 and again.estimated_seconds + 2 * 13.56 <= 88 + 1e-9
+    # an epoch on the data pipeline's floor (64 px here) corrects the small-side speed only
+    faster_small = corrected_speed(speed, 64, 5.3, 1000, 300)
+    assert faster_small.small == pytest.approx(0.004) and faster_small.full == 0.01
+    # smaller images early (progressive resizing) make epochs cheaper by what was measured: more of them fit
+    assert speed.seconds_per_image(96) == pytest.approx(0.006)  # the data pipeline's floor, not 0.01 * (96/128)^2
+    assert speed.seconds_per_image(120) == pytest.approx(0.01 * (120 / 128) ** 2)  # compute-bound
+    grown = plan(100, 9, speed, 32, 32, 1000, 300, sides=lambda n: [64] * (n // 2) + [128] * (n - n // 2))
+    assert grown.epochs > flat.epochs and grown.estimated_seconds <= 88
     # not even one epoch: the steps of one that fit, then validation
-    short = plan(15, 1, 0.01, 32, 32, 1000, 300, sides=lambda n: [128] * n)
-    left = 15 - 1 - FINISH_SECONDS - 1.0  # minus the one validation pass
+    short = plan(15, 1, speed, 32, 32, 1000, 300, sides=lambda n: [128] * n)
+    left = 15 - 1 - FINISH_SECONDS - 1.0 - EPOCH_FILES_SECONDS  # minus the validation pass and the epoch's files
     assert short.epochs == 1 and short.total_steps == int(left / 0.32)
 
 
 def test_a_budget_too_short_for_one_step_says_what_it_needs():
     with pytest.raises(CnnlabError, match=r"--time 5s is too short: .* one training step takes about 3\.2s"):
-        plan(5, 1, 0.1, 32, 32, 1000, 300, sides=lambda n: [128] * n)
+        plan(5, 1, Speed(128, 0.1, 128, 0.1), 32, 32, 1000, 300, sides=lambda n: [128] * n)
 
 
 def test_a_short_budget_ends_on_time_with_a_complete_run_folder(tiny_data, tmp_path):
