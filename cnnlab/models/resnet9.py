@@ -16,6 +16,13 @@ convolution lets it train at large learning rates from scratch.
     stage 2  conv 3x3 w1 -> w2, max-pool 2                  S/16
     stage 3  conv 3x3 w2 -> w3, max-pool 2, residual(w3)    S/32
     head     global average pool, dropout, linear w3 -> classes
+
+Widths 32-64-128-256 by default (1.6 M parameters, 96 M multiply-accumulates per 128 px image): on a 2-core
+CPU it trains at ~170 img/s at 128 px (~100 img/s with the data pipeline sharing the cores), so a few
+thousand photos take 20-30 s an epoch and a good classifier takes minutes. Measured on clothing-small with
+2-minute budgets: 55-65% validation accuracy at these widths, 37% at 48-96-192-384 (2 epochs fit) and
+21% at 64-128-256-512 (1 epoch); the wider nets are the better choice on a GPU or with hours
+(--model-option widths=[64,128,256,512]).
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ def stage(in_channels: int, out_channels: int, residual: bool) -> nn.Sequential:
 class ResNet9(nn.Module):
     """features(): stem and three stages; head(): global average pooling, dropout, linear."""
 
-    def __init__(self, num_classes: int, widths: tuple[int, int, int, int] = (64, 128, 256, 512),
+    def __init__(self, num_classes: int, widths: tuple[int, int, int, int] = (32, 64, 128, 256),
                  dropout: float = 0.2, patch: int = 4):
         super().__init__()
         w0, w1, w2, w3 = widths
@@ -89,7 +96,7 @@ class ResNet9(nn.Module):
 
 
 @register_model("resnet9")
-def resnet9(num_classes: int, widths=(64, 128, 256, 512), dropout: float = 0.2, patch: int = 4,
+def resnet9(num_classes: int, widths=(32, 64, 128, 256), dropout: float = 0.2, patch: int = 4,
             img_size: int | None = None) -> ResNet9:
     """ResNet-9 with a patchify stem: cnnlab's default for training from scratch (see the module docstring)."""
     widths = tuple(int(w) for w in widths)

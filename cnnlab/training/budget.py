@@ -197,5 +197,12 @@ class Budget:
     sides: Callable[[int], list[int]]
     """The progressive-resizing sides of a run of so many epochs (what the plan assumed)."""
 
+    val_images: int = 0
+
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+    def reserve(self) -> float:
+        """Seconds to keep at the end: one validation pass and the finish. Training that runs slower than
+        planned stops when only this is left, so the run still ends on time."""
+        return self.val_images * self.plan.speed.full * VALIDATION_SHARE + FINISH_SECONDS

@@ -131,6 +131,9 @@ def train_one_epoch(run: Run, epoch: int, stop: StopOnSignal | None = None) -> b
                 return False
             if state.planned_steps and state.step >= state.planned_steps:
                 break  # a --time plan can end in the middle of its last epoch
+            if run.budget is not None and run.budget.elapsed() > run.budget.seconds - run.budget.reserve():
+                state.budget_reached = True  # slower than planned: keep the time to validate and finish
+                break
     return True
 
 
@@ -158,7 +161,8 @@ def train(run: Run) -> LoopState:
     with StopOnSignal() as stop:
         while run.state.epoch < run.config.epochs:  # a --time re-plan may change config.epochs on the way
             epoch = run.state.epoch + 1
-            if run.budget is not None and run.budget.elapsed() >= run.budget.seconds:
+            if run.state.budget_reached or run.budget is not None and \
+                    run.budget.elapsed() >= run.budget.seconds - run.budget.reserve():
                 run.state.budget_reached = True
                 run.log(f"time budget reached after epoch {epoch - 1}: the run ends here")
                 break

@@ -230,7 +230,7 @@ def plan_budget(config: TrainConfig, model: nn.Module, loader: DataLoader, pipel
                   len(loader.dataset), val_images, sides)
     if verbose:
         print(describe_plan(seconds, result), file=sys.stderr, flush=True)
-    return Budget(seconds, started, result, sides)
+    return Budget(seconds, started, result, sides, val_images)
 
 
 def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None, overwrite: bool = False,
