@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import math
 import platform
@@ -124,8 +125,12 @@ def run_lecture(data: Path, budget: float, lr: float = 2e-3) -> dict:
             with precision.autocast(device):
                 correct += (model(inputs.to(device)).argmax(1).cpu() == labels).sum().item()
             seen += len(labels)
-    return {"accuracy": correct / seen, "seconds": time.monotonic() - start, "images_per_second": images / max(train_time, 1e-9),
-            "epochs": images / len(train_loader.dataset), "steps": steps}
+    result = {"accuracy": correct / seen, "seconds": time.monotonic() - start,
+              "images_per_second": images / max(train_time, 1e-9), "epochs": images / len(train_loader.dataset),
+              "steps": steps}
+    del batches, train_loader, val_loader  # end the persistent workers now, not when the next run competes with them
+    gc.collect()
+    return result
 
 
 # --------------------------------------------------------------------------------------------
