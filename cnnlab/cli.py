@@ -97,12 +97,15 @@ def data_synth(
     size: int = typer.Option(1024, help="Image side in pixels."),
     seed: int = typer.Option(0, help="Same seed, byte-identical files."),
     val_fraction: float = typer.Option(0.2, help="Share of each class written to val/."),
+    kind: str = typer.Option("shapes", help="shapes (one large shape per image) or objects (many small copies "
+                             "of the class's shape on a large cluttered image: for tiled training; use --size 3000)."),
+    workers: int = typer.Option(1, help="Processes writing images (same bytes whatever the number)."),
 ) -> None:
-    """Write the built-in large-image dataset: shapes on a cluttered, textured background."""
+    """Write a built-in large-image dataset: shapes on a cluttered, textured background."""
     from cnnlab.data.synth import synthesize
 
     summary = synthesize(out_dir, classes=classes, per_class=per_class, size=size, seed=seed,
-                         val_fraction=val_fraction)
+                         val_fraction=val_fraction, kind=kind, workers=workers)
     typer.echo(summary.describe())
 
 
@@ -136,8 +139,10 @@ def cache_list(cache_dir: Optional[str] = typer.Option(None, help="Cache folder 
     typer.echo(f"image cache in {cache_root(cache_dir)}: {len(stores)} store(s), "
                f"{sum(s.bytes for s in stores) / 1e6:,.1f} MB")
     for store in stores:
-        typer.echo(f"  {store.path.name}  {store.bytes / 1e6:,.1f} MB  {store.images} images at short side "
-                   f"{store.size}  from {store.source}")
+        size = store.size or "?"
+        where = f"short side {size[1:]}" if size.startswith("s") else f"scale {size[1:]}"
+        typer.echo(f"  {store.path.name}  {store.bytes / 1e6:,.1f} MB  {store.images} images at {where}  from "
+                   f"{store.source}")
 
 
 @cache_app.command("clear", cls=Command)
@@ -269,12 +274,15 @@ def eval_command(
     workers: Optional[int] = typer.Option(None, help="DataLoader workers (default: from the core count)."),
     max_bad: Optional[float] = typer.Option(None, help="Stop if more than this share of the split is unreadable "
                                             "(default: the run's)."),
+    tiled: bool = typer.Option(False, "--tiled", help="Score whole images by a sliding window of the run's input "
+                               "size (a run trained on tiles always does)."),
+    scale: Optional[float] = typer.Option(None, help="Pixel scale for --tiled (default: the run's)."),
 ) -> None:
     """Evaluate a run: accuracy, per-class precision/recall/F1, confusion matrix, top losses, calibration."""
     from cnnlab.commands.evaluate import evaluate
 
     result = evaluate(run_dir, data=data, split=split, which=which, batch_size=batch_size, device=device,
-                      workers=workers, max_bad=max_bad, tta=tta)
+                      workers=workers, max_bad=max_bad, tta=tta, tiled=tiled, scale=scale)
     typer.echo(result.describe())
     typer.echo(f"wrote {result.run_dir / f'eval_{split}.json'}, confusion_matrix_{split}.png, "
                f"top_losses_{split}.png, reliability_{split}.png and report.html")
@@ -291,6 +299,13 @@ def predict_command(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     max_bad: Optional[float] = typer.Option(None, help="Fail (exit 2) if more than this share of the inputs "
                                             "cannot be predicted (default: the run's)."),
+    tiled: bool = typer.Option(False, "--tiled", help="Slide a window of the run's input size over the whole "
+                               "image (a run trained on tiles always does)."),
+    scale: Optional[float] = typer.Option(None, help="Pixel scale for --tiled (default: the run's; 1 = the file's "
+                                          "own pixels)."),
+    heatmap: Optional[str] = typer.Option(None, help="Write <image>.heatmap.png into this folder: the probability "
+                                          "of the predicted class (or --class) for every window position."),
+    class_name: Optional[str] = typer.Option(None, "--class", help="The class the heatmap shows."),
 ) -> None:
     """Predict the top-k classes of images with a trained run.
 
@@ -300,14 +315,16 @@ def predict_command(
     from cnnlab.commands.predict import check_failures, predict
     from cnnlab.runs.reader import read_run
 
-    rows = predict(run_dir, inputs, top_k=top_k, which=which, device=device, tta=tta)
+    rows = predict(run_dir, inputs, top_k=top_k, which=which, device=device, tta=tta, tiled=tiled, scale=scale,
+                   heatmap=heatmap, heatmap_class=class_name)
     for row in rows:
         if as_json:
             typer.echo(json.dumps(row, ensure_ascii=False))
         elif "error" in row:
             typer.echo(f"{row['path']}: error: {row['error']}")
         else:
-            typer.echo(f"{row['path']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top"]))
+            typer.echo(f"{row['path']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top"])
+                       + (f"  (heatmap: {row['heatmap']})" if "heatmap" in row else ""))
     if max_bad is None:
         config = read_run(run_dir).config
         max_bad = config.max_bad if config else _d("max_bad")
@@ -465,6 +482,26 @@ def filter_command(
     result = filter_image(image, kernel=kernel, stride=stride, padding=padding, pool=pool, pool_size=pool_size,
                           out=out, size=size)
     typer.echo(result.describe())
+
+
+@app.command("explain", cls=Command)
+def explain_command(
+    run_dir: str = typer.Argument(..., help="Run folder written by `cnnlab train`."),
+    images: list[str] = typer.Argument(..., help="Image files."),
+    class_name: Optional[str] = typer.Option(None, "--class", help="Show the evidence for this class (default: "
+                                             "each image's predicted class)."),
+    out: Optional[str] = typer.Option(None, help="Folder for <image>.gradcam.png (default: RUN_DIR/gradcam)."),
+    which: str = typer.Option("best", help="best or last weights."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Grad-CAM: where in each image the network found the evidence for a class (tiled runs: stitched over
+    the whole image)."""
+    from cnnlab.commands.explain import explain
+
+    result = explain(run_dir, images, class_name=class_name, out=out, which=which, device=device)
+    typer.echo(result.describe())
+    if any("error" in row for row in result.rows):
+        raise typer.Exit(1)
 
 
 @app.command("inspect", cls=Command)

@@ -82,7 +82,15 @@ class TrainConfig:
     model: str = "resnet9"
     """Model name from the registry (`cnnlab models` lists them); resnet9 is the fast default for training from scratch."""
     img_size: int = 128
-    """Side of the square training crop, in pixels."""
+    """Side of the square training crop, in pixels (with --tile: the tile's side)."""
+    tile: int | None = None
+    """Train on random tiles of this side cut at --scale from each image, and predict by sliding a window of it over the whole image (for large images whose detail a resize would lose); None: the whole image resized to --img-size."""
+    scale: float = 1.0
+    """With --tile: the pixel scale the tiles are cut at (1.0 = the file's own pixels, 0.5 = half)."""
+    tile_overlap: float = 0.5
+    """With --tile: the share of a tile that overlaps its neighbour when sliding over a whole image."""
+    aggregate: str = "mean"
+    """With --tile: how tile logits become the image's: mean, or max (a class present anywhere in the image)."""
     epochs: int = 10
     """Maximum number of passes over the training split."""
     time: str | None = None
@@ -172,6 +180,12 @@ class TrainConfig:
         check_range("max_bad", self.max_bad, 0.0, 1.0)
         check_range("max_pixels", self.max_pixels, 1)
         check_range("freeze", self.freeze, 0)
+        check_choice("aggregate", self.aggregate, ("mean", "max"))
+        check_range("scale", self.scale, 0.0, 4.0, low_open=True)
+        check_range("tile_overlap", self.tile_overlap, 0.0, 0.9)
+        if self.tile is not None:
+            check_range("tile", self.tile, 8, 8192)
+            self.img_size = self.tile  # the network sees tiles: one side for both
         if self.time is not None:
             parse_duration(self.time)  # a clear error now, not after the data is scanned
         if self.patience is not None:

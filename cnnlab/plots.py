@@ -288,3 +288,30 @@ def image_sizes(summary: dict, path: str | os.PathLike, img_size: int | None = N
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# where the network looks: tiled-prediction heatmaps and Grad-CAM
+# --------------------------------------------------------------------------------------------
+
+def heatmap_overlay(image: np.ndarray, heat: np.ndarray, path: str | os.PathLike, title: str = "",
+                    vmax: float | None = 1.0, label: str = "probability") -> Path:
+    """An image (H, W, 3) uint8 with a map (h, w) stretched over it, semi-transparent, and its colour bar;
+    `vmax` None: the map's own maximum (Grad-CAM's single normalisation per image)."""
+    height, width = image.shape[:2]
+    fig, ax = plt.subplots(figsize=(7.0, 7.0 * height / width + 0.6), layout="constrained")
+    ax.imshow(image)
+    shown = ax.imshow(heat, cmap="inferno", alpha=0.5, vmin=0, vmax=vmax if vmax is not None else max(heat.max(), 1e-12),
+                      extent=(0, width, height, 0), interpolation="bilinear")
+    ax.axis("off")
+    fig.colorbar(shown, ax=ax, fraction=0.035, pad=0.02, label=label)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def blend_map(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """An image (H, W, 3) uint8 with a map (H, W) in 0..1 blended over it in the colour map the overlays use;
+    (H, W, 3) uint8, for galleries."""
+    colours = plt.get_cmap("inferno")(np.clip(heat, 0, 1))[..., :3]                      # (H, W, 3) in 0..1
+    return (np.clip((1 - alpha) * image / 255.0 + alpha * colours, 0, 1) * 255).astype(np.uint8)

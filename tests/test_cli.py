@@ -31,15 +31,16 @@ def test_expected_commands_exist():
 
 # The options each command must show in its --help (a command that lost one fails here).
 EXPECTED_FLAGS = {
-    "train": ["--data", "--model", "--img-size", "--resume", "--overwrite", "--config", "--freeze", "--augment-on"],
+    "train": ["--data", "--model", "--img-size", "--resume", "--overwrite", "--config", "--freeze", "--augment-on",
+              "--time", "--tile", "--scale", "--ema", "--no-ema", "--balance", "--mixup", "--cutmix"],
     "eval": ["--data", "--split", "--which", "--tta", "--max-bad"],
-    "predict": ["--top-k", "--json", "--tta", "--max-bad"],
+    "predict": ["--top-k", "--json", "--tta", "--max-bad", "--tiled", "--scale", "--heatmap", "--class"],
     "demo": ["--data", "--out", "--epochs"],
     "lr-find": ["--data", "--steps", "--optimizer", "--run", "--out"],
     "augment-preview": ["--data", "--augment", "--augment-on", "--n", "--run", "--out"],
     "compare": ["--data", "--models", "--epochs", "--overwrite"],
     "report": [], "models": [], "summary": ["--model", "--input", "--json"], "filter": ["--kernel", "--stride", "--out"],
-    "inspect": ["--out", "--max-maps", "--which"], "data synth": ["--classes", "--per-class", "--size"],
+    "inspect": ["--out", "--max-maps", "--which"], "explain": ["--class", "--out", "--which"], "data synth": ["--classes", "--per-class", "--size"],
     "data check": ["--fix-report", "--quarantine", "--max-pixels"], "cache list": ["--cache-dir"],
     "cache clear": ["--cache-dir"],
 }

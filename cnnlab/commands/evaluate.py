@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.transforms.v2 import functional as TF
 
 from cnnlab import plots
 from cnnlab.config import check_choice
@@ -17,7 +18,8 @@ from cnnlab.data.folders import Sample, find_samples
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_json
 from cnnlab.runs import interpret
-from cnnlab.runs.inference import open_trained
+from cnnlab.commands.explain import explain_image, overlay_image
+from cnnlab.runs.inference import TrainedModel, open_trained
 from cnnlab.runs.reader import RunRecord
 from cnnlab.runs.report import write_report
 from cnnlab.training.forward import Logits
@@ -117,20 +119,23 @@ def split_samples(record: RunRecord, data: str | None, split: str) -> list[Sampl
 def evaluate(run_dir: str | os.PathLike, data: str | None = None, split: str = "val", which: str = "best",
              batch_size: int = 64, device: str = "auto", workers: int | None = None,
              cache: str | None = None, top_losses: int = 16, max_bad: float | None = None, tta: bool = False,
-             verbose: bool = True) -> EvalResult:
+             tiled: bool = False, scale: float | None = None, verbose: bool = True) -> EvalResult:
     """Evaluate a run's weights on a split; writes eval_<split>.json, its plots, and updates report.html.
 
     Plots: confusion_matrix_<split>.png (counts and normalised per true class), top_losses_<split>.png (the
     `top_losses` images with the highest loss) and reliability_<split>.png (calibration).
     `cache` (auto, disk, ram, off; None = the run's setting): decoded images come from the training
     run's cache when it exists. Unreadable images are skipped with one warning each; more than `max_bad`
-    (None = the run's setting) of the split is an error. `tta`: average with the mirrored image.
+    (None = the run's setting) of the split is an error. `tta`: average with the mirrored image. Tiled runs
+    score each whole image by their sliding window; `tiled` (or a `scale`) does that for any run.
     """
     trained = open_trained(run_dir, which, device)
+    if tiled or scale is not None:
+        trained = trained.with_tiles(scale)
     samples = split_samples(trained.record, data, split)
     dataset = trained.dataset(samples, cache, verbose)
     loader = trained.loader(dataset, batch_size, workers)
-    outputs = trained.logits(loader, f"eval {split}", show_progress=verbose, tta=tta)
+    outputs = trained.logits(loader, f"eval {split}", show_progress=verbose, tta=tta, batch_size=batch_size)
     if len(outputs.labels) == 0:
         raise CnnlabError(f"no readable images in the {split} split")
     unreadable = len(samples) - len(outputs.labels)  # each was skipped with one warning line naming it
@@ -139,15 +144,16 @@ def evaluate(run_dir: str | os.PathLike, data: str | None = None, split: str = "
     if unreadable > limit * len(samples):
         raise CnnlabError(f"{unreadable} of {len(samples)} images in the {split} split are unreadable "
                           f"(more than max_bad={limit:.0%}); run `cnnlab data check` to find and quarantine them")
-    result = write_evaluation(trained.record, split, which, dataset, outputs, top_losses, tta=tta)
+    result = write_evaluation(trained.record, split, which, dataset, outputs, top_losses, tta=tta, explainer=trained)
     write_report(run_dir)
     return result
 
 
 def write_evaluation(record: RunRecord, split: str, which: str, dataset: ImageDataset, outputs: Logits,
-                     top_losses: int = 16, tta: bool = False) -> EvalResult:
+                     top_losses: int = 16, tta: bool = False, explainer: TrainedModel | None = None) -> EvalResult:
     """Metrics, most-confused pairs, top losses and calibration of `outputs` (logits of `dataset`'s images);
-    writes eval_<split>.json and its three plots into the run folder."""
+    writes eval_<split>.json and its three plots into the run folder, and with `explainer` (the model that
+    produced the logits) the Grad-CAM of each top-loss image next to it."""
     run_dir, classes = record.run_dir, record.classes
     logits, labels, indices = outputs.logits, outputs.labels, outputs.indices
     loss, accuracy = outputs.loss_and_accuracy()
@@ -169,6 +175,11 @@ def write_evaluation(record: RunRecord, split: str, which: str, dataset: ImageDa
                               run_dir / result.files["reliability"], title=f"{record.model} on {split}")
     top_losses_gallery(dataset, indices[order].tolist(), result.top_losses, run_dir / result.files["top_losses"],
                        title=f"{record.model} on {split}: the {len(order)} images with the highest loss")
+    if explainer is not None and explainer.model.stage_modules():
+        result.files["top_losses_gradcam"] = f"top_losses_{split}_gradcam.png"
+        top_losses_gradcam(explainer, dataset, indices[order].tolist(), result.top_losses,
+                           run_dir / result.files["top_losses_gradcam"],
+                           title=f"Grad-CAM of the predicted class: where the network saw it (same order)")
     write_json(run_dir / f"eval_{split}.json", result.to_dict() | {"weights": which, "tta": tta})
     return result
 
@@ -189,10 +200,37 @@ def top_losses_gallery(dataset: ImageDataset, dataset_indices: list[int], rows: 
         item = dataset[index]  # (uint8 (3, S, S), label, index, seed), or None if the file went bad since
         if item is None:
             continue
-        images.append(item[0].permute(1, 2, 0).numpy())  # (S, S, 3) uint8
+        images.append(_thumbnail(item[0]).permute(1, 2, 0).numpy())  # (S, S, 3) uint8
         name = Path(row["path"]).name
         name = name if len(name) <= 24 else name[:10] + "..." + name[-11:]
         titles.append(f"{name}\ntrue {row['true']} ({row['probability_true']:.2f})\n"
                       f"pred {row['predicted']} ({row['probability_predicted']:.2f})")
+        wrong.append(row["predicted"] != row["true"])
+    return plots.top_losses_gallery(images, titles, wrong, path, suptitle=title)
+
+
+GALLERY_SIDE = 256  # tiled runs' whole images are shown shrunk to this long side in the galleries
+
+
+def _thumbnail(image: torch.Tensor) -> torch.Tensor:
+    height, width = image.shape[1:]
+    factor = GALLERY_SIDE / max(height, width)
+    if factor >= 1:
+        return image
+    return TF.resize(image, [max(1, round(height * factor)), max(1, round(width * factor))], antialias=True)
+
+
+def top_losses_gradcam(explainer: TrainedModel, dataset: ImageDataset, dataset_indices: list[int], rows: list[dict],
+                       path: Path, title: str) -> Path:
+    """The top-loss images with the Grad-CAM of their predicted class over them (stitched for tiled runs)."""
+    images, titles, wrong = [], [], []
+    classes = explainer.record.classes
+    for index, row in zip(dataset_indices, rows):
+        item = dataset[index]
+        if item is None:
+            continue
+        explanation = explain_image(explainer, item[0], dataset.samples[index].path, classes.index(row["predicted"]))
+        images.append(_thumbnail(torch.from_numpy(overlay_image(explanation)).permute(2, 0, 1)).permute(1, 2, 0).numpy())
+        titles.append(f"{Path(row['path']).name[:24]}\nCAM of pred {row['predicted']}\n(true {row['true']})")
         wrong.append(row["predicted"] != row["true"])
     return plots.top_losses_gallery(images, titles, wrong, path, suptitle=title)

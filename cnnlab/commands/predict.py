@@ -10,10 +10,14 @@ import os
 from pathlib import Path
 
 import torch
+from torchvision.transforms.v2 import functional as F
 
+from cnnlab import plots
 from cnnlab.data.dataset import ImageDataset
 from cnnlab.data.folders import Sample, find_images
 from cnnlab.data.images import IMAGE_EXTENSIONS, is_image_file
+from cnnlab.data.tiles import aggregate
+from cnnlab.data.tiles import heatmap as tiles_heatmap
 from cnnlab.errors import CnnlabError, ImageReadError
 from cnnlab.runs.inference import open_trained
 
@@ -51,22 +55,37 @@ def _read_error(dataset: ImageDataset, index: int) -> str:
 
 def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike], top_k: int = 3, which: str = "best",
             batch_size: int = 32, device: str = "auto", workers: int = 0, cache: str | None = None,
-            tta: bool = False, verbose: bool = False) -> list[dict]:
+            tta: bool = False, tiled: bool = False, scale: float | None = None, heatmap: str | os.PathLike | None = None,
+            heatmap_class: str | None = None, verbose: bool = False) -> list[dict]:
     """One row per input image, in order: {"path", "top": [{"class", "probability"}]} or {"path", "error"}.
 
     Folders are expanded to the images inside. `cache` (None = the run's setting): images inside a folder
-    the run's disk cache covers are read from it. `tta`: average with the mirrored image. Check the rows
-    with `check_failures` to apply the run's --max-bad.
+    the run's disk cache covers are read from it. `tta`: average with the mirrored image. A run trained on
+    tiles predicts by sliding its tile over the whole image at its scale; `tiled` (or a `scale`) does that for
+    any run, with windows of its input size. `heatmap`: a folder for one PNG per image with the per-class
+    probability of the window (the predicted class, or `heatmap_class`) over the image (rows get "heatmap").
+    Check the rows with `check_failures` to apply the run's --max-bad.
     """
     trained = open_trained(run_dir, which, device)
+    if tiled or scale is not None or (heatmap is not None and not trained.record.preprocessing.tile):
+        trained = trained.with_tiles(scale)
+    class_index = None
+    if heatmap_class is not None:
+        if heatmap_class not in trained.record.classes:
+            raise CnnlabError(f"--class {heatmap_class!r} is not one of the run's classes: "
+                              f"{', '.join(trained.record.classes)}")
+        class_index = trained.record.classes.index(heatmap_class)
     top_k = max(1, min(top_k, trained.record.num_classes))
     expanded = expand_inputs(inputs)
     rows: list[dict] = [{"path": path, "error": reason} if reason else {"path": path} for path, reason in expanded]
     readable = [k for k, (_, reason) in enumerate(expanded) if reason is None]
     if readable:
         dataset = trained.dataset([Sample(expanded[k][0], 0) for k in readable], cache, verbose)
+        tiles: dict[int, tuple] = {}
+        on_image = (lambda index, positions, tile_logits: tiles.__setitem__(index, (positions, tile_logits))) \
+            if heatmap is not None else None
         outputs = trained.logits(trained.loader(dataset, batch_size, workers), "predict", show_progress=verbose,
-                                 tta=tta)
+                                 tta=tta, batch_size=batch_size, on_image=on_image)
         probabilities = torch.softmax(outputs.logits, dim=1) if len(outputs.indices) else None
         done = set()
         if probabilities is not None:
@@ -79,7 +98,34 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike], top_k: 
         for index in range(len(readable)):
             if index not in done:
                 rows[readable[index]]["error"] = _read_error(dataset, index)
+        for index, (positions, tile_logits) in tiles.items():
+            rows[readable[index]]["heatmap"] = str(write_heatmap(
+                dataset, index, positions, tile_logits, trained, Path(heatmap), class_index))
     return rows
+
+
+DISPLAY_SIDE = 1024  # heatmaps are drawn over the image shrunk to at most this long side
+
+
+def write_heatmap(dataset: ImageDataset, index: int, positions: list[tuple[int, int]], tile_logits: torch.Tensor,
+                  trained, folder: Path, class_index: int | None = None) -> Path:
+    """folder/<image name>.heatmap.png: the probability of one class (the image's predicted class by default)
+    for every window position, over the image."""
+    pre = trained.preprocessing
+    image = dataset.load(index)                                              # (3, H, W) at the run's scale
+    height, width = image.shape[1:]
+    stride = max(1, round(pre.tile * (1 - pre.overlap)))
+    grid = tiles_heatmap(torch.softmax(tile_logits, 1), positions, pre.tile, height, width, stride)  # (K, h, w)
+    predicted = int(aggregate(tile_logits, pre.aggregate).argmax())
+    shown = predicted if class_index is None else class_index
+    factor = min(1.0, DISPLAY_SIDE / max(height, width))
+    picture = F.resize(image, [max(1, round(height * factor)), max(1, round(width * factor))], antialias=True)
+    name = trained.record.classes[shown]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{Path(dataset.samples[index].path).stem}.heatmap.png"
+    return plots.heatmap_overlay(picture.permute(1, 2, 0).numpy(), grid[shown].numpy(), path,
+                                 title=f"{Path(dataset.samples[index].path).name}: p({name}) per {pre.tile} px window "
+                                       f"at scale {pre.scale:g} (predicted: {trained.record.classes[predicted]})")
 
 
 def check_failures(rows: list[dict], max_bad: float) -> None:

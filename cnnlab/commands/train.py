@@ -28,6 +28,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.files import write_json
 from cnnlab.models.summary import summarize_model
 from cnnlab.runs.diagnosis import Diagnosis, diagnose
+from cnnlab.runs.inference import open_trained
 from cnnlab.runs.reader import read_run
 from cnnlab.runs.report import write_report
 from cnnlab.training import Run, prepare, train
@@ -172,7 +173,8 @@ def finish(run: Run) -> TrainResult:
     record = read_run(run_dir)
     evaluation = None
     if run.best_val is not None and len(run.best_val.labels):
-        evaluation = write_evaluation(record, "val", "best", run.val_loader.dataset, run.best_val)
+        explainer = open_trained(run_dir, "best", run.config.device)  # the weights the logits came from
+        evaluation = write_evaluation(record, "val", "best", run.val_loader.dataset, run.best_val, explainer=explainer)
     val_size = len(run.best_val.labels) if run.best_val is not None else len(run.splits.splits["val"])
     inputs = {"val_size": val_size, "num_classes": len(run.classes), "time_budget": run.config.time}
     diagnosis = diagnose(state.history, **inputs)

@@ -1,5 +1,8 @@
 """Resolution cache: decode each image once, at the size training needs, and keep it as uint8.
 
+`size` is the short side in pixels (an int), or for tiled runs a pixel scale (a float: 0.5 keeps every
+image at half its own resolution, whatever its size).
+
 Training at 128-448 px on 2-12 MP photos spends nearly all its time in the JPEG decoder when every
 epoch decodes every file again. The cache decodes each file once, through `read_image` (DCT-domain
 reduction, EXIF, pixel cap), resizes it so that its short side is `size` (the side the transforms
@@ -61,6 +64,7 @@ POOL_MIN_FILES = 16
 FILES_PER_TASK = 4
 # Aspect ratio assumed when estimating a store's size before building it (most photos are 4:3).
 ESTIMATE_ASPECT = 4 / 3
+ESTIMATE_HEADERS = 32  # headers read to estimate a scaled store (tiled runs): enough for a mean size
 DISK_SHARE = 0.5  # auto -> disk if the estimate is at most this share of the free disk space
 RAM_SHARE = 0.25  # auto -> ram if the estimate is at most this share of the available memory
 
@@ -91,9 +95,19 @@ def _decoder_digest() -> str:
 
 def store_dir(root: Path, folder: str, size: int, max_pixels: int) -> Path:
     """The store of `folder` at `size`: a readable name plus a key of everything the pixels depend on."""
-    key = hashlib.sha1(f"{folder}|{size}|{max_pixels}|{_decoder_digest()}".encode()).hexdigest()[:12]
+    key = hashlib.sha1(f"{folder}|{size!r}|{max_pixels}|{_decoder_digest()}".encode()).hexdigest()[:12]
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(folder) or "root")[:40]
-    return root / f"{name}-s{size}-{key}"
+    return root / f"{name}-{_resolution_tag(size)}-{key}"
+
+
+def _resolution_tag(size: int | float) -> str:
+    """s147 for a short side of 147 px, x0.5 for a pixel scale of 0.5."""
+    return f"x{size:g}" if isinstance(size, float) else f"s{size}"
+
+
+def describe_resolution(size: int | float) -> str:
+    """'short side 147' or 'scale 0.5'."""
+    return f"scale {size:g}" if isinstance(size, float) else f"short side {size}"
 
 
 def _find_store(root: Path, folder: str, size: int, max_pixels: int) -> Path | None:
@@ -109,9 +123,12 @@ def _find_store(root: Path, folder: str, size: int, max_pixels: int) -> Path | N
 # decoding (in worker processes)
 # --------------------------------------------------------------------------------------------
 
-def decode_for_cache(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS):
-    """(3, h, w) uint8 array, short side `size` (or smaller, as the file is), or (problem, reason)."""
+def decode_for_cache(path: str, size: int | float, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """(3, h, w) uint8 array, short side `size` (or smaller, as the file is) or at pixel scale `size` (a
+    float), or (problem, reason)."""
     try:
+        if isinstance(size, float):  # tiled runs: the whole image at that pixel scale, as read_image gives it
+            return read_image(path, max_pixels=max_pixels, scale=size).numpy()
         image = read_image(path, min_size=size, max_pixels=max_pixels)  # short side in [size, 2 size)
     except ImageReadError as error:
         return error.problem, error.reason
@@ -261,7 +278,7 @@ class CachedImages:
                  f"({stats['decoded'] / max(stats['seconds'], 1e-9):.0f} img/s)" if stats.get("decoded")
                  else "nothing to decode")
         unreadable = f", {len(self.problems)} unreadable" if self.problems else ""
-        return (f"image cache ({self.mode}): {len(self)} images at short side {stats.get('size')}"
+        return (f"image cache ({self.mode}): {len(self)} images at {describe_resolution(stats.get('size'))}"
                 f"{unreadable}, {stats.get('bytes', 0) / 1e6:,.1f} MB"
                 f"{' on disk in ' + self.location if self.mode == 'disk' else ' in memory'}; {built}, "
                 f"reused {stats.get('reused', 0)}")
@@ -458,9 +475,21 @@ def _build_in_memory(paths: list[str], size: int, max_pixels: int, verbose: bool
 # choosing and opening
 # --------------------------------------------------------------------------------------------
 
-def estimate_bytes(count: int, size: int) -> int:
-    """Rough size of `count` cached images at short side `size` (4:3 photos)."""
-    return count * 3 * size * round(size * ESTIMATE_ASPECT)
+def estimate_bytes(paths: list[str], size: int | float) -> int:
+    """Rough size of the cached images of `paths` at short side `size` (4:3 photos), or at pixel scale `size`
+    (from the headers of up to ESTIMATE_HEADERS files)."""
+    if isinstance(size, float):
+        sample = paths[:: max(1, len(paths) // ESTIMATE_HEADERS)][:ESTIMATE_HEADERS]
+        pixels = []
+        for path in sample:
+            try:
+                width, height = images.image_size(path, max_pixels=2**62)
+                pixels.append(width * height)
+            except CnnlabError:
+                continue
+        mean = sum(pixels) / len(pixels) if pixels else 0
+        return int(len(paths) * 3 * mean * size * size)
+    return len(paths) * 3 * size * round(size * ESTIMATE_ASPECT)
 
 
 def _free_disk(root: Path) -> int:
@@ -484,9 +513,9 @@ def _available_memory() -> int:
         return 0
 
 
-def choose_mode(count: int, size: int, root: Path) -> tuple[str, str]:
+def choose_mode(paths: list[str], size: int | float, root: Path) -> tuple[str, str]:
     """What `auto` means for this dataset: (disk|ram|off, why)."""
-    needed = estimate_bytes(count, size)
+    needed = estimate_bytes(paths, size)
     free = _free_disk(root)
     if needed <= DISK_SHARE * free:
         return "disk", f"~{needed / 1e9:.2f} GB fits in the {free / 1e9:.0f} GB free"
@@ -501,10 +530,11 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def open_cache(paths: list[str], size: int, mode: str = "auto", *, cache_dir: str | None = None,
+def open_cache(paths: list[str], size: int | float, mode: str = "auto", *, cache_dir: str | None = None,
                max_pixels: int = DEFAULT_MAX_PIXELS, one_pass: bool = False,
                verbose: bool = True) -> CachedImages | None:
-    """Decoded images of `paths` at short side `size`, cached as `mode`; None means read the files.
+    """Decoded images of `paths` at short side `size` (or pixel scale `size`, a float), cached as `mode`;
+    None means read the files.
 
     `one_pass` is for commands that read each image once (eval, predict): building a cache would
     only add a copy, so they use a disk store that exists already (kept current) and otherwise read
@@ -522,7 +552,7 @@ def open_cache(paths: list[str], size: int, mode: str = "auto", *, cache_dir: st
     if one_pass and existing is None:
         return None
     if mode == "auto" and existing is None:
-        mode, why = choose_mode(len(paths), size, root)
+        mode, why = choose_mode(paths, size, root)
         if mode == "off":
             _warn(f"not caching decoded images: {why}; every epoch decodes the files again")
             return None
@@ -553,7 +583,7 @@ class StoreInfo:
 
     path: Path
     source: str
-    size: int | None
+    size: str | None  # s147 (short side) or x0.5 (pixel scale)
     images: int
     bytes: int
     last_used: float  # modification time of its index (written whenever the store changes)
@@ -577,8 +607,8 @@ def list_stores(cache_dir: str | os.PathLike | None = None) -> list[StoreInfo]:
             index = {}
         entries = index.get("entries", {})
         source = os.path.commonpath(list(entries)) if entries else "?"
-        match = re.search(r"-s(\d+)-[0-9a-f]{12}$", folder.name)
-        stores.append(StoreInfo(folder, source, int(match.group(1)) if match else None, len(entries),
+        match = re.search(r"-(s\d+|x[0-9.e-]+)-[0-9a-f]{12}$", folder.name)
+        stores.append(StoreInfo(folder, source, match.group(1) if match else None, len(entries),
                                 _folder_bytes(folder), index_path.stat().st_mtime if index_path.exists() else 0.0))
     return sorted(stores, key=lambda store: -store.bytes)
 

@@ -27,10 +27,11 @@ class ImageDataset(Dataset):
     """
 
     def __init__(self, samples: list[Sample], transform, decode_size: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, source=None):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, source=None, scale: float | None = None):
         self.samples = samples
         self.transform = transform  # uint8 (3, H, W) -> uint8 (3, S, S)
         self.decode_size = decode_size
+        self.scale = scale  # tiled runs: images are read at this pixel scale instead of a short side
         self.max_pixels = max_pixels
         # Optional: an object whose load(index) gives the decoded image of samples[index], e.g. the
         # resolution cache (cnnlab.data.cache.CachedImages); None decodes the file on every read.
@@ -45,6 +46,8 @@ class ImageDataset(Dataset):
         if self.source is not None:
             return self.source.load(index)
         sample = self.samples[index]
+        if self.scale is not None:
+            return read_image(sample.path, max_pixels=self.max_pixels, scale=self.scale)
         return read_image(sample.path, min_size=self.decode_size, max_pixels=self.max_pixels)
 
     def __getitem__(self, key):

@@ -11,6 +11,7 @@ Unreadable files raise ImageReadError naming the path and the reason, with a sho
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from dataclasses import asdict, dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2.functional import resize
 
 from cnnlab.errors import ImageReadError
 
@@ -247,8 +249,22 @@ def read_pil(path: str | os.PathLike, min_size: int | None = None,
 
 
 def read_image(path: str | os.PathLike, min_size: int | None = None,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
-    """Decode an image file to a uint8 tensor of shape (3, H, W), upright, RGB."""
+               max_pixels: int = DEFAULT_MAX_PIXELS, scale: float | None = None) -> torch.Tensor:
+    """Decode an image file to a uint8 tensor of shape (3, H, W), upright, RGB.
+
+    `scale` (tiled runs): the image at that pixel scale, exactly round(W x scale) x round(H x scale): the
+    decoder reduces a JPEG in the DCT domain to the smallest of 1/2, 1/4, 1/8 that is still at least that
+    big, and an antialiased resize does the rest, so a 100-megapixel photo wanted at scale 0.25 is never
+    decoded at full size.
+    """
+    if scale is not None and scale != 1.0:
+        width, height = image_size(path, max_pixels)  # header only; the pixel cap is checked here too
+        target = (max(1, round(height * scale)), max(1, round(width * scale)))  # (H, W)
+        image = read_pil(path, min_size=max(1, math.ceil(min(target))), max_pixels=max_pixels)
+        pixels = torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)))
+        if tuple(pixels.shape[1:]) != target:
+            pixels = resize(pixels, list(target), antialias=True)
+        return pixels
     image = read_pil(path, min_size=min_size, max_pixels=max_pixels)
     array = np.asarray(image)  # (H, W, 3), read-only, over PIL's bytes
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # (3, H, W), writable

@@ -1,4 +1,10 @@
-"""The built-in dataset: one geometric shape per image on a cluttered, textured background.
+"""The built-in datasets, one geometric shape class per image on a cluttered, textured background.
+
+    kind "shapes"   one large shape per image (a quarter to half of the side): the default, for learning
+    kind "objects"  a dozen or more small copies of the class's shape (a few dozen pixels each, about 1/85 of
+                    the side) scattered over a large, cluttered image (use >= 3000 px): the class is decided
+                    by detail that shrinking the image to 224 px erases, so whole-image training stays near
+                    chance while tiles at the image's own scale see it (cnnlab train --tile)
 
 Nothing can be downloaded, so this is the default dataset. It is made to need spatial features:
 the shape has a random position, scale, rotation and colour, so an MLP on raw pixels does poorly,
@@ -266,11 +272,17 @@ class SynthSummary:
 
 
 def _check(classes: int, per_class: int, size: int, seed: int, val_fraction: float,
-           quality: int, workers: int) -> int:
+           quality: int, workers: int, kind: str = "shapes") -> int:
     """Raise CnnlabError for unusable arguments; returns the number of val images per class."""
-    if not 2 <= classes <= len(SHAPE_NAMES):
-        raise CnnlabError(f"classes={classes}: choose 2 to {len(SHAPE_NAMES)} "
-                          f"(available shapes: {', '.join(SHAPE_NAMES)})")
+    if kind not in KINDS:
+        raise CnnlabError(f"kind={kind!r}: choose one of {', '.join(KINDS)}")
+    names = _names(kind)
+    if not 2 <= classes <= len(names):
+        raise CnnlabError(f"classes={classes}: choose 2 to {len(names)} "
+                          f"(available shapes: {', '.join(names)})")
+    if kind == "objects" and size < OBJECTS_MIN_SIZE:
+        raise CnnlabError(f"size={size}: the objects kind needs images of at least {OBJECTS_MIN_SIZE} px (its "
+                          f"objects are 1/{OBJECT_FRACTION_INVERSE} of the side; 3000 or more is what it is for)")
     if not 0 < val_fraction < 1:
         raise CnnlabError(f"val_fraction={val_fraction}: must be between 0 and 1 (e.g. 0.2)")
     n_val = round(per_class * val_fraction)
@@ -289,6 +301,48 @@ def _check(classes: int, per_class: int, size: int, seed: int, val_fraction: flo
     return n_val
 
 
+# --------------------------------------------------------------------------------------------
+# the "objects" kind: small copies of the class's shape scattered over a large cluttered image
+# --------------------------------------------------------------------------------------------
+
+KINDS = ("shapes", "objects")
+# Shapes whose small copies stay distinct from each other and from the clutter's ellipses and dots.
+OBJECT_SHAPES = ("cross", "star", "triangle", "square", "heart", "arrow", "bowtie")
+OBJECT_FRACTION_INVERSE = 85  # object extent: ~1/85 of the side, 35 px at 3000 px, 2.6 px once shrunk to 224
+OBJECTS_PER_IMAGE = (12, 24)
+OBJECTS_MIN_SIZE = 512
+
+
+def _names(kind: str) -> tuple[str, ...]:
+    return OBJECT_SHAPES if kind == "objects" else SHAPE_NAMES
+
+
+def render_objects(name: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """One image of the objects kind: ((size, size, 3) uint8 pixels, object centres (x, y)).
+
+    Every object is drawn into its own small patch (never a full-size mask), light on the background under it
+    (as the shapes kind), so the cost grows with the number of objects, not with the image side."""
+    image = _background(rng, size)
+    draw = ImageDraw.Draw(image)
+    scale = size / 1024  # clutter as dense as the shapes kind's, per area
+    _clutter(rng, draw, size, lines=int(rng.integers(8, 20) * scale ** 2), dots=int(rng.integers(20, 60) * scale ** 2),
+             blobs=int(rng.integers(3, 10) * scale ** 2))
+    extent = max(12.0, size / OBJECT_FRACTION_INVERSE)
+    centres = []
+    for _ in range(int(rng.integers(*OBJECTS_PER_IMAGE))):
+        radius = rng.uniform(0.8, 1.2) * extent / 2
+        patch = int(2 * radius + 4)
+        x, y = rng.uniform(patch, size - patch, 2)
+        mask = _mask_image(name, patch, (patch / 2, patch / 2), radius, angle=rng.uniform(0, 2 * math.pi))
+        box = (int(x - patch / 2), int(y - patch / 2))
+        under = np.asarray(image.crop((*box, box[0] + patch, box[1] + patch)), dtype=float).reshape(-1, 3).mean(0)
+        image.paste(_lighter_colour(rng, under), box, mask)
+        centres.append((int(x), int(y)))
+    pixels = np.asarray(image, dtype=np.int16)
+    pixels += rng.integers(-10, 11, (size, size, 1), dtype=np.int16)
+    return np.clip(pixels, 0, 255).astype(np.uint8), centres
+
+
 def _jobs(root: Path, names: list[str], per_class: int, n_val: int) -> list[tuple[int, int, Path]]:
     """(class index, image index, file path) per image; the last n_val of each class are val."""
     jobs = []
@@ -300,10 +354,13 @@ def _jobs(root: Path, names: list[str], per_class: int, n_val: int) -> list[tupl
 
 
 def _write_one(seed: int, class_index: int, index: int, size: int, quality: int,
-               path: Path) -> None:
+               path: Path, kind: str = "shapes") -> None:
     """Render and save one image; its RNG depends only on (seed, class, index)."""
     rng = np.random.default_rng([seed, class_index, index])
-    pixels, _ = render(SHAPE_NAMES[class_index], size, rng)
+    if kind == "objects":
+        pixels, _ = render_objects(OBJECT_SHAPES[class_index], size, rng)
+    else:
+        pixels, _ = render(SHAPE_NAMES[class_index], size, rng)
     save_image(pixels, path, quality)
 
 
@@ -338,14 +395,16 @@ def _reusable(root: Path, params: dict, jobs: list) -> bool:
 
 
 def synthesize(out_dir, classes: int = 6, per_class: int = 100, size: int = 1024, seed: int = 0,
-               val_fraction: float = 0.2, quality: int = 90, workers: int = 1) -> SynthSummary:
+               val_fraction: float = 0.2, quality: int = 90, workers: int = 1, kind: str = "shapes") -> SynthSummary:
     """Write out_dir/{train,val}/<class>/<class>_NNNN.jpg + synth.json; same args, same bytes."""
-    n_val = _check(classes, per_class, size, seed, val_fraction, quality, workers)
+    n_val = _check(classes, per_class, size, seed, val_fraction, quality, workers, kind)
     root = Path(out_dir)
-    names = list(SHAPE_NAMES[:classes])
+    names = list(_names(kind)[:classes])
     counts = {"train": (per_class - n_val) * classes, "val": n_val * classes}
     params = {"generator_version": GENERATOR_VERSION, "classes": classes, "per_class": per_class,
               "size": size, "seed": seed, "val_fraction": val_fraction, "quality": quality}
+    if kind != "shapes":  # (the shapes kind keeps its parameters, so its existing folders stay recognised)
+        params["kind"] = kind
     jobs = _jobs(root, names, per_class, n_val)
     if _reusable(root, params, jobs):
         return SynthSummary(str(root), names, counts, size, 0.0, reused=True)
@@ -355,7 +414,7 @@ def synthesize(out_dir, classes: int = 6, per_class: int = 100, size: int = 1024
     meta = {"parameters": params, "class_names": names, "counts": counts, "complete": False}
     # Written first, complete=False, so that an interrupted run is recognised as ours and redone.
     (root / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-    args = [(seed, c, i, size, quality, path) for c, i, path in jobs]
+    args = [(seed, c, i, size, quality, path, kind) for c, i, path in jobs]
     if workers == 1:
         for job in args:
             _write_one(*job)

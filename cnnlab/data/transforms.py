@@ -20,6 +20,7 @@ import torch
 from torchvision.transforms import v2
 
 from cnnlab.config import AUGMENT_ON, AUGMENT_PRESETS, check_choice
+from cnnlab.data.tiles import RandomTile
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -55,11 +56,26 @@ class Preprocessing:
     """Channel order of the network input."""
     exif_orientation: bool = True
     """Images are turned upright by their EXIF orientation before anything else."""
+    tile: int | None = None
+    """Tiled runs: the network sees tiles of this side cut from the image at `scale` (no resize or crop of the
+    whole image); None: the whole image, resized and center-cropped."""
+    scale: float = 1.0
+    """Tiled runs: the pixel scale tiles are cut at (1.0 = the file's own pixels, 0.5 = half)."""
+    overlap: float = 0.5
+    """Tiled prediction: the share of a tile that overlaps its neighbour in the sliding window."""
+    aggregate: str = "mean"
+    """Tiled prediction: how tile logits become the image's (mean, or max for classes present anywhere)."""
 
     @classmethod
     def for_size(cls, img_size: int) -> "Preprocessing":
         """The record for a run trained at `img_size` with today's constants."""
         return cls(resize_short_side=img_size, center_crop=img_size)
+
+    @classmethod
+    def for_tiles(cls, tile: int, scale: float, overlap: float = 0.5, aggregate: str = "mean") -> "Preprocessing":
+        """The record of a run trained on tiles of `tile` px at pixel scale `scale`."""
+        return cls(resize_short_side=tile, center_crop=tile, tile=tile, scale=scale, overlap=overlap,
+                   aggregate=aggregate)
 
     @property
     def decode_size(self) -> int:
@@ -100,6 +116,22 @@ def train_transform(preset: str, img_size: int, augment_on: str = "workers") -> 
         v2.RandomResizedCrop(img_size, scale=CROP_SCALE, antialias=True),
         v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1),
     ])
+
+
+def tile_train_transform(preset: str, tile: int, augment_on: str = "workers") -> v2.Compose:
+    """Tiled runs: a random tile of the scaled image (no resize: the pixel scale is the point), then the
+    preset's flip, rotation and colour jitter in the workers unless they run on the device."""
+    check_choice("augment", preset, AUGMENT_PRESETS)
+    steps = [RandomTile(tile)]
+    if preset == "default" and augment_on == "workers":
+        steps += [v2.RandomHorizontalFlip(p=0.5), v2.RandomRotation(10),
+                  v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)]
+    return v2.Compose(steps)
+
+
+def whole_image_transform() -> v2.Compose:
+    """Tiled runs, evaluation: the whole scaled image as it is (the sliding window cuts it into tiles)."""
+    return v2.Compose([v2.Identity()])
 
 
 def normalize(images: torch.Tensor, mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD) -> torch.Tensor:

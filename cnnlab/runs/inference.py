@@ -5,6 +5,7 @@ covers the files. evaluate, predict, inspect and explain all start here.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -17,9 +18,9 @@ from cnnlab.data.dataset import ImageDataset
 from cnnlab.data.folders import Sample
 from cnnlab.data.images import DEFAULT_MAX_PIXELS
 from cnnlab.data.loaders import make_loader
-from cnnlab.data.transforms import eval_transform
+from cnnlab.data.transforms import Preprocessing, eval_transform, whole_image_transform
 from cnnlab.training.device import default_workers, resolve_device, resolve_precision
-from cnnlab.training.forward import InputPipeline, Logits, collect_logits
+from cnnlab.training.forward import InputPipeline, Logits, collect_logits, collect_tiled_logits
 from cnnlab.runs.reader import RunRecord, load_model
 
 
@@ -32,32 +33,59 @@ class TrainedModel:
     record: RunRecord
     pipeline: InputPipeline
     which: str
+    tiles: Preprocessing | None = None
+    """A sliding-window preprocessing that replaces the run's own (with_tiles); None: the run's."""
 
     @property
     def max_pixels(self) -> int:
         return self.record.config.max_pixels if self.record.config else DEFAULT_MAX_PIXELS
 
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.tiles or self.record.preprocessing
+
     def dataset(self, samples: list[Sample], cache: str | None = None, verbose: bool = False) -> ImageDataset:
-        """The samples with the run's evaluation preprocessing; decoded images come from the run's disk
-        cache when one covers them (`cache`: auto, disk, ram, off; None = the run's setting)."""
-        preprocessing = self.record.preprocessing
+        """The samples with the run's evaluation preprocessing (tiled runs: the whole image at the run's scale);
+        decoded images come from the run's disk cache when one covers them (`cache`: auto, disk, ram, off;
+        None = the run's setting)."""
+        preprocessing = self.preprocessing
         config = self.record.config
         mode = cache or (config.cache if config else "auto")
-        source = open_cache([sample.path for sample in samples], preprocessing.decode_size, mode,
+        resolution = float(preprocessing.scale) if preprocessing.tile else preprocessing.decode_size
+        source = open_cache([sample.path for sample in samples], resolution, mode,
                             cache_dir=config.cache_dir if config else None, max_pixels=self.max_pixels,
                             one_pass=True, verbose=verbose)
-        return ImageDataset(samples, eval_transform(preprocessing), decode_size=preprocessing.decode_size,
-                            max_pixels=self.max_pixels, source=source)
+        transform = whole_image_transform() if preprocessing.tile else eval_transform(preprocessing)
+        return ImageDataset(samples, transform, decode_size=preprocessing.decode_size, max_pixels=self.max_pixels,
+                            source=source, scale=float(preprocessing.scale) if preprocessing.tile else None)
 
     def loader(self, dataset: ImageDataset, batch_size: int = 64, workers: int | None = None) -> DataLoader:
-        """An evaluation loader (file order) over `dataset`."""
-        return make_loader(dataset, batch_size, default_workers() if workers is None else workers, train=False,
+        """An evaluation loader (file order) over `dataset`; one whole image per batch for tiled prediction."""
+        return make_loader(dataset, 1 if self.preprocessing.tile else batch_size,
+                           default_workers() if workers is None else workers, train=False,
                            pin_memory=self.pipeline.device.type == "cuda")
 
     def logits(self, loader: DataLoader, description: str = "eval", show_progress: bool = False,
-               tta: bool = False) -> Logits:
-        """Logits of every readable image of the loader (flip-averaged with `tta`)."""
+               tta: bool = False, batch_size: int = 64, on_image=None) -> Logits:
+        """Logits of every readable image of the loader (flip-averaged with `tta`); tiled: the sliding window's
+        aggregate, `on_image(index, positions, tile_logits)` seeing each image's tiles."""
+        pre = self.preprocessing
+        if pre.tile:
+            return collect_tiled_logits(self.model, loader, self.pipeline, pre.tile, pre.overlap, pre.aggregate,
+                                        batch_size, description, show_progress=show_progress, tta=tta,
+                                        on_image=on_image)
         return collect_logits(self.model, loader, self.pipeline, description, show_progress=show_progress, tta=tta)
+
+    def with_tiles(self, scale: float | None = None, overlap: float | None = None,
+                   aggregate: str | None = None) -> "TrainedModel":
+        """The same model predicting by a sliding window: the run's own tiles (and scale, overlap, aggregate
+        unless given), or for a whole-image run windows of its input size at `scale`."""
+        pre = self.record.preprocessing
+        tile = pre.tile or self.record.img_size
+        tiles = dataclasses.replace(Preprocessing.for_tiles(
+            tile, scale if scale is not None else pre.scale, overlap if overlap is not None else pre.overlap,
+            aggregate or pre.aggregate), mean=pre.mean, std=pre.std)
+        return dataclasses.replace(self, tiles=tiles)
 
 
 def open_trained(run_dir: str | os.PathLike, which: str = "best", device: str = "auto") -> TrainedModel:

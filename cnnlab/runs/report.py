@@ -288,9 +288,19 @@ def _top_losses(run: _RunFiles) -> tuple[str, str, str]:
     parts = []
     for ev in run.evaluations:
         parts.append(_split_heading(ev))
-        parts.append(_eval_figure(run, ev, "top_losses", "top losses",
-                                  f"Shown as the network saw them: resized and centre-cropped to {size} px. Each "
-                                  "title: file, true class (its probability), predicted class (its probability)."))
+        tiled = (run.model.get("preprocessing") or {}).get("tile")
+        seen = (f"the whole image at scale {run.model['preprocessing'].get('scale')}, scored by a sliding window of "
+                f"{tiled} px tiles" if tiled else f"resized and centre-cropped to {size} px")
+        figure = _eval_figure(run, ev, "top_losses", "top losses",
+                              f"Shown as the network saw them: {seen}. Each title: file, true class (its probability), "
+                              "predicted class (its probability).")
+        if "top_losses_gradcam" in ev.get("files", {}):
+            cams = _eval_figure(run, ev, "top_losses_gradcam", "Grad-CAM of the top losses",
+                                "The same images in the same order, with the Grad-CAM of the class the network "
+                                "predicted: where it found the evidence that misled it"
+                                + (" (stitched over the whole image from every tile)." if tiled else "."))
+            figure = f'<div class="pair">{figure}{cams}</div>'
+        parts.append(figure)
         rows = [[_e(k + 1), _e(Path(r["path"]).name), _e(r["true"]), _num(r["probability_true"], 3),
                  _e(r["predicted"]), _num(r["probability_predicted"], 3), _num(r["loss"], 3)]
                 for k, r in enumerate(ev.get("top_losses", []))]
@@ -477,6 +487,7 @@ th { background: var(--soft); font-weight: 600; }
 .scroll { overflow-x: auto; }
 tr.best td, tr.flagged td { background: #fff8c5; }
 figure { margin: 1em 0; }
+.pair { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }
 img { display: block; max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; }
 details { margin: .5em 0 1em; }
 details summary { cursor: pointer; font-size: .9rem; }

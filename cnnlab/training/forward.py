@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from cnnlab.data.tiles import aggregate, cut_tiles, tile_positions
 from cnnlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from cnnlab.training.device import Precision
 from cnnlab.training.progress import Progress
@@ -77,6 +78,41 @@ def collect_logits(model: nn.Module, loader: DataLoader, pipeline: InputPipeline
             all_logits.append(logits.cpu())
             all_labels.append(batch.labels)
             all_indices.append(batch.indices)
+            progress.update(len(batch))
+    if not all_logits:
+        empty = torch.empty(0, dtype=torch.long)
+        return Logits(torch.empty(0, 0), empty, empty)
+    return Logits(torch.cat(all_logits), torch.cat(all_labels), torch.cat(all_indices))
+
+
+@torch.no_grad()
+def collect_tiled_logits(model: nn.Module, loader: DataLoader, pipeline: InputPipeline, tile: int, overlap: float,
+                         how: str = "mean", batch_size: int = 64, description: str = "eval", show_progress: bool = True,
+                         tta: bool = False, on_image: Callable | None = None) -> Logits:
+    """Slide a `tile` window over every whole image of `loader` (one scaled uint8 image per batch), run the
+    tiles through `model` in batches of `batch_size` and aggregate each image's tile logits (mean or max).
+
+    `on_image(index, positions, tile_logits (n, K))`, if given, sees every image's tiles (heatmaps)."""
+    model.eval()
+    all_logits, all_labels, all_indices = [], [], []
+    with Progress(len(loader.dataset), description, enabled=show_progress, show_loss=False) as progress:
+        for batch in loader:
+            for image, label, index in zip(batch.images, batch.labels, batch.indices):
+                positions = tile_positions(image.shape[1], image.shape[2], tile, overlap)
+                tile_logits = []
+                for start in range(0, len(positions), batch_size):
+                    tiles = pipeline(cut_tiles(image, positions[start:start + batch_size], tile))
+                    with pipeline.precision.autocast(pipeline.device):
+                        logits = model(tiles).float()                                    # (n, K)
+                        if tta:
+                            logits = (logits + model(tiles.flip(-1)).float()) / 2
+                    tile_logits.append(logits.cpu())
+                tile_logits = torch.cat(tile_logits)
+                if on_image is not None:
+                    on_image(int(index), positions, tile_logits)
+                all_logits.append(aggregate(tile_logits, how)[None])
+                all_labels.append(label[None])
+                all_indices.append(index[None])
             progress.update(len(batch))
     if not all_logits:
         empty = torch.empty(0, dtype=torch.long)

@@ -30,7 +30,10 @@ from cnnlab.data.folders import DatasetSplits, find_samples
 from cnnlab.data.augment import for_preset
 from cnnlab.data.findings import IMBALANCE_RATIO
 from cnnlab.data.loaders import make_loader
-from cnnlab.data.transforms import Preprocessing, decode_size, eval_transform, train_transform
+from cnnlab.data.images import image_size
+from cnnlab.data.tiles import check_fits
+from cnnlab.data.transforms import (Preprocessing, decode_size, eval_transform, tile_train_transform, train_transform,
+                                    whole_image_transform)
 from cnnlab.data.unreadable import UnreadableImages
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_json, write_yaml
@@ -81,12 +84,50 @@ def make_datasets(splits: DatasetSplits, config: TrainConfig, cache: CachedImage
     """
     datasets = {}
     for split, samples in splits.splits.items():
-        transform = train_transform(config.augment, config.img_size, config.augment_on) if split == "train" \
-            else eval_transform(Preprocessing.for_size(config.img_size))
+        if config.tile:  # random tiles to train on, whole scaled images to slide over
+            transform = tile_train_transform(config.augment, config.tile, config.augment_on) if split == "train" \
+                else whole_image_transform()
+        else:
+            transform = train_transform(config.augment, config.img_size, config.augment_on) if split == "train" \
+                else eval_transform(Preprocessing.for_size(config.img_size))
         source = cache.select([sample.path for sample in samples]) if cache is not None else None
         datasets[split] = ImageDataset(samples, transform, decode_size=decode_size(config.img_size),
-                                       max_pixels=config.max_pixels, source=source)
+                                       max_pixels=config.max_pixels, source=source,
+                                       scale=float(config.scale) if config.tile else None)
     return datasets
+
+
+def decode_resolution(config: TrainConfig) -> int | float:
+    """What the cache stores: the short side the crops start from, or for tiled runs the pixel scale."""
+    return float(config.scale) if config.tile else decode_size(config.img_size)
+
+
+def preprocessing_of(config: TrainConfig) -> Preprocessing:
+    """The preprocessing record of a run trained with `config`."""
+    if config.tile:
+        return Preprocessing.for_tiles(config.tile, float(config.scale), config.tile_overlap, config.aggregate)
+    return Preprocessing.for_size(config.img_size)
+
+
+def check_tiles_fit(splits: DatasetSplits, config: TrainConfig, cache: CachedImages | None) -> None:
+    """Tiled runs: every image at --scale must hold one tile (a clear error naming the first that does not)."""
+    samples = [sample for split_samples in splits.splits.values() for sample in split_samples]
+    paths = [sample.path for sample in samples]
+    if cache is not None:
+        view = cache.select(paths)
+        readable = [i for i in range(len(paths)) if i not in view.problems]
+        sizes = [tuple(int(v) for v in view.shapes[i]) for i in readable]
+        check_fits(sizes, [paths[i] for i in readable], config.tile, config.scale)
+        return
+    sizes, kept = [], []
+    for path in paths:
+        try:
+            width, height = image_size(path, config.max_pixels)
+        except CnnlabError:
+            continue  # unreadable: skipped and counted as training reads it
+        sizes.append((round(height * config.scale), round(width * config.scale)))
+        kept.append(path)
+    check_fits(sizes, kept, config.tile, config.scale)
 
 
 def open_training_cache(splits: DatasetSplits, config: TrainConfig, only: tuple[str, ...] | None = None,
@@ -95,7 +136,7 @@ def open_training_cache(splits: DatasetSplits, config: TrainConfig, only: tuple[
     `one_pass` (a look at a few images): use a cache that exists, never build one."""
     paths = [sample.path for split, samples in splits.splits.items() if only is None or split in only
              for sample in samples]
-    return open_cache(paths, decode_size(config.img_size), config.cache, cache_dir=config.cache_dir,
+    return open_cache(paths, decode_resolution(config), config.cache, cache_dir=config.cache_dir,
                       max_pixels=config.max_pixels, one_pass=one_pass, verbose=verbose)
 
 
@@ -260,12 +301,15 @@ def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None
 
     workers = default_workers() if config.workers is None else config.workers
     cache = open_training_cache(splits, config, verbose=verbose)
+    if config.tile:
+        check_tiles_fit(splits, config, cache)
     datasets = make_datasets(splits, config, cache)
     pin = device.type == "cuda"
     loaders = {"train": make_loader(datasets["train"], config.batch_size, workers, train=True, seed=config.seed,
                                     pin_memory=pin),
-               "val": make_loader(datasets["val"], config.batch_size * 2, workers, train=False, seed=config.seed,
-                                  pin_memory=pin)}
+               # tiled runs validate whole images, one per batch (the window cuts each into tiles)
+               "val": make_loader(datasets["val"], 1 if config.tile else config.batch_size * 2, workers, train=False,
+                                  seed=config.seed, pin_memory=pin)}
     counts = [n for n in splits.counts()["train"].values()]
     balance = resolve_balance(config.balance, counts)
     if balance.mode == "sampler":  # rebuilt with per-sample weights: 1 / (images of the sample's class)
@@ -299,7 +343,7 @@ def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None
                                    device=str(device), precision=precision.name,
                                    channels_last=precision.channels_last,
                                    cache=cache.mode if cache is not None else "off")
-    preprocessing = Preprocessing.for_size(config.img_size)
+    preprocessing = preprocessing_of(config)
     metadata = model_metadata(config.model, model_options(config), splits.classes, config.img_size,
                               preprocessing.to_dict())
     dataset_info = {"root": splits.root, "split_source": splits.split_source, "counts": splits.counts(),

@@ -117,7 +117,7 @@ def test_evaluate_writes_interpretation_files_and_json(tiny_eval):
     run = tiny_eval.run_dir
     saved = json.loads((run / "eval_val.json").read_text())
     assert saved["files"] == {"confusion_matrix": "confusion_matrix_val.png", "top_losses": "top_losses_val.png",
-                              "reliability": "reliability_val.png"}
+                              "reliability": "reliability_val.png", "top_losses_gradcam": "top_losses_val_gradcam.png"}
     for name in saved["files"].values():
         with read_pil(run / name) as image:
             assert image.width > 200 and image.height > 200, name
