@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import os
 import sys
 import typing
 from typing import Any, Optional
@@ -227,6 +228,10 @@ def train(ctx: typer.Context, **values: Any) -> None:
     own config.yaml); flags typed on the command line override it. Ctrl-C or kill (SIGTERM) stops after the
     current step, saves a checkpoint and prints how to resume.
     """
+    if values["nproc"] > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command
+        from cnnlab.commands.launch import launch
+
+        raise typer.Exit(launch(values["nproc"], _without_nproc(sys.argv[1:])))
     from cnnlab.commands.train import fit
 
     options = config_from_file(values["config"]) if values["config"] else {}
@@ -235,6 +240,8 @@ def train(ctx: typer.Context, **values: Any) -> None:
         result = fit(resume=values["resume"], **options)
     else:
         result = fit(TrainConfig(**options), overwrite=values["overwrite"])
+    if os.environ.get("RANK", "0") != "0":
+        return  # of several training processes, rank 0 reports
     typer.echo(result.summary())
     if result.diagnosis is not None:
         typer.echo(f"verdict: {result.diagnosis.verdict.label.lower()}; report: {result.run_dir / 'report.html'}")
@@ -253,7 +260,24 @@ train.__signature__ = inspect.Signature([
     inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
         False, "--overwrite", help="Replace the run already in --out (its files are deleted); without it such a "
                                    "folder is refused.")),
+    inspect.Parameter("nproc", inspect.Parameter.KEYWORD_ONLY, annotation=int, default=typer.Option(
+        1, help="Train with this many processes on this machine (torchrun's launcher, DistributedDataParallel: one "
+                "per GPU, or CPU processes with gloo); --batch-size stays the global batch. Under an external "
+                "torchrun or srun, leave it out.")),
 ])
+
+
+def _without_nproc(arguments: list[str]) -> list[str]:
+    """The command line minus --nproc N (or --nproc=N), for the processes the launcher starts."""
+    kept, skip = [], False
+    for argument in arguments:
+        if skip:
+            skip = False
+        elif argument == "--nproc":
+            skip = True
+        elif not argument.startswith("--nproc="):
+            kept.append(argument)
+    return kept
 app.command("train", cls=Command)(train)
 
 
@@ -524,10 +548,12 @@ def main() -> None:
     try:
         app()
     except CnnlabError as error:
-        typer.echo(f"error: {error}", err=True)
+        if os.environ.get("RANK", "0") == "0":  # of several training processes, rank 0 speaks for all
+            typer.echo(f"error: {error}", err=True)
         sys.exit(2)
     except TrainingInterrupted as error:  # checkpoint saved; the message says how to resume
-        typer.echo(str(error), err=True)
+        if os.environ.get("RANK", "0") == "0":
+            typer.echo(str(error), err=True)
         sys.exit(error.exit_code)  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

@@ -18,7 +18,7 @@ from cnnlab.data.folders import Sample, find_samples
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_json
 from cnnlab.runs import interpret
-from cnnlab.commands.explain import explain_image, overlay_image
+from cnnlab.commands.explain import explain_batch, explain_image, overlay_image
 from cnnlab.runs.inference import TrainedModel, open_trained
 from cnnlab.runs.reader import RunRecord
 from cnnlab.runs.report import write_report
@@ -223,14 +223,17 @@ def _thumbnail(image: torch.Tensor) -> torch.Tensor:
 def top_losses_gradcam(explainer: TrainedModel, dataset: ImageDataset, dataset_indices: list[int], rows: list[dict],
                        path: Path, title: str) -> Path:
     """The top-loss images with the Grad-CAM of their predicted class over them (stitched for tiled runs)."""
-    images, titles, wrong = [], [], []
     classes = explainer.record.classes
-    for index, row in zip(dataset_indices, rows):
-        item = dataset[index]
-        if item is None:
-            continue
-        explanation = explain_image(explainer, item[0], dataset.samples[index].path, classes.index(row["predicted"]))
-        images.append(_thumbnail(torch.from_numpy(overlay_image(explanation)).permute(2, 0, 1)).permute(1, 2, 0).numpy())
-        titles.append(f"{Path(row['path']).name[:24]}\nCAM of pred {row['predicted']}\n(true {row['true']})")
-        wrong.append(row["predicted"] != row["true"])
+    items = [(dataset[index], index, row) for index, row in zip(dataset_indices, rows)]
+    items = [(item, index, row) for item, index, row in items if item is not None]
+    targets = [classes.index(row["predicted"]) for _, _, row in items]
+    if explainer.preprocessing.tile:  # whole images of any size: one stitched map each
+        explanations = [explain_image(explainer, item[0], dataset.samples[index].path, target)
+                        for (item, index, _), target in zip(items, targets)]
+    else:  # same-size crops: one Grad-CAM pass for all of them
+        explanations = explain_batch(explainer, [item[0] for item, _, _ in items], targets)
+    images = [overlay_image(explanation) for explanation in explanations]
+    titles = [f"{Path(row['path']).name[:24]}\nCAM of pred {row['predicted']}\n(true {row['true']})"
+              for _, _, row in items]
+    wrong = [row["predicted"] != row["true"] for _, _, row in items]
     return plots.top_losses_gallery(images, titles, wrong, path, suptitle=title)

@@ -68,6 +68,19 @@ def explain_image(trained: TrainedModel, image: torch.Tensor, path: str = "",
     return Explanation(path, image, (full / peak if peak > 0 else full).cpu(), target, predicted, probabilities)
 
 
+def explain_batch(trained: TrainedModel, images: list[torch.Tensor], targets: list[int]) -> list[Explanation]:
+    """Grad-CAM of several same-size crops of a whole-image run in one pass (each normalised on its own)."""
+    if not images:
+        return []
+    x = trained.pipeline(torch.stack(images))                                           # (N, 3, S, S)
+    cams, logits = grad_cam(trained.model, x, torch.tensor(targets))
+    full = upsample(cams, tuple(images[0].shape[1:])).cpu()
+    probabilities = torch.softmax(logits.float(), 1).cpu()
+    peaks = full.flatten(1).amax(1).clamp(min=1e-12).view(-1, 1, 1)
+    return [Explanation("", image, cam, target, int(p.argmax()), p)
+            for image, cam, target, p in zip(images, full / peaks, targets, probabilities)]
+
+
 def _stitched_cam(trained: TrainedModel, image: torch.Tensor, class_index: int | None):
     """Tiled runs: the tiles' logits (the image's prediction), then every tile's map for the target class,
     placed where the tile was cut and averaged where tiles overlap; one map over the whole image."""

@@ -31,7 +31,7 @@ from cnnlab.runs.diagnosis import Diagnosis, diagnose
 from cnnlab.runs.inference import open_trained
 from cnnlab.runs.reader import read_run
 from cnnlab.runs.report import write_report
-from cnnlab.training import Run, prepare, train
+from cnnlab.training import Run, distributed, prepare, train
 from cnnlab.training.setup import model_options
 from cnnlab.training.state import load_training_checkpoint
 
@@ -98,8 +98,13 @@ def fit(config: TrainConfig | None = None, *, resume: str | os.PathLike | None =
     elif options:
         raise CnnlabError(f"give the options either as a TrainConfig or as keywords, not both ({', '.join(options)})")
     run = prepare(config, checkpoint=checkpoint, overwrite=overwrite, verbose=verbose)
-    train(run)
-    return finish(run)
+    try:
+        train(run)
+        result = finish(run) if run.world.is_main else _result(run)  # rank 0 evaluates, judges, reports
+        distributed.barrier()  # the others wait for it, then all leave together
+        return result
+    finally:
+        distributed.finish()
 
 
 def _same(name: str, given: Any, value: Any, saved: Any) -> bool:
@@ -190,7 +195,12 @@ def finish(run: Run) -> TrainResult:
     write_run_preview(run_dir, run.config, parts)
     write_report(run_dir)
     run.log(diagnosis.describe())
-    return TrainResult(run_dir, state.history, state.best_epoch, state.best_val_loss, state.best_val_acc,
+    return _result(run, diagnosis, evaluation)
+
+
+def _result(run: Run, diagnosis: Diagnosis | None = None, evaluation: EvalResult | None = None) -> TrainResult:
+    state = run.state
+    return TrainResult(run.run_dir, state.history, state.best_epoch, state.best_val_loss, state.best_val_acc,
                        state.stopped_early, model=run.parts.saved_model, skipped_steps=state.skipped_steps,
                        unreadable=run.unreadable.count(), diagnosis=diagnosis, evaluation=evaluation)
 

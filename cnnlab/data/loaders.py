@@ -35,47 +35,68 @@ class EpochSampler(Sampler):
 
     With `weights` (one per sample), the epoch's `size` indices are drawn with replacement in proportion
     to them (--balance sampler: rare classes are seen as often as common ones), still from (seed, epoch).
+    Indices in `skip` (files found unreadable) are left out before the permutation is shared between the
+    ranks, so every rank gets its share of the same kept list. With several ranks, a last global batch
+    smaller than the number of ranks is dropped, so that every rank has the same number of batches (DDP
+    needs every rank in every step); with one rank nothing is dropped.
     """
 
     def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 weights: torch.Tensor | None = None):
+                 weights: torch.Tensor | None = None, batch_size: int = 1):
         self.size = size
         self.seed = seed
         self.epoch = 0
         self.rank = rank
         self.world_size = world_size
         self.weights = weights
+        self.batch_size = batch_size  # the global batch (all ranks together)
+        self.skip: set[int] = set()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self):
+    def _kept(self) -> tuple[torch.Tensor, torch.Tensor]:
         generator = epoch_generator(self.seed, self.epoch)
         if self.weights is None:
             order = torch.randperm(self.size, generator=generator)
         else:
             order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
         seeds = torch.randint(0, 2**62, (self.size,), generator=generator)
-        for position in range(self.rank, self.size, self.world_size):
+        if self.skip:
+            keep = torch.tensor([int(i) not in self.skip for i in order], dtype=torch.bool)
+            order, seeds = order[keep], seeds[keep]
+        count = len(order)
+        tail = count % self.batch_size
+        if self.world_size > 1 and 0 < tail < self.world_size:
+            order, seeds = order[:count - tail], seeds[:count - tail]
+        return order, seeds
+
+    def __iter__(self):
+        order, seeds = self._kept()
+        for position in range(self.rank, len(order), self.world_size):
             yield int(order[position]), int(seeds[position])
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.size, self.world_size))
+        return len(range(self.rank, len(self._kept()[0]), self.world_size))
 
 
 class ShardIndices(Sampler):
-    """Evaluation order: this rank's share of 0..size-1 (every index exactly once over all ranks)."""
+    """Evaluation order: this rank's share of 0..size-1 minus `skip` (every index exactly once over all ranks)."""
 
     def __init__(self, size: int, rank: int = 0, world_size: int = 1):
         self.size = size
         self.rank = rank
         self.world_size = world_size
+        self.skip: set[int] = set()
+
+    def _kept(self) -> list[int]:
+        return [i for i in range(self.size) if i not in self.skip]
 
     def __iter__(self):
-        return iter(range(self.rank, self.size, self.world_size))
+        return iter(self._kept()[self.rank::self.world_size])
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.size, self.world_size))
+        return len(self._kept()[self.rank::self.world_size])
 
 
 def _index(item) -> int:
@@ -84,7 +105,7 @@ def _index(item) -> int:
 
 
 class SkipIndices(Sampler):
-    """Another sampler's items minus `skip`, from the `start`-th remaining item on; remembers what it yielded.
+    """Another sampler's items from the `start`-th on, the sampler leaving out `skip`; remembers what it yielded.
 
     cnnlab.data.unreadable sets `skip` (files found unreadable in earlier epochs) and `start` (resuming in
     the middle of an epoch) before each pass, and compares `yielded` with what came back.
@@ -92,9 +113,16 @@ class SkipIndices(Sampler):
 
     def __init__(self, sampler: Sampler):
         self.sampler = sampler
-        self.skip: set[int] = set()
         self.start = 0
         self.yielded: list[int] = []
+
+    @property
+    def skip(self) -> set[int]:
+        return self.sampler.skip
+
+    @skip.setter
+    def skip(self, indices: set[int]) -> None:
+        self.sampler.skip = set(indices)  # left out before the ranks share the order
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.sampler, "set_epoch"):
@@ -106,13 +134,12 @@ class SkipIndices(Sampler):
 
     def __iter__(self):
         self.yielded = []
-        kept = (item for item in self.sampler if _index(item) not in self.skip)
-        for item in islice(kept, self.start, None):
+        for item in islice(iter(self.sampler), self.start, None):
             self.yielded.append(_index(item))
             yield item
 
     def __len__(self) -> int:
-        return max(len(self.sampler) - len(self.skip) - self.start, 0)
+        return max(len(self.sampler) - self.start, 0)
 
 
 def _leave_signals_to_the_main_process(worker_id: int) -> None:
@@ -128,13 +155,14 @@ def make_loader(dataset: ImageDataset, batch_size: int, workers: int, *, train: 
                 sample_weights: torch.Tensor | None = None) -> DataLoader:
     """Training loader (EpochSampler) or evaluation loader (file order), this rank's share, complete.
 
-    `batch_size` is this process's batch; `sample_weights` (training) draws samples in proportion to them.
+    `batch_size` is this process's batch (the global batch / world_size); `sample_weights` (training) draws
+    samples in proportion to them.
     The loader's own generator (seeded by `seed`) gives the workers
     their base seed: a DataLoader otherwise draws it from torch's global generator when an iterator
     starts, which would shift dropout's random numbers in a resumed run.
     """
-    base = EpochSampler(len(dataset), seed, rank, world_size, sample_weights) if train \
-        else ShardIndices(len(dataset), rank, world_size)
+    base = EpochSampler(len(dataset), seed, rank, world_size, sample_weights, batch_size=batch_size * world_size) \
+        if train else ShardIndices(len(dataset), rank, world_size)
     return DataLoader(
         dataset,
         batch_sampler=BatchSampler(SkipIndices(base), batch_size, drop_last=False),

@@ -57,6 +57,15 @@ class UnreadableImages:
         if missing:
             self.check(split)
 
+    def merge(self, found_by_process: list[dict]) -> None:
+        """Take in what the other training processes found (each reads its own share of the files), so that
+        every process leaves the same files out of the next epoch."""
+        for found in found_by_process:
+            for split, indices in found.items():
+                mine = self.found.setdefault(split, {})
+                for index, epoch in indices.items():
+                    mine[index] = min(epoch, mine.get(index, epoch))
+
     def known_in_advance(self) -> None:
         """Check files a decoded-image cache already found unreadable, before any training step."""
         for split in self._samplers:  # the splits training reads (not test/)

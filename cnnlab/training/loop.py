@@ -31,34 +31,56 @@ from cnnlab.training.ema import decay_for
 from cnnlab.training.optim import epoch_sizes, set_schedule_length
 from cnnlab.training.progress import Progress
 from cnnlab.training.record import BEST, CHECKPOINT, CONFIG, CURVES, LAST, write_metrics
+from cnnlab.training import distributed
+from cnnlab.training.distributed import SINGLE, World
 from cnnlab.training.setup import Run, TrainingParts
 from cnnlab.training.signals import StopOnSignal, TrainingInterrupted
-from cnnlab.training.state import LoopState, save_training_checkpoint
+from cnnlab.training.state import LoopState, capture_rng, save_training_checkpoint
 
 # Stop when this many steps in a row had a non-finite loss: the run has diverged, and skipping on
 # would only hide it.
 MAX_NONFINITE_STEPS = 10
 
 
+def loss_normaliser(loss_fn: nn.Module, labels: torch.Tensor, soft: bool) -> float:
+    """What the batch's summed loss is divided by to give cross-entropy's mean: the images, or with class
+    weights (and hard labels) the sum of their weights, as nn.CrossEntropyLoss does."""
+    if loss_fn.weight is None or soft:
+        return float(len(labels))
+    return float(loss_fn.weight.cpu()[labels].sum())
+
+
 def train_step(parts: TrainingParts, images: torch.Tensor, labels: torch.Tensor, state: LoopState,
-               targets: torch.Tensor | None = None) -> float | None:
+               targets: torch.Tensor | None = None, normaliser: float | None = None,
+               world: World = SINGLE) -> float | None:
     """One optimisation step on a batch (N, 3, H, W) already on the device, with class labels (N,) and,
     when MixUp/CutMix blended the images, soft targets (N, K); returns the loss, or None for a skipped step.
 
+    The loss is the batch's summed cross-entropy over `normaliser`, the normaliser of the whole global batch
+    (all processes; loss_normaliser): times the number of processes, whose gradients DDP averages, it is the
+    mean over the global batch, exactly as one process with the whole batch computes it.
     A non-finite loss never reaches backward() or the optimizer, and the BatchNorm statistics its
     forward pass updated are put back: the step changes nothing but the schedule and the counts.
     """
     labels = labels.to(parts.device, non_blocking=True)
+    fn = parts.loss_fn
+    if normaliser is None:
+        normaliser = loss_normaliser(fn, labels, targets is not None)
     buffers = [buffer.detach().clone() for buffer in parts.model.buffers()]  # BN running stats (small)
     with parts.precision.autocast(parts.device):
         logits = parts.net(images)                      # (N, K)
         # loss in fp32 for a stable log-softmax
-        loss = parts.loss_fn(logits.float(), labels if targets is None else targets)
+        per_image = nn.functional.cross_entropy(logits.float(), labels if targets is None else targets,
+                                                weight=fn.weight, label_smoothing=fn.label_smoothing, reduction="none")
+        loss = per_image.sum() * world.world_size / normaliser
     sums = state.epoch_sums
     sums.lr = parts.optimizer.param_groups[0]["lr"]
     parts.optimizer.zero_grad(set_to_none=True)
     state.step += 1
-    if not torch.isfinite(loss):
+    finite = bool(torch.isfinite(loss))
+    if world.distributed:  # every process skips the step, or none does (DDP needs all in every backward)
+        finite = distributed.all_sum([0.0 if finite else 1.0], parts.device)[0] == 0
+    if not finite:
         with torch.no_grad():
             for buffer, saved in zip(parts.model.buffers(), buffers):
                 buffer.copy_(saved)
@@ -82,7 +104,7 @@ def train_step(parts: TrainingParts, images: torch.Tensor, labels: torch.Tensor,
     if parts.average is not None:
         parts.average.update(parts.model)
         state.ema_steps = parts.average.steps
-    loss_value = loss.item()
+    loss_value = per_image.sum().item() / max(len(labels), 1)  # this process's mean, for the progress bar
     sums.correct += (logits.argmax(1) == labels).sum().item()
     sums.images += len(labels)
     sums.loss_sum += loss_value * len(labels)
@@ -112,11 +134,24 @@ def train_one_epoch(run: Run, epoch: int, stop: StopOnSignal | None = None) -> b
         set_frozen(parts.model, epoch <= config.freeze)
     side = epoch_sizes(config.epochs, config.img_size, parts.model.min_input_size, config.progressive)[epoch - 1]
     first = state.batches_done
+    world = run.world
     run.unreadable.begin_pass("train", epoch, start_batch=first)
     with Progress(len(skip_sampler(loader)), f"epoch {epoch} train", enabled=run.verbose) as progress:
         for batch_number, batch in enumerate(loader, start=first):
             run.unreadable.record_batch("train", batch_number - first, batch.indices, epoch)
-            if len(batch) > 0:
+            soft = bool(config.mixup or config.cutmix)
+            # One small collective per step decides for every process: stop (a signal reached one of them),
+            # skip (one process's share was all unreadable), and the global batch's loss normaliser.
+            stop_here, normaliser, empty = distributed.all_sum(
+                [float(stop is not None and stop.signum is not None),
+                 loss_normaliser(parts.loss_fn, batch.labels, soft) if len(batch) else 0.0,
+                 float(len(batch) == 0)], parts.device) if world.distributed else \
+                (float(stop is not None and stop.signum is not None), None, float(len(batch) == 0))
+            if stop_here:
+                if stop is not None and stop.signum is None:
+                    stop.signum = signal.SIGTERM  # another process was signalled: stop as it does
+                return False
+            if not empty:
                 images = parts.pipeline(batch.images, batch.seeds, train=True)  # (N, 3, S, S) on the device
                 if side != images.shape[-1]:  # (N, 3, side, side): bilinear with antialiasing, as a resize
                     images = nn.functional.interpolate(images, size=(side, side), mode="bilinear", antialias=True,
@@ -125,15 +160,18 @@ def train_one_epoch(run: Run, epoch: int, stop: StopOnSignal | None = None) -> b
                 if config.mixup or config.cutmix:
                     images, targets = mix_batch(images, batch.labels.to(images.device), batch.seeds,
                                                 len(run.classes), config.mixup, config.cutmix)
-                progress.update(len(batch), train_step(parts, images, batch.labels, state, targets))
+                progress.update(len(batch), train_step(parts, images, batch.labels, state, targets, normaliser, world))
             state.batches_done = batch_number + 1
-            if stop is not None and stop.signum is not None:
-                return False
             if state.planned_steps and state.step >= state.planned_steps:
                 break  # a --time plan can end in the middle of its last epoch
-            if run.budget is not None and run.budget.elapsed() > run.budget.seconds - run.budget.reserve():
+            over = run.budget is not None and run.budget.elapsed() > run.budget.seconds - run.budget.reserve()
+            if world.distributed:  # rank 0's clock decides for all
+                over = bool(distributed.broadcast(over))
+            if over:
                 state.budget_reached = True  # slower than planned: keep the time to validate and finish
                 break
+    if stop is not None and stop.signum is not None and not world.distributed:
+        return False  # the signal came during the last step of the epoch
     return True
 
 
@@ -149,6 +187,13 @@ def validate(run: Run, epoch: int) -> Logits:
         result = collect_logits(run.parts.evaluated, run.val_loader, run.parts.pipeline, f"epoch {epoch} val",
                                 show_progress=run.verbose)
     run.unreadable.record_pass("val", result.indices, epoch)
+    if run.world.distributed:  # each process scored its share: every image once, put together in file order
+        shares = [share for share in distributed.gather_objects((result.logits, result.labels, result.indices))
+                  if len(share[2])]
+        if shares:
+            logits, labels, indices = (torch.cat([share[k] for share in shares]) for k in range(3))
+            order = indices.argsort()
+            result = Logits(logits[order], labels[order], indices[order])
     return result
 
 
@@ -180,8 +225,11 @@ def train(run: Run) -> LoopState:
             if run.state.stopped_early:
                 run.log(f"early stop: no better validation loss for {run.config.patience} epochs")
                 break
-            if stop.signum is not None and epoch < run.config.epochs:
-                _stop_on_signal(run, stop.signum, save=False)
+            signalled = stop.signum is not None
+            if run.world.distributed:  # a signal to any process stops them all
+                signalled = distributed.all_sum([float(signalled)], run.parts.device)[0] > 0
+            if signalled and run.state.epoch < run.config.epochs:
+                _stop_on_signal(run, stop.signum or signal.SIGTERM, save=False)
     return run.state
 
 
@@ -192,6 +240,12 @@ def _train_epoch(run: Run, epoch: int, stop: StopOnSignal) -> None:
     skip_sampler(run.train_loader).set_epoch(epoch)
     if not train_one_epoch(run, epoch, stop):
         _stop_on_signal(run, stop.signum, save=True)
+    if run.world.distributed:  # every process's share of the epoch, summed; the same files left out next epoch
+        sums = state.epoch_sums
+        sums.loss_sum, sums.images, sums.correct = distributed.all_sum(
+            [sums.loss_sum, float(sums.images), float(sums.correct)], parts.device)
+        sums.images, sums.correct = int(sums.images), int(sums.correct)
+        run.unreadable.merge(distributed.gather_objects(run.unreadable.found))
     val = validate(run, epoch)
     val_loss, val_acc = val.loss_and_accuracy()
     row = epoch_row(state, epoch, val_loss, val_acc, time.perf_counter() - start,
@@ -226,12 +280,13 @@ def _check_plan(run: Run, epoch: int, actual: float) -> None:
     side = budget.sides(config.epochs)[epoch - 1]
     train_images, val_images = len(run.train_loader.dataset), len(run.val_loader.dataset)
     planned = epoch_seconds(side, budget.plan.speed, train_images, val_images)
+    actual = distributed.broadcast(actual)  # rank 0's clock decides for all
     if not replan_needed(planned, actual):
         return
     speed = corrected_speed(budget.plan.speed, side, actual, train_images, val_images)
     steps_per_epoch = len(run.train_loader)
-    new = plan(budget.seconds, budget.elapsed(), speed, steps_per_epoch, config.batch_size, train_images, val_images,
-               budget.sides, done_epochs=epoch)
+    new = distributed.broadcast(plan(budget.seconds, budget.elapsed(), speed, steps_per_epoch, config.batch_size,
+                                     train_images, val_images, budget.sides, done_epochs=epoch))
     run.log(f"time budget: epoch {epoch} took {actual:.1f}s instead of {planned:.1f}s; re-planned to "
             f"{new.epochs} epochs ({new.total_steps} steps)")
     run.config = dataclasses.replace(config, epochs=new.epochs)
@@ -240,7 +295,8 @@ def _check_plan(run: Run, epoch: int, actual: float) -> None:
     if parts.average is not None:
         parts.average.decay = decay_for(new.total_steps)
     budget.plan = new
-    write_yaml(run.run_dir / CONFIG, run.config.to_dict())  # config.yaml and the checkpoint agree on the plan
+    if run.world.is_main:
+        write_yaml(run.run_dir / CONFIG, run.config.to_dict())  # config.yaml and the checkpoint agree on the plan
     save_checkpoint(run)
 
 
@@ -248,14 +304,21 @@ def save_checkpoint(run: Run) -> None:
     """RUN/checkpoint.safetensors for `cnnlab train --resume`."""
     state, parts = run.state, run.parts
     state.unreadable = run.unreadable.state()
+    # every process's random-number state, so a resume with as many processes continues each one exactly
+    rng = distributed.gather_objects(capture_rng(parts.device))
+    if not run.world.is_main:
+        return
     extra = {}
     if run.best_val is not None:
         extra = {"val.logits": run.best_val.logits, "val.labels": run.best_val.labels,
                  "val.indices": run.best_val.indices}
     if parts.average is not None:
         extra |= {f"ema.{name}": tensor for name, tensor in parts.average.state().items()}
+    for rank, (tensors, _) in enumerate(rng[1:], start=1):
+        extra |= {f"rng.rank{rank}.{name}": tensor for name, tensor in tensors.items()}
     save_training_checkpoint(run.run_dir, parts.model, parts.optimizer, parts.scheduler, parts.scaler, state,
-                             run.config.to_dict(), run.classes, parts.device, extra=extra)
+                             run.config.to_dict(), run.classes, parts.device, extra=extra,
+                             other_ranks_rng=[side for _, side in rng[1:]])
 
 
 def _save_epoch(run: Run, improved: bool) -> None:
@@ -265,6 +328,9 @@ def _save_epoch(run: Run, improved: bool) -> None:
     epochs that cannot be kept. The files of the previous epoch are intact, so --resume works.
     """
     state, model = run.state, run.parts.saved_model
+    if not run.world.is_main:
+        save_checkpoint(run)  # takes part in gathering the random-number states; rank 0 writes
+        return
     try:
         if improved:
             save_weights(model, run.run_dir / BEST, run.metadata | {"epoch": state.epoch})
@@ -285,6 +351,7 @@ def _stop_on_signal(run: Run, signum: int, save: bool) -> None:
     """After SIGINT/SIGTERM: write a checkpoint (mid-epoch if `save`) and raise TrainingInterrupted."""
     if save:
         save_checkpoint(run)
+    distributed.barrier()  # the checkpoint is on disk before any process exits
     raise TrainingInterrupted(signum, f"{signal.Signals(signum).name}: training stopped at {run.state.position()}; "
                                       f"the checkpoint is in {run.run_dir / CHECKPOINT}. Continue with: "
                                       f"cnnlab train --resume {run.run_dir}")

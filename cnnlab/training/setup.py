@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import sys
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from cnnlab.config import TrainConfig, parse_duration
@@ -39,7 +41,9 @@ from cnnlab.errors import CnnlabError
 from cnnlab.files import write_json, write_yaml
 from cnnlab.models import create_model
 from cnnlab.models.weights import load_start_weights
+from cnnlab.training import distributed
 from cnnlab.training.device import Precision, compile_model, default_workers, resolve_device, resolve_precision
+from cnnlab.training.distributed import SINGLE, World
 from cnnlab.training.budget import Budget, Speed, measure_seconds_per_image, plan
 from cnnlab.training.budget import describe as describe_plan
 from cnnlab.training.ema import WeightAverage, decay_for
@@ -193,11 +197,16 @@ class TrainingParts:
     pipeline: InputPipeline
     average: WeightAverage | None = None
     """The weight average (--ema): what is validated and saved; None without --ema."""
+    validation_net: nn.Module | None = None
+    """What validates without a weight average: `net` (compiled if asked), or with several processes the bare
+    model (each process scores its own share, so DDP's collectives must stay out of it)."""
 
     @property
     def evaluated(self) -> nn.Module:
-        """The model validation runs: the weight average, or the model itself (compiled if asked)."""
-        return self.average.model if self.average is not None else self.net
+        """The model validation runs: the weight average, or the model itself."""
+        if self.average is not None:
+            return self.average.model
+        return self.validation_net if self.validation_net is not None else self.net
 
     @property
     def saved_model(self) -> nn.Module:
@@ -238,6 +247,8 @@ class Run:
     """Unreadable-image counts last written to dataset.json."""
     budget: Budget | None = None
     """With --time: the budget and its plan (None otherwise, and in a resumed run, which follows its plan)."""
+    world: World = SINGLE
+    """This process's place among the training processes (rank 0 writes the run folder)."""
 
     @property
     def classes(self) -> list[str]:
@@ -249,7 +260,9 @@ class Run:
             print(message, file=sys.stderr, flush=True)
 
     def write_dataset_info(self) -> None:
-        """dataset.json: splits, counts and the unreadable files found so far."""
+        """dataset.json: splits, counts and the unreadable files found so far (rank 0 only)."""
+        if not self.world.is_main:
+            return
         report = self.unreadable.report()
         write_json(self.run_dir / DATASET, self.dataset_info | ({"unreadable": report} if report else {}))
         self.reported_unreadable = self.unreadable.count()
@@ -274,6 +287,19 @@ def plan_budget(config: TrainConfig, model: nn.Module, loader: DataLoader, pipel
     return Budget(seconds, started, result, sides, val_images)
 
 
+def open_shared_cache(splits: DatasetSplits, config: TrainConfig, world: World, verbose: bool) -> CachedImages | None:
+    """The decoded-image cache, built once: rank 0 builds (or updates) it while the others wait, then they open
+    it. A cache kept in memory cannot be shared between processes: each then decodes its own copy."""
+    if world.is_main:
+        cache = open_training_cache(splits, config, verbose=verbose)
+    distributed.barrier()
+    mode = distributed.broadcast(cache.mode if world.is_main and cache is not None else "off")
+    if not world.is_main:
+        cache = open_training_cache(splits, dataclasses.replace(config, cache=mode), verbose=False) \
+            if mode != "off" else None
+    return cache
+
+
 def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None, overwrite: bool = False,
             verbose: bool = True) -> Run:
     """Build a Run from `config` (a new run folder), or continue one from its `checkpoint` (--resume)."""
@@ -282,9 +308,15 @@ def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None
         raise CnnlabError("no data folder given; pass --data DIR (make one with `cnnlab data synth DIR`)")
     if config.weights and config.pretrained:
         raise CnnlabError("--weights and --pretrained both say which weights to start from; give only one")
-    device = resolve_device(config.device)
+    world, device_name = distributed.init(config.device)  # one process of several (torchrun, Slurm), or alone
+    verbose = verbose and world.is_main  # one process speaks and writes the run folder
+    if config.batch_size % world.world_size:
+        raise CnnlabError(f"--batch-size {config.batch_size} is the global batch, shared by {world.world_size} "
+                          f"processes: make it a multiple of {world.world_size}")
+    device = resolve_device(device_name)
     precision = resolve_precision(config.precision, device, config.channels_last)
     splits = find_samples(config.data, val_fraction=config.val_fraction, seed=config.seed)
+    distributed.check_agree("classes and images per class of the data folder", splits.counts())
     if checkpoint is not None and checkpoint.classes != splits.classes:
         raise CnnlabError(f"the classes in {splits.root} ({', '.join(splits.classes)}) are not the ones the run "
                           f"was trained on ({', '.join(checkpoint.classes)}); resume with the same data folder")
@@ -297,41 +329,46 @@ def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None
         start_note = load_start_weights(model, config.weights, config.model, len(splits.classes))
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    run_dir = Path(config.out) if checkpoint is not None else new_run_dir(config.out, config.model, overwrite)
+    run_dir = Path(config.out) if checkpoint is not None else \
+        Path(distributed.broadcast(str(new_run_dir(config.out, config.model, overwrite)) if world.is_main else None))
 
     workers = default_workers() if config.workers is None else config.workers
-    cache = open_training_cache(splits, config, verbose=verbose)
+    if world.distributed:  # the machine's cores are shared by its processes
+        workers = max(0, workers // int(os.environ.get("LOCAL_WORLD_SIZE", world.world_size))) \
+            if config.workers is None else workers
+    cache = open_shared_cache(splits, config, world, verbose)
     if config.tile:
         check_tiles_fit(splits, config, cache)
     datasets = make_datasets(splits, config, cache)
     pin = device.type == "cuda"
-    loaders = {"train": make_loader(datasets["train"], config.batch_size, workers, train=True, seed=config.seed,
-                                    pin_memory=pin),
-               # tiled runs validate whole images, one per batch (the window cuts each into tiles)
-               "val": make_loader(datasets["val"], 1 if config.tile else config.batch_size * 2, workers, train=False,
-                                  seed=config.seed, pin_memory=pin)}
+    batch = config.batch_size // world.world_size  # this process's share of the global batch
     counts = [n for n in splits.counts()["train"].values()]
     balance = resolve_balance(config.balance, counts)
-    if balance.mode == "sampler":  # rebuilt with per-sample weights: 1 / (images of the sample's class)
+    weights = None
+    if balance.mode == "sampler":  # per-sample weights: 1 / (images of the sample's class)
         weights = torch.tensor([1.0 / counts[sample.label] for sample in splits.splits["train"]])
-        loaders["train"] = make_loader(datasets["train"], config.batch_size, workers, train=True, seed=config.seed,
-                                       pin_memory=pin, sample_weights=weights)
+    loaders = {"train": make_loader(datasets["train"], batch, workers, train=True, seed=config.seed, pin_memory=pin,
+                                    rank=world.rank, world_size=world.world_size, sample_weights=weights),
+               # tiled runs validate whole images, one per batch (the window cuts each into tiles)
+               "val": make_loader(datasets["val"], 1 if config.tile else batch * 2, workers, train=False,
+                                  seed=config.seed, pin_memory=pin, rank=world.rank, world_size=world.world_size)}
     unreadable = UnreadableImages(loaders, config.max_bad, checkpoint.state.unreadable if checkpoint else None)
     unreadable.known_in_advance()
     pipeline = input_pipeline(config, device, precision)
 
     lr = config.lr
-    if lr == "auto":
-        lr = suggest_lr_for_config(config, model, loaders["train"], pipeline, verbose=verbose, run_dir=run_dir)
+    if lr == "auto":  # every process runs the test on its share; rank 0's suggestion is the run's
+        lr = distributed.broadcast(suggest_lr_for_config(config, model, loaders["train"], pipeline, verbose=verbose,
+                                                         run_dir=run_dir if world.is_main else None))
     lr = float(lr) if lr is not None else DEFAULT_LR[config.optimizer]
-    steps_per_epoch = math.ceil(len(datasets["train"]) / config.batch_size)
+    steps_per_epoch = len(loaders["train"])  # the same on every process (EpochSampler evens the shares)
     loss_fn = loss_function(config, balance, counts).to(device)
     total_steps, budget = steps_per_epoch * config.epochs, None
     if checkpoint is not None and checkpoint.state.planned_steps:
         total_steps = checkpoint.state.planned_steps  # a budgeted run resumes its plan, not a new one
     elif config.time and checkpoint is None:
-        budget = plan_budget(config, model, loaders["train"], pipeline, loss_fn, len(datasets["val"]), started,
-                             verbose)
+        budget = plan_budget(config, model, loaders["train"], pipeline, loss_fn, len(datasets["val"]), started, verbose)
+        budget.plan = distributed.broadcast(budget.plan)  # every process follows rank 0's plan
         config = dataclasses.replace(config, epochs=budget.plan.epochs)
         total_steps = budget.plan.total_steps
     optimizer = build_optimizer(model, config.optimizer, lr, config.weight_decay)
@@ -349,16 +386,22 @@ def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None
     dataset_info = {"root": splits.root, "split_source": splits.split_source, "counts": splits.counts(),
                     "ignored_files": len(splits.ignored),
                     "balance": {"requested": config.balance, "mode": balance.mode, "ratio": round(balance.ratio, 3)}}
-    write_yaml(run_dir / CONFIG, resolved.to_dict())
-    write_json(run_dir / CLASSES, splits.classes)
-    write_json(run_dir / MODEL, metadata)
+    if world.is_main:
+        write_yaml(run_dir / CONFIG, resolved.to_dict())
+        write_json(run_dir / CLASSES, splits.classes)
+        write_json(run_dir / MODEL, metadata)
 
-    # Forward passes go through `net` (compiled if asked); weights are saved from `model`, whose
-    # state_dict keys do not carry torch.compile's wrapper prefix.
-    net = compile_model(model) if config.compile else model
-    parts = TrainingParts(model, net, optimizer, scheduler, scaler, loss_fn, pipeline, average)
+    # Forward passes go through `net` (DDP-wrapped with several processes, compiled if asked); weights are
+    # saved from `model`, whose state_dict keys carry neither wrapper's prefix.
+    net = model
+    if world.distributed:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        torch.manual_seed(config.seed * 1_000_003 + world.rank)  # dropout: other masks on each process
+    net = compile_model(net) if config.compile else net
+    parts = TrainingParts(model, net, optimizer, scheduler, scaler, loss_fn, pipeline, average,
+                          validation_net=model if world.distributed else net)
     run = Run(resolved, run_dir, splits, metadata, preprocessing, parts, loaders["train"], loaders["val"],
-              unreadable, dataset_info, verbose=verbose, budget=budget)
+              unreadable, dataset_info, verbose=verbose, budget=budget, world=world)
     if budget is not None:
         run.state.planned_steps = total_steps
     run.write_dataset_info()
@@ -382,5 +425,6 @@ def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None
             average.load({name[len("ema."):]: t for name, t in extra.items() if name.startswith("ema.")},
                          checkpoint.state.ema_steps)
         run.log(f"resuming {run_dir} from {checkpoint.state.position()}, to epoch {config.epochs}")
-        restore_training(checkpoint, model, optimizer, scheduler, scaler, device)  # last: it sets the RNGs
+        restore_training(checkpoint, model, optimizer, scheduler, scaler, device, world.rank,
+                         world.world_size)  # last: it sets the RNGs
     return run

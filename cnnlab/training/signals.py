@@ -14,8 +14,13 @@ import os
 import signal
 import sys
 import threading
+import time
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Under torchrun a signal sent to the whole process group reaches each training process twice: directly, and
+# forwarded by the launcher a moment later. A repeat this soon is that echo, not a second request.
+UNDER_LAUNCHER = "TORCHELASTIC_RUN_ID" in os.environ
+FORWARDED_WITHIN = 5.0
 
 
 class TrainingInterrupted(Exception):
@@ -41,6 +46,7 @@ class StopOnSignal:
         self.stream = stream or sys.stderr
         self._pid = os.getpid()
         self._previous: dict[int, object] = {}
+        self._first = 0.0  # when the first signal came
 
     def __enter__(self) -> "StopOnSignal":
         if threading.current_thread() is threading.main_thread():
@@ -58,9 +64,14 @@ class StopOnSignal:
             return  # a DataLoader worker: the main process decides when to stop
         name = signal.Signals(signum).name
         if self.signum is not None:
+            if UNDER_LAUNCHER and time.monotonic() - self._first < FORWARDED_WITHIN:
+                return  # torchrun forwards the signal its process group also got: the same request, not a second
             raise TrainingInterrupted(signum, f"{name} again: stopped at once, without a new checkpoint "
                                               "(the last one on disk is kept)")
         self.signum = signum
+        self._first = time.monotonic()
+        if os.environ.get("RANK", "0") != "0":
+            return  # of several training processes, rank 0 speaks for all
         try:
             print(f"\n{name}: finishing this step and saving a checkpoint "
                   f"({'press Ctrl-C again' if signum == signal.SIGINT else 'send it again'} to stop at once)",

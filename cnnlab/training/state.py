@@ -157,11 +157,14 @@ def _optimizer_parts(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.
 def save_training_checkpoint(run_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                              scheduler, scaler: torch.amp.GradScaler, state: LoopState, config: dict,
                              classes: list[str], device: torch.device,
-                             extra: dict[str, torch.Tensor] | None = None) -> Path:
+                             extra: dict[str, torch.Tensor] | None = None,
+                             other_ranks_rng: list[dict] | None = None) -> Path:
     """Write RUN/checkpoint.safetensors atomically; a failed write keeps the previous one (CnnlabError).
 
     `extra`: more tensors the loop keeps between epochs (the EMA weights, the best epoch's validation
-    logits), stored under "extra.<name>" and returned by TrainingCheckpoint.extra()."""
+    logits), stored under "extra.<name>" and returned by TrainingCheckpoint.extra(). `other_ranks_rng`: the
+    JSON part of the other training processes' random-number states (their tensors come in `extra` as
+    rng.rank<r>.<name>), so a resume with as many processes continues each exactly."""
     path = Path(run_dir) / CHECKPOINT_NAME
     tensors = {f"model.{name}": tensor for name, tensor in state_dict_for_saving(model).items()}
     tensors |= {f"extra.{name}": tensor.detach().to("cpu").contiguous().clone() for name, tensor in (extra or {}).items()}
@@ -174,7 +177,8 @@ def save_training_checkpoint(run_dir: str | Path, model: nn.Module, optimizer: t
     tensors |= optimizer_tensors | rng_tensors
     side = {"format": FORMAT, "config": config, "classes": classes, "state": asdict(state),
             "optimizer": optimizer_side, "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "rng": rng_side, "tensors": sorted(tensors)}
+            "rng": rng_side, "tensors": sorted(tensors), "world_size": 1 + len(other_ranks_rng or []),
+            "rng_ranks": other_ranks_rng or []}
     # json keeps NaN and Infinity (a val_loss of an epoch without readable images, best_val_loss before
     # the first epoch); Python's json reads them back.
     metadata = {"cnnlab": json.dumps(side)}
@@ -236,10 +240,13 @@ def _shaped_like(parameter: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
 
 
 def restore_training(checkpoint: TrainingCheckpoint, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler, scaler: torch.amp.GradScaler, device: torch.device) -> None:
+                     scheduler, scaler: torch.amp.GradScaler, device: torch.device, rank: int = 0,
+                     world_size: int = 1) -> None:
     """Put model, optimizer, scheduler, GradScaler and every RNG back as they were when it was saved.
 
     Call it last, just before the loop: anything drawing random numbers after it would shift dropout.
+    Process `rank` of `world_size` gets its own random-number state back when the checkpoint was written by
+    as many processes; with another number of processes, the others keep the state they were seeded with.
     """
     tensors, side = checkpoint.tensors, checkpoint.side
     model_state = {name[len("model."):]: t for name, t in tensors.items() if name.startswith("model.")}
@@ -264,4 +271,9 @@ def restore_training(checkpoint: TrainingCheckpoint, model: nn.Module, optimizer
     scheduler.load_state_dict(side["scheduler"])
     if scaler.is_enabled() and side["scaler"]:
         scaler.load_state_dict(side["scaler"])
-    restore_rng(tensors, side["rng"], device)
+    if rank == 0:
+        restore_rng(tensors, side["rng"], device)
+    elif side.get("world_size", 1) == world_size and rank <= len(side.get("rng_ranks", [])):
+        prefix = f"extra.rng.rank{rank}."
+        restore_rng({name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)},
+                    side["rng_ranks"][rank - 1], device)
