@@ -7,7 +7,8 @@ Both pipelines run in this one process, one after the other, on the same files, 
 count and batch size 32, so the ratios are fair even on a machine whose speed changes over time:
 
   lecture  torchvision.datasets.ImageFolder + PIL + transforms v1 Compose (full-size decode every epoch)
-  cnnlab   ImageDataset + the resolution cache (cnnlab.cache) + the v2 preset on uint8 tensors
+  cnnlab   ImageDataset + the resolution cache (cnnlab.data.cache); workers read uint8 pixels and crop,
+           flip/rotation/colour jitter run per image on the whole batch on the device (cnnlab.data.augment)
 
 Sections:
   (a) data loading into 224 px training batches, images/s: first epoch (cache build included), epochs 2-4
@@ -15,6 +16,8 @@ Sections:
   (b) training compute at 224 px on in-memory tensors: fp32 (lecture: NCHW), fp32 channels_last, auto
   (c) compute-bound fraction: cnnlab's epoch on real files vs the same steps on in-memory tensors
   (d) DataLoader workers 0, 1, 2 for cached and uncached training (what device.default_workers picks)
+  (e) whole processes: 5 epochs at 224 px on the 4000x3000 JPEGs from a cold cache, the lecture's script
+      vs `cnnlab train` (imports, workers, cache build and the run folder's files included)
 
 What is compared runs interleaved (lecture, cnnlab, lecture, ...; fp32, auto, fp32, ...) and
 steady-state numbers are the best of the repeats: other jobs on a shared machine only ever slow a
@@ -33,6 +36,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,15 +53,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from cnnlab.cache import decode_for_cache, open_cache
-from cnnlab.data import ImageDataset, Sample, find_samples
-from cnnlab.device import cpu_has_fast_bf16, default_workers, resolve_precision
-from cnnlab.images import save_image
-from cnnlab.inference import to_device
-from cnnlab.loaders import make_loader
+from cnnlab.data.augment import BatchAugment
+from cnnlab.data.cache import decode_for_cache, open_cache
+from cnnlab.data.dataset import Batch, ImageDataset
+from cnnlab.data.folders import Sample, find_samples
+from cnnlab.data.images import save_image
+from cnnlab.data.loaders import make_loader
+from cnnlab.data.synth import SHAPE_NAMES, render
+from cnnlab.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, Preprocessing, decode_size, eval_transform,
+                                    train_transform)
 from cnnlab.models import create_model
-from cnnlab.synth import SHAPE_NAMES, render
-from cnnlab.transforms import IMAGENET_MEAN, IMAGENET_STD, decode_size, eval_transform, train_transform
+from cnnlab.training.device import cpu_has_fast_bf16, default_workers, resolve_precision
+from cnnlab.training.forward import InputPipeline
 
 HERE = Path(__file__).resolve().parent
 DATA_DIR = HERE / "data"
@@ -71,7 +78,8 @@ CLASSES = 2
 # Images per epoch in sections (c) and (d): five batches, so that waiting for the first batch of an
 # epoch (the workers' queue is empty when it starts) weighs little, as in real epochs.
 FRACTION_IMAGES = 160
-TARGETS = {"first_epoch": 2.5, "cached_epoch": 20.0, "auto_vs_fp32": 2.5, "compute_fraction": 0.90}
+TARGETS = {"first_epoch": 2.5, "cached_epoch": 20.0, "auto_vs_fp32": 2.5, "compute_fraction": 0.90,
+           "whole_process": 5.0}
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,32 +150,49 @@ def lecture_loader(class_root: Path, samples: list[Sample], workers: int) -> Dat
 
 def cnnlab_loader(samples: list[Sample], workers: int, cache: str, cache_dir: str | None,
                   transform=None) -> tuple[DataLoader, float]:
-    """(loader as fit() builds it, seconds spent opening/building the cache)."""
+    """(loader as fit() builds it, seconds spent opening/building the cache). The workers only read uint8
+    pixels and crop (the default `--augment-on device`); `device_augment` does the rest on each batch."""
     start = time.perf_counter()
     source = open_cache([s.path for s in samples], decode_size(IMG_SIZE), cache, cache_dir=cache_dir,
                         verbose=False) if cache != "off" else None
     build = time.perf_counter() - start
-    dataset = ImageDataset(samples, transform or train_transform("default", IMG_SIZE),
+    dataset = ImageDataset(samples, transform or train_transform("default", IMG_SIZE, augment_on="device"),
                            decode_size=decode_size(IMG_SIZE), source=source)
     return make_loader(dataset, BATCH_SIZE, workers, train=True, seed=0), build
 
 
-def one_epoch(loader: DataLoader, epoch: int, step=None) -> float:
-    """Seconds for one pass over `loader` (calling `step(images, labels)` per batch, if given)."""
+def device_pipeline(augment: bool = True) -> InputPipeline:
+    """What fit() does to a batch on the device: uint8 -> float, the per-image batch augmentation, normalise."""
+    device = torch.device("cpu")
+    return InputPipeline(device, resolve_precision("auto", device), augment=BatchAugment() if augment else None)
+
+
+def _images_labels(batch, pipeline: InputPipeline | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(model input, labels) of a lecture batch (a normalised float tuple) or a cnnlab Batch (uint8 + seeds)."""
+    if isinstance(batch, Batch):
+        return pipeline(batch.images, batch.seeds, train=True), batch.labels
+    return batch[0], batch[1]
+
+
+def one_epoch(loader: DataLoader, epoch: int, step=None, pipeline: InputPipeline | None = None) -> float:
+    """Seconds for one pass over `loader`: a cnnlab batch goes through `pipeline` (its batch augmentation
+    is part of loading), then `step(images, labels)` per batch, if given."""
     if hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)
+    pipeline = pipeline or device_pipeline()
     start = time.perf_counter()
-    for images, labels, *_ in loader:
+    for batch in loader:
+        images, labels = _images_labels(batch, pipeline)
         if step is not None:
             step(images, labels)
     return time.perf_counter() - start
 
 
-def memory_epoch(batches: list, step) -> float:
-    """Seconds for the same training steps on in-memory tensors."""
+def memory_epoch(batches: list[Batch], step, pipeline: InputPipeline) -> float:
+    """Seconds for the same training steps on in-memory uint8 batches (through the same device pipeline)."""
     start = time.perf_counter()
-    for images, labels in batches:
-        step(images, labels)
+    for batch in batches:
+        step(pipeline(batch.images, batch.seeds, train=True), batch.labels)
     return time.perf_counter() - start
 
 
@@ -187,7 +212,8 @@ def trainer(model_name: str, precision_name: str, channels_last: bool | None = N
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> None:
-        images = to_device(images, device, precision)
+        if precision.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         with precision.autocast(device):
             loss = nn.functional.cross_entropy(model(images).float(), labels % 10)
         optimizer.zero_grad(set_to_none=True)
@@ -198,11 +224,20 @@ def trainer(model_name: str, precision_name: str, channels_last: bool | None = N
 
 
 def random_batches(count: int, batch_size: int = BATCH_SIZE) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """In-memory batches shaped like the loader's: (N, 3, 224, 224) float32 and (N,) labels."""
+    """In-memory batches: (N, 3, 224, 224) float32 and (N,) labels."""
     generator = torch.Generator().manual_seed(0)
     sizes = [batch_size] * (count // batch_size) + ([count % batch_size] if count % batch_size else [])
     return [(torch.randn(n, 3, IMG_SIZE, IMG_SIZE, generator=generator),
              torch.randint(0, 10, (n,), generator=generator)) for n in sizes]
+
+
+def uint8_batches(count: int, batch_size: int = BATCH_SIZE) -> list[Batch]:
+    """In-memory batches shaped like cnnlab's loader's: uint8 (N, 3, 224, 224), labels, indices, seeds."""
+    generator = torch.Generator().manual_seed(0)
+    sizes = [batch_size] * (count // batch_size) + ([count % batch_size] if count % batch_size else [])
+    return [Batch(torch.randint(0, 256, (n, 3, IMG_SIZE, IMG_SIZE), dtype=torch.uint8, generator=generator),
+                  torch.randint(0, 10, (n,), generator=generator), torch.arange(n),
+                  torch.randint(0, 2**31, (n,), generator=generator)) for n in sizes]
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,8 +261,9 @@ def section_loading(sets: list[tuple[str, Path, list[Sample]]], workers: int, sc
             our_times.append(one_epoch(ours, epoch))
         del lecture, ours  # stop their workers
         uncached = one_epoch(cnnlab_loader(samples, workers, "off", None)[0], 1)
-        crop_loader = cnnlab_loader(samples, workers, "disk", str(cache_dir), eval_transform(IMG_SIZE))[0]
-        crop_only = min(one_epoch(crop_loader, epoch) for epoch in (1, 2))
+        crop_loader = cnnlab_loader(samples, workers, "disk", str(cache_dir),
+                                    eval_transform(Preprocessing.for_size(IMG_SIZE)))[0]
+        crop_only = min(one_epoch(crop_loader, epoch, pipeline=device_pipeline(augment=False)) for epoch in (1, 2))
         del crop_loader
         row = {"data": name, "images": n,
                "lecture_first": n / lecture_times[0], "lecture_later": n / min(lecture_times[1:]),
@@ -258,9 +294,12 @@ def section_breakdown(sets: list[tuple[str, Path, list[Sample]]], scratch: Path,
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     lecture_augment = T.Compose(lecture_transform(IMG_SIZE).transforms[1:])  # after the Resize
-    ours = train_transform("default", IMG_SIZE)
-    jitter = v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)
-    rotation = v2.RandomRotation(10)
+    workers_part = train_transform("default", IMG_SIZE, augment_on="device")  # resize + random crop
+    per_image = train_transform("default", IMG_SIZE, augment_on="workers")  # the whole preset, per image
+    pipeline = device_pipeline()
+    batch = uint8_batches(BATCH_SIZE)[0]
+    # the device part for a whole batch, divided by its size: what one image costs there
+    batch_ms = _ms(lambda: pipeline(batch.images, batch.seeds, train=True)) / BATCH_SIZE
     rows = []
     try:
         for name, _, samples in sets:
@@ -268,7 +307,7 @@ def section_breakdown(sets: list[tuple[str, Path, list[Sample]]], scratch: Path,
             cached = open_cache(paths, decode_size(IMG_SIZE), "disk", cache_dir=str(scratch / "breakdown"),
                                 verbose=False)
             costs = {key: [] for key in ("decode_full", "resize_full", "augment_pil", "decode_reduced",
-                                         "cache_read", "augment_tensor", "color_jitter", "rotation")}
+                                         "cache_read", "worker_crop", "per_image_tensor")}
             for i, path in enumerate(paths):
                 # the lecture opens files with PIL directly, as ImageFolder does
                 costs["decode_full"].append(_ms(lambda: Image.open(path).convert("RGB")))
@@ -279,11 +318,10 @@ def section_breakdown(sets: list[tuple[str, Path, list[Sample]]], scratch: Path,
                 costs["decode_reduced"].append(_ms(lambda: decode_for_cache(path, decode_size(IMG_SIZE))))
                 costs["cache_read"].append(_ms(lambda: cached.load(i)))
                 image = cached.load(i)
-                costs["augment_tensor"].append(_ms(lambda: ours(image)))
-                crop = image[:, :IMG_SIZE, :IMG_SIZE]
-                costs["color_jitter"].append(_ms(lambda: jitter(crop)))
-                costs["rotation"].append(_ms(lambda: rotation(image)))
-            rows.append({"data": name} | {key: float(np.median(values)) for key, values in costs.items()})
+                costs["worker_crop"].append(_ms(lambda: workers_part(image)))
+                costs["per_image_tensor"].append(_ms(lambda: per_image(image)))
+            rows.append({"data": name, "batch_augment": batch_ms}
+                        | {key: float(np.median(values)) for key, values in costs.items()})
             print(f"(a') {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in rows[-1].items() if k != "data"),
                   file=sys.stderr, flush=True)
     finally:
@@ -329,18 +367,23 @@ def section_compute(models: list[str], rounds: int, threads: int | None = None,
 
 def section_fraction(name: str, samples: list[Sample], models: list[str], workers: int, scratch: Path,
                      rounds: int) -> list[dict]:
-    """(c) epoch time on real files (cached, after a warm-up epoch) vs the same steps on in-memory tensors."""
+    """(c) epoch time on real files (cached, after a warm-up epoch) vs the same steps on in-memory batches.
+
+    Both sides run the same device pipeline (uint8 -> float, batch augmentation, normalise) and the same
+    training step, so the fraction is what reading, cropping and the workers cost the training.
+    """
     rows = []
     cache_dir = scratch / f"cache-{name}"  # built in (a)
+    pipeline = device_pipeline()
     for model_name in models:
         step, _ = trainer(model_name, "auto")
         loader, _ = cnnlab_loader(samples, workers, "disk", str(cache_dir))
-        batches = random_batches(len(samples))
-        one_epoch(loader, 1, step)  # warm-up: starts the workers, picks the kernels
+        batches = uint8_batches(len(samples))
+        one_epoch(loader, 1, step, pipeline)  # warm-up: starts the workers, picks the kernels
         real, memory = [], []
         for epoch in range(2, 2 + rounds):
-            real.append(one_epoch(loader, epoch, step))
-            memory.append(memory_epoch(batches, step))
+            real.append(one_epoch(loader, epoch, step, pipeline))
+            memory.append(memory_epoch(batches, step, pipeline))
         del loader
         row = {"model": model_name, "data": name, "images": len(samples), "real_epoch": min(real),
                "memory_epoch": min(memory)}
@@ -372,6 +415,76 @@ def section_workers(name: str, samples: list[Sample], model_name: str, scratch: 
     return rows
 
 
+def lecture_train(root: Path, epochs: int, model_name: str) -> None:
+    """The lecture's whole job as its own process: ImageFolder, an 80/20 split, PIL transforms v1 on full-size
+    decodes every epoch, DataLoader(batch 32, shuffle), AdamW, a validation pass per epoch (fp32, as
+    cnnlab's auto picks on a CPU without fast bf16; the same precision cnnlab uses)."""
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    precision = resolve_precision("auto", device)
+    train_set = torchvision.datasets.ImageFolder(str(root), transform=lecture_transform(IMG_SIZE))
+    val_set = torchvision.datasets.ImageFolder(str(root), transform=T.Compose([
+        T.Resize(decode_size(IMG_SIZE)), T.CenterCrop(IMG_SIZE), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
+    order = torch.randperm(len(train_set)).tolist()
+    cut = int(len(order) * 0.8)
+    workers = default_workers()
+    train_loader = DataLoader(torch.utils.data.Subset(train_set, order[:cut]), batch_size=BATCH_SIZE, shuffle=True,
+                              num_workers=workers, persistent_workers=workers > 0)
+    val_loader = DataLoader(torch.utils.data.Subset(val_set, order[cut:]), batch_size=BATCH_SIZE,
+                            num_workers=workers, persistent_workers=workers > 0)
+    model = create_model(model_name, len(train_set.classes), img_size=IMG_SIZE)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for epoch in range(epochs):
+        model.train()
+        for images, labels in train_loader:
+            with precision.autocast(device):
+                loss = nn.functional.cross_entropy(model(images).float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for images, labels in val_loader:
+                correct += int((model(images).argmax(1) == labels).sum())
+        print(f"epoch {epoch + 1}: val accuracy {correct / max(1, len(val_loader.dataset)):.3f}", flush=True)
+
+
+def _process_seconds(command: list[str], env: dict | None = None) -> float:
+    """Wall time of a whole process, from exec to exit (imports, workers, files included)."""
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    return seconds
+
+
+def section_whole(root: Path, epochs: int, scratch: Path, rounds: int) -> list[dict]:
+    """(e) whole processes training `epochs` epochs at 224 px on `root` from a cold cache, interleaved:
+    the lecture's script, `cnnlab train` with the lecture's network (simple_cnn) and with every default."""
+    cli = str(Path(sys.executable).with_name("cnnlab"))
+    variants = {
+        "lecture (simple_cnn)": lambda i: [sys.executable, __file__, "--lecture-train", str(root), "--epochs",
+                                           str(epochs)],
+        "cnnlab --model simple_cnn": lambda i: [cli, "train", "--data", str(root), "--epochs", str(epochs),
+                                                "--img-size", str(IMG_SIZE), "--model", "simple_cnn",
+                                                "--cache-dir", str(scratch / f"whole-cache-a{i}"),
+                                                "--out", str(scratch / f"whole-run-a{i}")],
+        "cnnlab (defaults: resnet9)": lambda i: [cli, "train", "--data", str(root), "--epochs", str(epochs),
+                                                 "--img-size", str(IMG_SIZE),
+                                                 "--cache-dir", str(scratch / f"whole-cache-b{i}"),
+                                                 "--out", str(scratch / f"whole-run-b{i}")],
+    }
+    times = {name: [] for name in variants}
+    for i in range(rounds):
+        for name, command in variants.items():
+            times[name].append(_process_seconds(command(i)))  # a fresh cache folder each time: cold
+            print(f"(e) {name}: {times[name][-1]:.1f} s", file=sys.stderr, flush=True)
+    lecture = min(times["lecture (simple_cnn)"])
+    return [{"variant": name, "seconds": min(values), "ratio": lecture / min(values)} for name, values in times.items()]
+
+
 # --------------------------------------------------------------------------------------------
 # report
 # --------------------------------------------------------------------------------------------
@@ -398,7 +511,8 @@ def _verdict(value: float, target: float, why: str, unit: str = "x") -> str:
     return f"**missed** by {(1 - value / target) * 100:.0f} % ({value:.2f}{unit} < {target}{unit}): {why}"
 
 
-def report(info: dict, args, loading, breakdown, compute, fraction, workers_rows, seconds: float) -> str:
+def report(info: dict, args, loading, breakdown, compute, fraction, workers_rows, whole, whole_data,
+           seconds: float) -> str:
     """The results as Markdown: tables, then each target met or missed (and why)."""
     lines = ["# Large images: the lecture's pipeline vs cnnlab", "",
              f"Generated by `benchmarks/large_images.py{' --quick' if args.quick else ''}"
@@ -425,18 +539,22 @@ def report(info: dict, args, loading, breakdown, compute, fraction, workers_rows
                      f"({r['cache_crop_only'] / r['lecture_later']:.0f}x) | {r['cache_build']:.1f} s | "
                      f"{r['disk_mb']:.1f} MB |")
     lines += ["", "## (a') Where the time of one image goes (ms, one core, median of 4 images)", "",
+              "cnnlab's default (`--augment-on device`): a worker reads the cached image and crops it; flip, "
+              "rotation and colour jitter run once per batch on the training device (here the same CPU), "
+              "shown per image (a batch of 32 divided by 32). The per-image tensor path (`--augment-on "
+              "workers`) is shown for comparison.", "",
               "| data | lecture: full decode | + resize to 256 | + PIL augmentation | **lecture total** "
-              "| cnnlab: reduced decode + resize (cache build) | cache read | v2 augmentation on tensors "
-              "| of which ColorJitter | of which RandomRotation | **cnnlab cached total** |",
+              "| cnnlab: reduced decode + resize (cache build) | cache read | worker crop | batch augmentation "
+              "per image | **cnnlab cached total** | per-image tensor augmentation (`--augment-on workers`) |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in breakdown:
         lecture = r["decode_full"] + r["resize_full"] + r["augment_pil"]
-        cached = r["cache_read"] + r["augment_tensor"]
+        cached = r["cache_read"] + r["worker_crop"] + r["batch_augment"]
         lines.append(f"| {r['data']} | {r['decode_full']:.1f} | {r['resize_full']:.1f} | {r['augment_pil']:.1f} | "
                      f"**{lecture:.1f}** | {r['decode_reduced']:.1f} (lecture / this: "
-                     f"{lecture / r['decode_reduced']:.1f}x) | {r['cache_read']:.2f} | {r['augment_tensor']:.1f} | "
-                     f"{r['color_jitter']:.1f} | {r['rotation']:.1f} | **{cached:.1f}** "
-                     f"(lecture / this: {lecture / cached:.1f}x) |")
+                     f"{lecture / r['decode_reduced']:.1f}x) | {r['cache_read']:.2f} | {r['worker_crop']:.2f} | "
+                     f"{r['batch_augment']:.2f} | **{cached:.2f}** (lecture / this: {lecture / cached:.0f}x) | "
+                     f"{r['per_image_tensor']:.1f} |")
     lines += ["", "## (b) Training compute at 224 px on in-memory tensors (images/s)", "",
               "| model | fp32 NCHW (lecture) | fp32 channels_last | auto | auto is | **auto / fp32** "
               "| auto / fp32 channels_last | epoch of 1,000 images: fp32 / auto |",
@@ -448,7 +566,9 @@ def report(info: dict, args, loading, breakdown, compute, fraction, workers_rows
                      f"| **{r['ratio_auto']:.2f}x** | {ratio_cl} | {1000 / r['fp32_nchw']:.0f} s / "
                      f"{1000 / r['auto']:.0f} s |")
     lines += ["", "## (c) Compute-bound fraction", "",
-              "cnnlab, auto precision, cached files; the best epoch after a warm-up epoch.", "",
+              "cnnlab, auto precision, cached files; the best epoch after a warm-up epoch. Both sides run the "
+              "same device pipeline (batch augmentation, normalisation) and training step: the fraction is what "
+              "reading files, cropping and the workers cost.", "",
               "| model | data | images | epoch on real files | same steps on in-memory tensors | **fraction** |",
               "|---|---|---|---|---|---|"]
     for r in fraction:
@@ -464,47 +584,50 @@ def report(info: dict, args, loading, breakdown, compute, fraction, workers_rows
                 for cache in ("disk", "off")}
         lines += ["", f"Fastest here: {best['disk']} worker(s) with the cache, {best['off']} without; "
                   f"`device.default_workers()` picks {default_workers()} on this machine."]
+    if whole:
+        lines += ["", f"## (e) Whole process: {args.whole_epochs} epochs at {IMG_SIZE} px, cold cache", "",
+                  f"`{whole_data}`, 80/20 split, a validation pass per epoch; each a fresh process (imports, "
+                  "workers, cache build and, for cnnlab, the run folder's files included); best of "
+                  f"{args.whole_rounds}.", "",
+                  "| process | seconds | **lecture / this** |", "|---|---|---|"]
+        for r in whole:
+            lines.append(f"| {r['variant']} | {r['seconds']:.1f} | **{r['ratio']:.1f}x** |")
     lines += ["", "## Targets", ""]
     costs = {r["data"]: r for r in breakdown}
     large = [r for r in loading if r["data"].startswith(("shapes-2000", "shapes-4000"))] or loading
     for r in large:
         c = costs[r["data"]]
-        lecture = f"{c['decode_full'] + c['resize_full'] + c['augment_pil']:.0f} ms"
-        small_files = c["decode_full"] < c["augment_pil"]
         lines.append(f"- first-epoch loading, {r['data']}: " + _verdict(
             r["ratio_first"], TARGETS["first_epoch"],
-            f"per image and core the lecture spends {lecture} (full decode {c['decode_full']:.1f} + resize "
-            f"{c['resize_full']:.1f} + PIL augmentation {c['augment_pil']:.1f}); cnnlab's first epoch spends "
-            f"{c['decode_reduced']:.1f} ms building the cache "
-            + ("(these files are small: decoding them costs less than augmenting, so there is little for a "
-               "reduced decode or a cache to save) " if small_files else
-               "(the DCT-domain reduction skips the inverse transform of the discarded detail, not the "
-               "entropy decoding of the whole file) ")
-            + f"plus {c['augment_tensor']:.1f} ms of v2 augmentation on tensors, which costs more than PIL's "
-            f"{c['augment_pil']:.1f} ms"))
+            f"cnnlab's first epoch spends {c['decode_reduced']:.1f} ms per image building the cache (the "
+            "DCT-domain reduction skips the inverse transform of the discarded detail, not the entropy "
+            "decoding of the whole file)"))
         lines.append(f"- cached epochs, {r['data']}: " + _verdict(
             r["ratio_later"], TARGETS["cached_epoch"],
-            f"reading a cached image costs {c['cache_read']:.2f} ms (with a resize + crop only the cache "
-            f"delivers {r['cache_crop_only']:.0f} img/s, {r['cache_crop_only'] / r['lecture_later']:.0f}x the "
-            f"lecture); what is left is the default preset's per-image tensor augmentation, "
-            f"{c['augment_tensor']:.1f} ms, of which ColorJitter takes {c['color_jitter']:.1f} ms (hue: "
-            f"RGB->HSV->RGB in float) and RandomRotation {c['rotation']:.1f} ms -- a cost the cache cannot remove"))
+            f"per image: cache read {c['cache_read']:.2f} ms, worker crop {c['worker_crop']:.2f} ms, batch "
+            f"augmentation {c['batch_augment']:.2f} ms; with a crop only the loader delivers "
+            f"{r['cache_crop_only']:.0f} img/s ({r['cache_crop_only'] / r['lecture_later']:.0f}x the lecture): "
+            "what is left is the augmentation itself, done on the cores that also feed the loop"))
     for r in compute:
-        if r["model"].startswith("resnet18"):
+        if r["model"].startswith("resnet18") and info["fast_bf16"]:
             lines.append(f"- {r['model']} training, auto vs fp32: " + _verdict(
                 r["ratio_auto"], TARGETS["auto_vs_fp32"],
-                "bf16 matrix products run ~3x fp32 on this CPU (AVX-512 BF16, no AMX), but batch norm, ReLU, "
-                "pooling and the optimizer stay memory-bound and gain far less"
-                + ("" if "thread" in r["model"] or info["load"][0] < 1.0 else
-                   f"; other jobs on the machine (load average {info['load'][0]:.1f} on {info['cores']} cores "
-                   "at the start) stall the two-thread bf16 kernels more than the slower fp32 ones")))
+                "batch norm, ReLU, pooling and the optimizer stay memory-bound and gain far less than the "
+                "matrix products"))
+    if not info["fast_bf16"]:
+        lines.append("- auto vs fp32: not applicable here: this CPU has no AVX-512 BF16 or AMX, so `auto` "
+                     "picks fp32 (bf16 would run ~100x slower in emulation)")
     for r in fraction:
-        lines.append(f"- compute-bound fraction, {r['model']}: " + _verdict(
+        lines.append(f"- training on real files vs in-memory, {r['model']}: " + _verdict(
             r["fraction"] * 100, TARGETS["compute_fraction"] * 100,
-            "the DataLoader workers augment on the same 2 cores the model trains on, so every ms of "
-            "augmentation per image is taken from compute (the smaller the model, the larger the share), "
-            "and each epoch starts by waiting for its first batch, as the workers' queues are empty",
-            unit=" %"))
+            "the DataLoader workers read and crop on the same 2 cores the model trains on, and each epoch "
+            "starts by waiting for its first batch, as the workers' queues are empty", unit=" %"))
+    for r in whole:
+        if r["variant"].startswith("cnnlab"):
+            lines.append(f"- whole process, {r['variant']}: " + _verdict(
+                r["ratio"], TARGETS["whole_process"],
+                "the fixed cost of a process (imports, starting workers, writing the run folder's report "
+                "and plots) does not shrink with the data; see (e)"))
     return "\n".join(lines) + "\n"
 
 
@@ -518,8 +641,16 @@ def main(argv: list[str] | None = None) -> None:
                              "each pipeline can load; (c) uses cnnlab's default_workers()")
     parser.add_argument("--workers-model", default="simple_cnn", help="model trained in section (d)")
     parser.add_argument("--skip-workers", action="store_true", help="skip section (d)")
+    parser.add_argument("--whole-epochs", type=int, default=5, help="epochs of the whole-process runs in (e)")
+    parser.add_argument("--whole-rounds", type=int, default=2, help="repeats of (e); the best counts")
+    parser.add_argument("--skip-whole", action="store_true", help="skip section (e)")
+    parser.add_argument("--lecture-train", metavar="FOLDER", help=argparse.SUPPRESS)  # (e)'s lecture process
+    parser.add_argument("--epochs", type=int, default=5, help=argparse.SUPPRESS)
     parser.add_argument("--out", help="Markdown report (default benchmarks/results/large_images.md)")
     args = parser.parse_args(argv)
+    if args.lecture_train:
+        lecture_train(Path(args.lecture_train), args.epochs, "simple_cnn")
+        return
     started = time.perf_counter()
     info = machine()
 
@@ -537,19 +668,22 @@ def main(argv: list[str] | None = None) -> None:
         loading = section_loading(sets, args.workers, scratch)
         breakdown = section_breakdown(sets, scratch)
         rounds = 1 if args.quick else 2
-        compute = section_compute(["simple_cnn", "resnet18"], rounds=rounds + 1)
-        compute += section_compute(["resnet18"], rounds=rounds, threads=1, variants=("fp32_nchw", "auto"))
+        compute = section_compute(["simple_cnn", "resnet9", "resnet18"], rounds=rounds + 1)
+        if info["fast_bf16"]:
+            compute += section_compute(["resnet18"], rounds=rounds, threads=1, variants=("fp32_nchw", "auto"))
         name, _, samples = sets[min(1, len(sets) - 1)]  # 2000x1500, or the --data folder
         samples = samples[:FRACTION_IMAGES]
-        fraction = section_fraction(name, samples, ["simple_cnn", "resnet18"], default_workers(), scratch, rounds)
+        fraction = section_fraction(name, samples, ["resnet9", "simple_cnn"], default_workers(), scratch, rounds)
         workers_rows = [] if args.skip_workers else section_workers(name, samples, args.workers_model, scratch,
                                                                     rounds)
+        whole_root = sets[-1][1]  # the largest generated JPEGs, or the --data folder
+        whole = [] if args.skip_whole else section_whole(whole_root, args.whole_epochs, scratch, args.whole_rounds)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     out = Path(args.out) if args.out else RESULTS_DIR / "large_images.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report(info, args, loading, breakdown, compute, fraction, workers_rows,
-                                 time.perf_counter() - started))
+    out.write_text(report(info, args, loading, breakdown, compute, fraction, workers_rows, whole,
+                          whole_root.name, time.perf_counter() - started))
     print(f"wrote {out}", file=sys.stderr)
 
 

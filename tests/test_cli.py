@@ -70,7 +70,7 @@ def test_every_train_option_is_a_config_field_with_its_docstring_as_help():
         assert docs[item.name] and params[flag].help == docs[item.name], item.name
         if item.name not in ("data", "model_options"):
             assert params[flag].default == item.default, item.name  # the same default as the API
-    assert set(params) - {"model_option", *docs} == {"config", "resume", "overwrite"}
+    assert set(params) - {"model_option", *docs} == {"config", "resume", "overwrite", "nproc"}
 
 
 def test_usage_and_version():

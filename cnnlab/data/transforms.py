@@ -134,12 +134,16 @@ def whole_image_transform() -> v2.Compose:
     return v2.Compose([v2.Identity()])
 
 
-def normalize(images: torch.Tensor, mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD) -> torch.Tensor:
-    """uint8 (N, 3, H, W) in 0..255 (or float in 0..1) -> float32 normalised per channel, on its device."""
+def normalize(images: torch.Tensor, mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD,
+              inplace: bool = False) -> torch.Tensor:
+    """uint8 (N, 3, H, W) in 0..255 (or float in 0..1) -> float32 normalised per channel, on its device;
+    `inplace` overwrites a float input (the caller's own scratch tensor) instead of allocating two more."""
     if images.dtype == torch.uint8:
-        images = images.float().div_(255)
+        images, inplace = images.float().div_(255), True
     mean_t = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     std_t = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    if inplace:
+        return images.sub_(mean_t).div_(std_t)
     return (images - mean_t) / std_t
 
 

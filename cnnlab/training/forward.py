@@ -36,10 +36,12 @@ class InputPipeline:
         """uint8 (N, 3, S, S) on the host -> normalised float (N, 3, S, S) on the device, in the model's
         memory format; augmented per image (from `seeds`) when `train`."""
         images = images.to(self.device, non_blocking=True)
-        images = images.float().div_(255) if images.dtype == torch.uint8 else images
+        owned = images.dtype == torch.uint8  # then the float copy below is ours to overwrite
+        images = images.float().div_(255) if owned else images
         if train and self.augment is not None:
-            images = self.augment(images, seeds)
-        images = normalize(images, self.mean, self.std)
+            augmented = self.augment(images, seeds)
+            owned, images = owned or augmented is not images, augmented
+        images = normalize(images, self.mean, self.std, inplace=owned)
         if self.precision.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images
