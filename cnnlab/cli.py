@@ -22,7 +22,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from cnnlab import __version__
 from cnnlab.config import TrainConfig, config_from_file, default, field_docs
 from cnnlab.errors import CnnlabError
-from cnnlab.training.signals import TrainingInterrupted
+from cnnlab.signals import Terminated, TrainingInterrupted, raise_on_sigterm
 
 
 class _ReadableHelp:
@@ -544,7 +544,9 @@ def inspect_command(
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    """Entry point: user errors become one line on stderr and exit code 2, never a traceback; SIGTERM and
+    Ctrl-C end a command after its cleanup, with one line and exit 143 or 130."""
+    raise_on_sigterm()
     try:
         app()
     except CnnlabError as error:
@@ -555,6 +557,10 @@ def main() -> None:
         if os.environ.get("RANK", "0") == "0":
             typer.echo(str(error), err=True)
         sys.exit(error.exit_code)  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
+    except Terminated as error:
+        if os.environ.get("RANK", "0") == "0":
+            typer.echo(str(error), err=True)
+        sys.exit(error.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

@@ -1,6 +1,6 @@
 """The architecture, checked: imports go one way through the layers, and no module imports itself back.
 
-    base (errors, config, files, plots) -> scratch -> data -> models -> training -> runs -> commands -> cli
+    base (errors, config, files, plots, signals) -> scratch -> data -> models -> training -> runs -> commands -> cli
 
 Every `import` and `from ... import` in cnnlab is read from the source with ast, including those inside
 functions (a lazy import is still a dependency). TYPE_CHECKING-only imports would count too.
@@ -15,7 +15,7 @@ import cnnlab
 
 PACKAGE = Path(cnnlab.__file__).parent
 LAYERS = ["base", "scratch", "data", "models", "training", "runs", "commands", "cli"]
-BASE = {"cnnlab", "cnnlab.errors", "cnnlab.config", "cnnlab.files", "cnnlab.plots"}
+BASE = {"cnnlab", "cnnlab.errors", "cnnlab.config", "cnnlab.files", "cnnlab.plots", "cnnlab.signals"}
 
 
 def module_name(path: Path) -> str:

@@ -54,6 +54,7 @@ from tqdm import tqdm
 from cnnlab.data import images
 from cnnlab.config import CACHE_MODES, check_choice
 from cnnlab.errors import CnnlabError, ImageReadError
+from cnnlab.signals import leave_signals_to_parent
 from cnnlab.data.images import DEFAULT_MAX_PIXELS, read_image
 
 # Bump when the store layout or the resize changes.
@@ -148,6 +149,7 @@ def _decode_task(task: tuple) -> list:
 
 def _worker_init() -> None:
     torch.set_num_threads(1)  # one process per core; torch's own threads would only compete
+    leave_signals_to_parent()  # a group signal is for the main process, which then ends the pool
 
 
 def _usable_cores() -> int:

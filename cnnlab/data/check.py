@@ -218,10 +218,13 @@ def _examine_all(paths: list[str], max_pixels: int, workers: int | None) -> list
     # threads run in parallel without pickling, without forking a process that has torch loaded,
     # and without each worker paying torch's import time.
     workers = workers or os.cpu_count() or 1
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         results = pool.map(lambda path: _examine(path, max_pixels), paths)
         return list(tqdm(results, total=len(paths), desc="checking images", unit="img",
                          file=sys.stderr, disable=None))
+    finally:  # on Ctrl-C or SIGTERM the images not yet started are dropped, not read to the end
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------------------------

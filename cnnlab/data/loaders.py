@@ -14,13 +14,13 @@ the main process. Nothing patches it afterwards.
 
 from __future__ import annotations
 
-import signal
 from itertools import islice
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 from cnnlab.data.dataset import ImageDataset, collate_skip_bad
+from cnnlab.signals import leave_signals_to_parent
 
 
 def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
@@ -142,14 +142,6 @@ class SkipIndices(Sampler):
         return max(len(self.sampler) - self.start, 0)
 
 
-def _leave_signals_to_the_main_process(worker_id: int) -> None:
-    # Ctrl-C in a terminal, `timeout`, `kill -- -PGID`, systemd and Slurm signal the whole process group.
-    # A worker killed by it would make the main process fail with "DataLoader worker ... killed by
-    # signal" instead of finishing its step and writing a checkpoint; the main process ends the workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 def make_loader(dataset: ImageDataset, batch_size: int, workers: int, *, train: bool, seed: int = 0,
                 pin_memory: bool = False, rank: int = 0, world_size: int = 1,
                 sample_weights: torch.Tensor | None = None) -> DataLoader:
@@ -171,7 +163,9 @@ def make_loader(dataset: ImageDataset, batch_size: int, workers: int, *, train: 
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
-        worker_init_fn=_leave_signals_to_the_main_process if workers > 0 else None,
+        # Ctrl-C, `timeout`, `kill -- -PGID`, systemd and Slurm signal the whole process group: a worker killed
+        # by it would end the run with "DataLoader worker ... killed by signal" instead of a checkpoint
+        worker_init_fn=leave_signals_to_parent if workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
     )
 

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from cnnlab.errors import CnnlabError
+from cnnlab.signals import leave_signals_to_parent
 from cnnlab.data.images import save_image
 
 # Bump when the drawing code changes, so that an old folder is not mistaken for the new dataset.
@@ -419,7 +420,7 @@ def synthesize(out_dir, classes: int = 6, per_class: int = 100, size: int = 1024
         for job in args:
             _write_one(*job)
     else:
-        with ProcessPoolExecutor(workers) as pool:
+        with ProcessPoolExecutor(workers, initializer=leave_signals_to_parent) as pool:
             list(pool.map(_write_star, args, chunksize=8))
     meta["complete"] = True
     (root / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")

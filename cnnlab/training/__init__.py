@@ -1,9 +1,10 @@
 """Training: prepare a run from a TrainConfig (setup), the epoch loop (loop), its state and checkpoint
 (state), the run folder's writer (record), optimizer and schedule (optim), device and precision (device),
-signals (signals), progress (progress), batches to the model (forward) and the LR range test (lr_find).
+progress (progress), batches to the model (forward) and the LR range test (lr_find); stopping on signals is
+cnnlab.signals (base layer: the data workers use it too).
 
 Imports nothing from cnnlab.runs, cnnlab.commands or cnnlab.cli (tests/test_layers.py checks it).
-Names are resolved lazily, so importing cnnlab.training.signals (the CLI does) does not import torch."""
+Names are resolved lazily, so importing the package does not import torch."""
 
 import importlib
 

@@ -2,7 +2,7 @@
 
 At the end of every epoch, train() writes the run's weights (best/last), metrics.csv, the learning
 curves and RUN/checkpoint.safetensors (cnnlab.training.state), from which a resumed run continues bit
-for bit; SIGINT/SIGTERM stop it after the current step with a checkpoint (cnnlab.training.signals).
+for bit; SIGINT/SIGTERM stop it after the current step with a checkpoint (cnnlab.signals).
 Unreadable images are skipped and counted (cnnlab.data.unreadable). The loop only touches the model,
 the loaders (samplers with set_epoch), the optimizer and the scheduler, so it runs unchanged in each
 process of a torchrun/DDP job once the model is wrapped and the samplers sharded.
@@ -34,7 +34,7 @@ from cnnlab.training.record import BEST, CHECKPOINT, CONFIG, CURVES, LAST, write
 from cnnlab.training import distributed
 from cnnlab.training.distributed import SINGLE, World
 from cnnlab.training.setup import Run, TrainingParts
-from cnnlab.training.signals import StopOnSignal, TrainingInterrupted
+from cnnlab.signals import StopOnSignal, TrainingInterrupted
 from cnnlab.training.state import LoopState, capture_rng, save_training_checkpoint
 
 # Stop when this many steps in a row had a non-finite loss: the run has diverged, and skipping on

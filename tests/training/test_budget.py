@@ -96,7 +96,7 @@ def test_a_budgeted_run_resumes_its_plan(tiny_data, tmp_path, monkeypatch):
     import signal
 
     import cnnlab.training.loop as loop_module
-    from cnnlab.training.signals import TrainingInterrupted
+    from cnnlab.signals import TrainingInterrupted
 
     original, calls = loop_module.train_step, [0]
 

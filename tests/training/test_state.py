@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 import cnnlab.training.loop as loop_module
 from cnnlab.cli import app
 from cnnlab.errors import CnnlabError
-from cnnlab.training.signals import TrainingInterrupted
+from cnnlab.signals import TrainingInterrupted
 from cnnlab.runs.reader import read_metrics
 from cnnlab.commands.train import fit
 from cnnlab.training.state import CHECKPOINT_NAME, load_training_checkpoint

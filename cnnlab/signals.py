@@ -1,11 +1,17 @@
-"""Stopping a training run cleanly on Ctrl-C (SIGINT) or `kill` (SIGTERM, what schedulers send first).
+"""Stopping cleanly on Ctrl-C (SIGINT) or `kill` (SIGTERM, what schedulers send first): the main process acts,
+worker processes ignore both (leave_signals_to_parent) and are ended by the main process.
 
+Training:
 The first signal only sets a flag: the loop finishes the step it is in, writes a checkpoint and raises
 TrainingInterrupted, whose message says how to resume; the CLI exits 128 + the signal number (130, 143),
 as a shell does. A second signal aborts at once (the last checkpoint on disk is kept: files are only
 ever replaced atomically).
 
-No torch import here: the CLI imports this module to map the exception to an exit code.
+Other commands (predict, eval, data check, ...): SIGTERM raises Terminated in the main process
+(raise_on_sigterm), so files being written are finished or removed, and the CLI exits 143 with one line;
+SIGINT is Python's KeyboardInterrupt, exit 130.
+
+No torch import here: the CLI imports this module to map the exceptions to exit codes.
 """
 
 from __future__ import annotations
@@ -30,6 +36,36 @@ class TrainingInterrupted(Exception):
         super().__init__(message)
         self.signum = signum
         self.exit_code = 128 + signum
+
+
+class Terminated(Exception):
+    """SIGTERM reached a command with nothing to checkpoint (predict, eval, data check, ...): raised in the main
+    process so that its `finally` blocks and context managers run; the CLI exits 143 with one line."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+def raise_on_sigterm() -> None:
+    """Make SIGTERM raise Terminated in this (main) process instead of ending it on the spot.
+
+    `timeout`, `kill -- -PGID`, systemd and Slurm signal the whole process group: the worker processes
+    ignore the signal (leave_signals_to_parent) and end when the main process closes them. A child forked
+    before it resets its handlers ignores the signal here too: only the main process acts on it."""
+    pid = os.getpid()
+
+    def handler(signum: int, frame) -> None:
+        if os.getpid() == pid:
+            raise Terminated("SIGTERM: stopped")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+def leave_signals_to_parent(*_args) -> None:
+    """Initializer of worker processes (DataLoader workers, decoding and synthesis pools): Ctrl-C and SIGTERM
+    to the process group are for the main process, which finishes cleanly and then ends its workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class StopOnSignal:
