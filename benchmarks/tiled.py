@@ -10,7 +10,7 @@ Two parts, written to benchmarks/results/tiled.md:
                 cut at scale 0.25 (objects ~9 px), validated per image by the sliding window.
   (2) predict   one 8000x6000 JPEG, predicted with `cnnlab predict RUN big.jpg --scale 0.5` (256 px windows at
                 half the file's pixels, overlap 0.5) as a whole process: peak resident memory of the process tree
-                (the CLI and its DataLoader worker, sampled every 20 ms from /proc) and wall time. Then, in one
+                (the CLI and any DataLoader worker, sampled every 20 ms from /proc) and wall time. Then, in one
                 process: tiles/s of the sliding window (decoding the JPEG at scale 0.5 included) against the
                 model's plain batch inference on the same tiles already in memory.
 
@@ -109,10 +109,12 @@ def _tree(pid: int) -> list[int]:
     return pids
 
 
-def _rss_bytes(pid: int) -> int:
+def _memory_bytes(pid: int, key: str = "VmRSS:", table: str = "status") -> int:
+    """A process's resident memory (VmRSS from status; Pss from smaps_rollup: shared pages split among
+    the processes that map them)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid}/{table}").read_text().splitlines():
+            if line.startswith(key):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -120,20 +122,22 @@ def _rss_bytes(pid: int) -> int:
 
 
 def predict_memory(run_dir: str, image: Path) -> dict:
-    """Peak RSS summed over the `cnnlab predict` process tree, and its wall time."""
+    """Peak RSS (and PSS) summed over the `cnnlab predict` process tree, and its wall time."""
     cli = str(Path(sys.executable).with_name("cnnlab"))
     command = [cli, "predict", run_dir, str(image), "--scale", str(PREDICT_SCALE), "--json"]
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = 0
+    peak = peak_pss = 0
     while process.poll() is None:
-        peak = max(peak, sum(_rss_bytes(pid) for pid in _tree(process.pid)))
+        pids = _tree(process.pid)
+        peak = max(peak, sum(_memory_bytes(pid) for pid in pids))
+        peak_pss = max(peak_pss, sum(_memory_bytes(pid, "Pss:", "smaps_rollup") for pid in pids))
         time.sleep(0.02)
     out, err = process.communicate()
     seconds = time.perf_counter() - start
     if process.returncode not in (0, 1):  # 1: an image could not be read (not expected here)
         raise RuntimeError(f"{' '.join(command)} failed:\n{err[-2000:]}")
-    return {"peak_rss": peak, "seconds": seconds, "command": " ".join(["cnnlab"] + command[1:]),
+    return {"peak_rss": peak, "peak_pss": peak_pss, "seconds": seconds, "command": " ".join(["cnnlab"] + command[1:]),
             "output": json.loads(out)}
 
 
@@ -145,6 +149,7 @@ def throughput(run_dir: str, image: Path, repeats: int) -> dict:
     from cnnlab.data.folders import Sample
     from cnnlab.data.tiles import cut_tiles, tile_positions
     from cnnlab.runs.inference import open_trained
+    from cnnlab.training.forward import TILE_BATCH_PIXELS
 
     trained = open_trained(run_dir).with_tiles(PREDICT_SCALE)
     pre = trained.preprocessing
@@ -169,6 +174,7 @@ def throughput(run_dir: str, image: Path, repeats: int) -> dict:
             memory.append(time.perf_counter() - start)
     n = len(positions)
     return {"tiles": n, "scaled": f"{scaled.shape[2]}x{scaled.shape[1]}", "window_rate": n / min(window),
+            "window_batch": max(1, min(64, TILE_BATCH_PIXELS // pre.tile ** 2)),
             "memory_rate": n / min(memory), "ratio": min(memory) / min(window)}
 
 
@@ -202,10 +208,13 @@ def report(args, data: Path, accuracy: list[dict], memory: dict, speed: dict, se
                      f"| {r['seconds']:.0f} s |")
     lines += ["", f"## (2) Tiled prediction of an 8000x6000 JPEG at scale {PREDICT_SCALE}, {TILE} px tiles", "",
               f"`{memory['command']}` as a whole process: peak resident memory summed over the process tree "
-              f"**{memory['peak_rss'] / 2**30:.2f} GiB**, wall time {memory['seconds']:.1f} s (imports, model, "
-              "decode and every tile included).", "",
+              f"**{memory['peak_rss'] / 2**30:.2f} GiB** (PSS, shared pages split: {memory['peak_pss'] / 2**30:.2f} "
+              f"GiB), wall time {memory['seconds']:.1f} s (imports, model, decode and every tile included; "
+              "`import torch` alone is ~0.5 GiB of it).", "",
               f"In one process (the JPEG decoded at scale {PREDICT_SCALE} to {speed['scaled']} px, "
-              f"{speed['tiles']} windows, batch 64, best of {args.repeats}):", "",
+              f"{speed['tiles']} windows, best of {args.repeats}; the window runs batches of "
+              f"{speed['window_batch']} tiles (cnnlab.training.forward.TILE_BATCH_PIXELS), the in-memory "
+              "reference batches of 64):", "",
               "| path | tiles/s |", "|---|---|",
               f"| sliding window (decode, cut, normalise, model) | {speed['window_rate']:.1f} |",
               f"| the same tiles held in memory (normalise, model) | {speed['memory_rate']:.1f} |",

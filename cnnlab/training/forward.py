@@ -87,6 +87,13 @@ def collect_logits(model: nn.Module, loader: DataLoader, pipeline: InputPipeline
     return Logits(torch.cat(all_logits), torch.cat(all_labels), torch.cat(all_indices))
 
 
+# Tiles per forward pass of the sliding window: at most this many pixels (16 tiles of 256 px, 4 of 512 px).
+# Inference memory grows with the pixels of a batch (activations) on top of torch's own ~0.5-0.7 GB; this
+# keeps a whole tiled prediction under 1 GB whatever the tile size, at no cost in speed on a CPU (a batch of
+# 16 tiles already fills its matrix units).
+TILE_BATCH_PIXELS = 16 * 256 * 256
+
+
 @torch.no_grad()
 def collect_tiled_logits(model: nn.Module, loader: DataLoader, pipeline: InputPipeline, tile: int, overlap: float,
                          how: str = "mean", batch_size: int = 64, description: str = "eval", show_progress: bool = True,
@@ -96,6 +103,7 @@ def collect_tiled_logits(model: nn.Module, loader: DataLoader, pipeline: InputPi
 
     `on_image(index, positions, tile_logits (n, K))`, if given, sees every image's tiles (heatmaps)."""
     model.eval()
+    batch_size = max(1, min(batch_size, TILE_BATCH_PIXELS // (tile * tile)))
     all_logits, all_labels, all_indices = [], [], []
     with Progress(len(loader.dataset), description, enabled=show_progress, show_loss=False) as progress:
         for batch in loader:
