@@ -362,6 +362,32 @@ def export_command(
     typer.echo(result.describe())
 
 
+@app.command("serve", cls=Command)
+def serve_command(
+    run_dir: str = typer.Argument(..., help="Run folder written by `cnnlab train`."),
+    port: int = typer.Option(8000, help="TCP port to listen on."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; anything but loopback (127.0.0.1, ::1, "
+                             "localhost) needs --allow-remote."),
+    allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a --host other machines can reach "
+                                      "(no login, no TLS: a warning is printed)."),
+    max_upload_mb: float = typer.Option(32.0, help="Largest upload in MB; bigger bodies get 413 while they are "
+                                        "read."),
+    which: str = typer.Option("best", help="best or last weights."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    threads: int = typer.Option(4, help="Uploads decoded at once (bounds memory; the model runs one at a time)."),
+) -> None:
+    """Serve a small local web app: drop images, see the top classes and where the network looked.
+
+    One page at http://HOST:PORT/ and a JSON API for scripts:
+    `curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' http://127.0.0.1:8000/api/predict`.
+    Images are decoded in memory with the run's pixel cap and never written to disk. Ctrl-C stops.
+    """
+    from cnnlab.commands.serve import serve
+
+    serve(run_dir, port=port, host=host, allow_remote=allow_remote, max_upload_mb=max_upload_mb, which=which,
+          device=device, threads=threads)
+
+
 @app.command(cls=Command)
 def demo(
     data: Optional[str] = typer.Option(None, help="Where to keep the built-in dataset (default: user cache)."),

@@ -51,14 +51,6 @@ def resnet18_run(tiny_data, tmp_path_factory):
                out=str(tmp_path_factory.mktemp("runs") / "resnet18"), verbose=False)
 
 
-@pytest.fixture(scope="module")
-def tiled_run(tiny_data, tmp_path_factory):
-    """A run trained on 32 px tiles of the 64 px images at scale 1 (a 3x3 sliding window per image)."""
-    return fit(data=str(tiny_data), tile=32, scale=1.0, epochs=1, batch_size=8, workers=0, model="simple_cnn",
-               model_options={"widths": [8, 16]}, cache="off", out=str(tmp_path_factory.mktemp("runs") / "tiled"),
-               verbose=False)
-
-
 # --- onnxruntime vs PyTorch ------------------------------------------------------------------------------------------
 def _check_differences(result, name: str) -> None:
     assert [d.batch_size for d in result.differences] == list(BATCH_SIZES) == [1, 2, 5]
@@ -136,14 +128,14 @@ def test_cli_predict_with_the_file_prints_what_the_run_prints(exported, tiny_run
     assert from_file == from_run and len(from_file.splitlines()) == 4
 
 
-def test_tiled_run_exports_its_tiles_and_predicts_by_the_same_window(tiled_run, tiny_data, tmp_path):
-    result = export(tiled_run.run_dir, out=tmp_path / "tiled.onnx")
+def test_tiled_run_exports_its_tiles_and_predicts_by_the_same_window(tiny_tiled_run, tiny_data, tmp_path):
+    result = export(tiny_tiled_run.run_dir, out=tmp_path / "tiled.onnx")
     _check_differences(result, "tiled simple_cnn")
     meta = read_metadata(result.path)
     assert meta["preprocessing"]["tile"] == 32 and meta["preprocessing"]["scale"] == 1.0
     assert "tiles of 32 px cut from the whole image at pixel scale 1" in meta["input"]["holds"]
     images = val_images(tiny_data)[:6]
-    from_run = predict(tiled_run.run_dir, images, top_k=2, workers=0)
+    from_run = predict(tiny_tiled_run.run_dir, images, top_k=2, workers=0)
     from_file = predict(result.path, images, top_k=2, workers=0)
     for a, b in zip(from_run, from_file):
         assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
