@@ -2,8 +2,8 @@
 
     GET  /              one self-contained page (inline CSS and plain JavaScript, no CDN): drop or choose images,
                         see the top-k classes and the Grad-CAM overlay (the per-window heatmap for tiled runs)
-    POST /api/predict   for scripts: the image as the body (Content-Type image/* or application/octet-stream) or
-                        as the file field "image" of a multipart form; ?top_k=N. Answers
+    POST /api/predict   for scripts, one image per request: the image as the body (Content-Type image/* or
+                        application/octet-stream) or the file field "image" of a multipart form; ?top_k=N. Answers
                         {"top": [{"class", "probability"}], "overlay": "data:image/png;base64,...", ...}
                         or {"error": "..."} with 400 (bad request), 403 (from another site's page), 413 (over
                         --max-upload-mb), 415 (not an image), 422 (damaged, over the pixel cap, too small for a tile)
@@ -24,6 +24,7 @@ Safety, in the order a request meets it:
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import html
 import ipaddress
@@ -38,6 +39,7 @@ import anyio
 from python_multipart.multipart import FormParser, parse_options_header
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -153,7 +155,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.listen(128)
     except OSError as error:
         sock.close()
-        if error.errno == 98:  # EADDRINUSE: SO_REUSEADDR still refuses a port someone is listening on
+        if error.errno == errno.EADDRINUSE:  # SO_REUSEADDR still refuses a port someone is listening on
             raise CnnlabError(f"port {port} on {host} is in use (another server is listening there); choose another "
                               f"with --port, e.g. --port {port + 1}") from None
         raise CnnlabError(f"cannot listen on {host}:{port}: {error.strerror or error}; choose another --port "
@@ -284,9 +286,16 @@ def create_app(run_dir: str | os.PathLike, max_upload_mb: float = DEFAULT_MAX_UP
 
     routes = [Route("/", index, methods=["GET"]), Route("/api/predict", api_predict, methods=["POST"]),
               Route("/api/info", info, methods=["GET"])]
-    app = Starlette(routes=routes, middleware=[Middleware(HostCheck, hosts=hosts)])
+    app = Starlette(routes=routes, middleware=[Middleware(HostCheck, hosts=hosts)],
+                    exception_handlers={HTTPException: _http_error})
     app.state.predictor = predictor
     return app
+
+
+async def _http_error(request: Request, error: HTTPException) -> Response:
+    """Starlette's own refusals (404 unknown path, 405 wrong method) as {"error": ...} like ours."""
+    return JSONResponse({"error": f"{error.detail}: {request.method} {request.url.path}; the API is POST /api/predict"},
+                        status_code=error.status_code, headers=SECURITY_HEADERS)
 
 
 def _predict(predictor: UploadPredictor, data: bytes, name: str, top_k: int):

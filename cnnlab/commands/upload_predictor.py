@@ -25,9 +25,10 @@ from torchvision.transforms.v2 import functional as F
 from cnnlab import plots
 from cnnlab.commands.explain import DISPLAY_SIDE, explain_image, overlay_image
 from cnnlab.data.images import encode_png, image_header, read_image
-from cnnlab.data.tiles import aggregate, check_fits, cut_tiles, tile_positions
+from cnnlab.data.tiles import aggregate, cut_tiles, tile_positions
 from cnnlab.data.tiles import heatmap as tiles_heatmap
 from cnnlab.data.transforms import eval_transform
+from cnnlab.errors import CnnlabError
 from cnnlab.runs.inference import TrainedModel
 
 TILE_BATCH = 64  # tiles per forward pass, as predict's sliding window
@@ -72,7 +73,9 @@ class UploadPredictor:
         width, height, kind = image_header(name, trained.max_pixels, data)  # the cap, from the header only
         if pre.tile:
             image = read_image(name, max_pixels=trained.max_pixels, scale=float(pre.scale), data=data)  # (3, H, W)
-            check_fits([tuple(image.shape[1:])], [name], pre.tile, pre.scale)
+            if min(image.shape[1:]) < pre.tile:
+                raise CnnlabError(f"{name} is {image.shape[2]}x{image.shape[1]} px at this run's pixel scale "
+                                  f"{pre.scale:g}, smaller than one of its {pre.tile} px windows; send a larger image")
             with self._model_lock:
                 probabilities, overlay = self._tiled(image)
             kind_of_overlay = "heatmap"

@@ -105,7 +105,8 @@ def test_tiled_run_answers_with_the_window_heatmap(tiny_tiled_run, tiny_data, tm
         save_image(np.full((20, 40, 3), 128, np.uint8), small)
         response = tiled.post("/api/predict", content=small.read_bytes(), headers={"Content-Type": "image/png"})
         assert response.status_code == 422
-        assert response.json()["error"].startswith("upload is 40x20 px at scale 1, smaller than one 32 px tile")
+        assert response.json()["error"] == ("upload is 40x20 px at this run's pixel scale 1, smaller than one of its "
+                                            "32 px windows; send a larger image")
 
 
 # --- bad uploads -----------------------------------------------------------------------------------------------------
@@ -165,6 +166,14 @@ def test_every_bad_upload_gets_a_clear_4xx(client, name, monkeypatch):
     response = client.post("/api/predict", content=body, headers=headers)
     assert response.status_code == status, response.text
     assert set(response.json()) == {"error"} and response.json()["error"].startswith(message), response.json()
+
+
+def test_unknown_paths_and_methods_answer_json(client):
+    missing = client.get("/api/nothing")
+    assert missing.status_code == 404 and missing.json() == {"error": "Not Found: GET /api/nothing; the API is POST "
+                                                                      "/api/predict"}
+    assert client.get("/api/predict").status_code == 405 and "Method Not Allowed" in client.get("/api/predict").json()[
+        "error"]
 
 
 def test_form_uploads_name_the_file_and_need_one(client):
