@@ -12,7 +12,7 @@ The tolerance, measured. onnxruntime computes the same float32 graph with other 
 algorithms, BatchNorm folded into the convolution, another summation order), so the logits differ by round-off.
 How much round-off a network has shows when PyTorch itself runs it in float64. Over every registered model (random
 weights, BatchNorm statistics from 16 random 32 px images, batch sizes 1, 2, 5; tests/commands/test_export.py)
-onnxruntime's difference from PyTorch was the size of PyTorch's own float32 error (0.4x to 5x it) and at most
+onnxruntime's difference from PyTorch was the size of PyTorch's own float32 error (0.8x to 5x it) and at most
 1.0e-4 of max(1, largest |logit|) (resnet50; resnet18 7e-6, simple_cnn and resnet9 below 2e-6). A worse-conditioned
 network (BatchNorm statistics from only 5 images, logits up to 70) reached 4.3e-4 (regnet_y_400mf). A wrong graph
 is off by the size of the logits themselves: the last layer scaled by 1.5 gives 0.17.

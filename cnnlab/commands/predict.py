@@ -18,9 +18,9 @@ from cnnlab.data.dataset import ImageDataset
 from cnnlab.data.folders import Sample, find_images
 from cnnlab.data.images import IMAGE_EXTENSIONS, is_image_file
 from cnnlab.data.tiles import aggregate
+from cnnlab.commands.onnx_file import is_onnx_file, open_onnx
 from cnnlab.data.tiles import heatmap as tiles_heatmap
 from cnnlab.errors import CnnlabError, ImageReadError
-from cnnlab.commands.onnx_file import is_onnx_file, open_onnx
 from cnnlab.runs.inference import open_trained
 
 
@@ -61,11 +61,11 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike], top_k: 
             heatmap_class: str | None = None, verbose: bool = False) -> list[dict]:
     """One row per input image, in order: {"path", "top": [{"class", "probability"}]} or {"path", "error"}.
 
-    `run_dir`: a run folder, or an exported *.onnx file (run by onnxruntime on the CPU; `which` and `device`
-    do not apply, nor the cache). Folders are expanded to the images inside. `cache` (None = the run's
-    setting): images inside a folder the run's disk cache covers are read from it. `tta`: average with the mirrored image. A run trained on
-    tiles predicts by sliding its tile over the whole image at its scale; `tiled` (or a `scale`) does that for
-    any run, with windows of its input size. `heatmap`: a folder for one PNG per image with the per-class
+    `run_dir`: a run folder, or an exported *.onnx file (run by onnxruntime on the CPU; `which`, `device` and
+    `cache` do not apply). Folders are expanded to the images inside. `cache` (None = the run's setting):
+    images inside a folder the run's disk cache covers are read from it. `tta`: average with the mirrored
+    image. A run trained on tiles predicts by sliding its tile over the whole image at its scale; `tiled` (or a
+    `scale`) does that for any run, with windows of its input size. `heatmap`: a folder for one PNG per image with the per-class
     probability of the window (the predicted class, or `heatmap_class`) over the image (rows get "heatmap").
     Check the rows with `check_failures` to apply the run's --max-bad.
     """

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import json
 import re
 import shutil
 import socket
@@ -58,6 +57,29 @@ def png_of(data_url: str) -> np.ndarray:
     with PIL.Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))) as image:
         assert image.format == "PNG"
         return np.asarray(image.convert("RGB"))
+
+
+class _Server:
+    """The app on a real uvicorn in a thread, on a free loopback port."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.socket = bind("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}/"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        while not self.server.started:
+            threading.Event().wait(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.socket.close()
 
 
 # --- the API on real images ------------------------------------------------------------------------------------------
@@ -293,6 +315,55 @@ def test_concurrent_requests_get_their_own_answers(client, tiny_data):
         assert answer["overlay"] == alone[path]["overlay"]  # Grad-CAMs of concurrent requests never mix
 
 
+def test_a_model_without_feature_maps_answers_without_overlay(tiny_run, tiny_data):
+    """An MLP has no stage to explain: the same answer, no overlay."""
+    import dataclasses
+
+    import torch
+
+    from cnnlab.commands.upload_predictor import UploadPredictor
+    from cnnlab.data.transforms import eval_transform
+    from cnnlab.models import create_model
+    from cnnlab.runs.inference import open_trained
+
+    torch.manual_seed(0)
+    trained = open_trained(tiny_run.run_dir, device="cpu")
+    trained = dataclasses.replace(trained, model=create_model("mlp", num_classes=3, img_size=32).eval())
+    path = val_images(tiny_data)[0]
+    prediction = UploadPredictor(trained).predict(path.read_bytes(), path.name, top_k=3)
+    assert prediction.overlay_png is None and prediction.overlay_kind is None
+    with torch.no_grad():
+        expected = torch.softmax(trained.model(trained.pipeline(eval_transform(trained.preprocessing)(
+            read_image(path, min_size=trained.preprocessing.decode_size))[None]))[0], 0)
+    got = {t["class"]: t["probability"] for t in prediction.top}
+    assert [got[c] for c in trained.record.classes] == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_the_event_loop_answers_while_a_prediction_runs(tiny_run, tiny_data, monkeypatch):
+    """A prediction held in its worker thread does not stop the server from answering other requests."""
+    import httpx
+
+    app = create_app(tiny_run.run_dir)
+    entered, release = threading.Event(), threading.Event()
+    real = app.state.predictor.predict
+
+    def held(*args, **kwargs):
+        entered.set()
+        assert release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(app.state.predictor, "predict", held)
+    body = val_images(tiny_data)[0].read_bytes()
+    with _Server(app) as server, ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.post, server.url + "api/predict", content=body,
+                              headers={"Content-Type": "image/jpeg"}, timeout=60)
+        assert entered.wait(60)
+        page = httpx.get(server.url, timeout=30)  # answered while the prediction still waits in its thread
+        assert page.status_code == 200 and not pending.done()
+        release.set()
+        assert pending.result().status_code == 200
+
+
 # --- the command's errors ------------------------------------------------------------------------------------------
 def _cli(monkeypatch, capsys, *args) -> tuple[int, str]:
     from cnnlab.cli import main
@@ -356,29 +427,6 @@ def test_the_page_is_self_contained_and_locked_down(client):
     assert "<script src" not in page and "<link rel=\"stylesheet\"" not in page
     assert "simple_cnn" in page and "circle, square, triangle" in page and "at most 1 MB" in page
     assert response.headers["x-frame-options"] == "DENY" and response.headers["x-content-type-options"] == "nosniff"
-
-
-class _Server:
-    """The app on a real uvicorn in a thread, on a free loopback port."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.socket = bind("127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}/"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        while not self.server.started:
-            threading.Event().wait(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.socket.close()
 
 
 def test_upload_through_the_page_in_headless_chromium(tiny_run, tiny_data, tmp_path):
