@@ -14,6 +14,9 @@ The public API, one plain function per CLI command (same arguments):
     cnnlab.check_dataset(root)                                               # cnnlab data check
     cnnlab.fit(resume=run_dir)                                               # cnnlab train --resume
     cnnlab.read_run(run_dir)                                                 # a run folder, typed
+    cnnlab.export(run_dir, out="model.onnx")                                 # cnnlab export (checked with onnxruntime)
+    cnnlab.predict("model.onnx", [paths])                                    # cnnlab predict model.onnx
+    cnnlab.serve(run_dir, port=8000), cnnlab.create_app(run_dir)             # cnnlab serve / the ASGI app itself
 
 Names are resolved lazily (PEP 562) so that `cnnlab --help` does not import torch.
 """
@@ -49,6 +52,9 @@ _EXPORTS = {
     "inspect_run": "cnnlab.commands.inspect",
     "write_report": "cnnlab.runs.report",
     "find_lr": "cnnlab.commands.lr_find",
+    "export": "cnnlab.commands.export",
+    "serve": "cnnlab.commands.serve",
+    "create_app": "cnnlab.commands.serve",
 }
 
 __all__ = ["CnnlabError", "ImageReadError", *_EXPORTS]

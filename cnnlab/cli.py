@@ -314,7 +314,8 @@ def eval_command(
 
 @app.command("predict", cls=Command)
 def predict_command(
-    run_dir: str = typer.Argument(..., help="Run folder written by `cnnlab train`."),
+    run_dir: str = typer.Argument(..., help="Run folder written by `cnnlab train`, or a model.onnx written by "
+                                  "`cnnlab export` (run by onnxruntime; --which and --device do not apply)."),
     inputs: list[str] = typer.Argument(..., help="Image files or folders."),
     top_k: int = typer.Option(3, help="Classes to show per image."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line (errors too)."),
@@ -331,11 +332,12 @@ def predict_command(
                                           "of the predicted class (or --class) for every window position."),
     class_name: Optional[str] = typer.Option(None, "--class", help="The class the heatmap shows."),
 ) -> None:
-    """Predict the top-k classes of images with a trained run.
+    """Predict the top-k classes of images with a trained run or its exported ONNX file.
 
     Every input gets a line: its classes, or why it could not be predicted. Exit code 0 when every input
     was predicted, 1 when some could not be (each says why), 2 when more than --max-bad could not.
     """
+    from cnnlab.commands.onnx_file import is_onnx_file
     from cnnlab.commands.predict import check_failures, predict
     from cnnlab.runs.reader import read_run
 
@@ -350,13 +352,64 @@ def predict_command(
             typer.echo(f"{row['path']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top"])
                        + (f"  (heatmap: {row['heatmap']})" if "heatmap" in row else ""))
     if max_bad is None:
-        config = read_run(run_dir).config
+        config = None if is_onnx_file(run_dir) else read_run(run_dir).config
         max_bad = config.max_bad if config else _d("max_bad")
     check_failures(rows, max_bad)
     failed = sum("error" in row for row in rows)
     if failed:
         typer.echo(f"{failed} of {len(rows)} inputs could not be predicted (see the error lines)", err=True)
         raise typer.Exit(1)
+
+
+@app.command("export", cls=Command)
+def export_command(
+    run_dir: str = typer.Argument(..., help="Run folder written by `cnnlab train`."),
+    format: str = typer.Option("onnx", "--format", help="File format (onnx)."),
+    out: Optional[str] = typer.Option(None, help="File to write (default: RUN_DIR/model.onnx; its metadata also "
+                                      "goes to OUT.json)."),
+    which: str = typer.Option("best", help="best or last weights."),
+    data: Optional[str] = typer.Option(None, help="Image folder to check the export on (default: the run's; give "
+                                       "its new place if it moved)."),
+    tolerance: float = typer.Option(1e-3, help="Largest accepted |onnxruntime - PyTorch| logit difference, "
+                                    "relative to max(1, largest |logit|)."),
+) -> None:
+    """Export a run's weights to ONNX with its classes and preprocessing, verified with onnxruntime.
+
+    The file takes float32 (N, 3, S, S) images already resized/cropped and normalised as the run does, and gives
+    logits (N, K). Before writing, onnxruntime runs it on real images of the run's data at batch sizes 1, 2 and 5;
+    if its logits differ from PyTorch's by more than --tolerance, nothing is written and the exit code is 2.
+    `cnnlab predict model.onnx IMAGES` then predicts like the run.
+    """
+    from cnnlab.commands.export import export
+
+    result = export(run_dir, format=format, out=out, which=which, data=data, tolerance=tolerance)
+    typer.echo(result.describe())
+
+
+@app.command("serve", cls=Command)
+def serve_command(
+    run_dir: str = typer.Argument(..., help="Run folder written by `cnnlab train`."),
+    port: int = typer.Option(8000, help="TCP port to listen on."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; anything but loopback (127.0.0.1, ::1, "
+                             "localhost) needs --allow-remote."),
+    allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a --host other machines can reach "
+                                      "(no login, no TLS: a warning is printed)."),
+    max_upload_mb: float = typer.Option(32.0, help="Largest upload in MB; bigger bodies get 413 while they are "
+                                        "read."),
+    which: str = typer.Option("best", help="best or last weights."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    threads: int = typer.Option(4, help="Uploads decoded at once (bounds memory; the model runs one at a time)."),
+) -> None:
+    """Serve a small local web app: drop images, see the top classes and where the network looked.
+
+    One page at http://HOST:PORT/ and a JSON API for scripts:
+    `curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' http://127.0.0.1:8000/api/predict`.
+    Images are decoded in memory with the run's pixel cap and never written to disk. Ctrl-C stops.
+    """
+    from cnnlab.commands.serve import serve
+
+    serve(run_dir, port=port, host=host, allow_remote=allow_remote, max_upload_mb=max_upload_mb, which=which,
+          device=device, threads=threads)
 
 
 @app.command(cls=Command)

@@ -31,6 +31,16 @@ def tiny_run(tiny_data, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_tiled_run(tiny_data, tmp_path_factory):
+    """A 1-epoch simple_cnn run on 32 px tiles of tiny_data's 64 px images at scale 1 (3x3 windows per image)."""
+    from cnnlab.commands.train import fit
+
+    out = tmp_path_factory.mktemp("runs") / "tiled"
+    return fit(data=str(tiny_data), tile=32, scale=1.0, epochs=1, batch_size=8, workers=0, out=str(out),
+               model="simple_cnn", model_options={"widths": [8, 16]}, cache="off", verbose=False)
+
+
+@pytest.fixture(scope="session")
 def tiny_eval(tiny_run):
     """evaluate() of tiny_run on its 12 validation images (writes eval_val.json, plots, report.html)."""
     from cnnlab.commands.evaluate import evaluate

@@ -26,7 +26,7 @@ COMMANDS = list(_all_commands(get_command(app)))
 
 def test_expected_commands_exist():
     names = {" ".join(c) for c in COMMANDS}
-    assert {"train", "eval", "predict", "demo", "models", "data synth"} <= names
+    assert {"train", "eval", "predict", "demo", "models", "data synth", "export", "serve"} <= names
 
 
 # The options each command must show in its --help (a command that lost one fails here).
@@ -35,6 +35,8 @@ EXPECTED_FLAGS = {
               "--time", "--tile", "--scale", "--ema", "--no-ema", "--balance", "--mixup", "--cutmix"],
     "eval": ["--data", "--split", "--which", "--tta", "--max-bad"],
     "predict": ["--top-k", "--json", "--tta", "--max-bad", "--tiled", "--scale", "--heatmap", "--class"],
+    "export": ["--format", "--out", "--which", "--data", "--tolerance"],
+    "serve": ["--port", "--host", "--allow-remote", "--max-upload-mb", "--which", "--device", "--threads"],
     "demo": ["--data", "--out", "--epochs"],
     "lr-find": ["--data", "--steps", "--optimizer", "--run", "--out"],
     "augment-preview": ["--data", "--augment", "--augment-on", "--n", "--run", "--out"],

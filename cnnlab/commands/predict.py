@@ -1,4 +1,5 @@
-"""Predict the class of new images with a trained run (the same preprocessing as its evaluation).
+"""Predict the class of new images with a trained run (the same preprocessing as its evaluation), or with the
+ONNX file `cnnlab export` made of it (onnxruntime runs the network; the images are prepared by the same code).
 
 Every input gets a row: its top-k classes, or the reason it could not be predicted (a missing path, a
 file that is not an image, a damaged image). One bad file never stops the others.
@@ -17,6 +18,7 @@ from cnnlab.data.dataset import ImageDataset
 from cnnlab.data.folders import Sample, find_images
 from cnnlab.data.images import IMAGE_EXTENSIONS, is_image_file
 from cnnlab.data.tiles import aggregate
+from cnnlab.commands.onnx_file import is_onnx_file, open_onnx
 from cnnlab.data.tiles import heatmap as tiles_heatmap
 from cnnlab.errors import CnnlabError, ImageReadError
 from cnnlab.runs.inference import open_trained
@@ -59,14 +61,18 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike], top_k: 
             heatmap_class: str | None = None, verbose: bool = False) -> list[dict]:
     """One row per input image, in order: {"path", "top": [{"class", "probability"}]} or {"path", "error"}.
 
-    Folders are expanded to the images inside. `cache` (None = the run's setting): images inside a folder
-    the run's disk cache covers are read from it. `tta`: average with the mirrored image. A run trained on
-    tiles predicts by sliding its tile over the whole image at its scale; `tiled` (or a `scale`) does that for
-    any run, with windows of its input size. `heatmap`: a folder for one PNG per image with the per-class
+    `run_dir`: a run folder, or an exported *.onnx file (run by onnxruntime on the CPU; `which`, `device` and
+    `cache` do not apply). Folders are expanded to the images inside. `cache` (None = the run's setting):
+    images inside a folder the run's disk cache covers are read from it. `tta`: average with the mirrored
+    image. A run trained on tiles predicts by sliding its tile over the whole image at its scale; `tiled` (or a
+    `scale`) does that for any run, with windows of its input size. `heatmap`: a folder for one PNG per image with the per-class
     probability of the window (the predicted class, or `heatmap_class`) over the image (rows get "heatmap").
     Check the rows with `check_failures` to apply the run's --max-bad.
     """
-    trained = open_trained(run_dir, which, device)
+    if is_onnx_file(run_dir):
+        trained, cache = open_onnx(run_dir), "off"
+    else:
+        trained = open_trained(run_dir, which, device)
     if tiled or scale is not None or (heatmap is not None and not trained.record.preprocessing.tile):
         trained = trained.with_tiles(scale)
     class_index = None

@@ -7,10 +7,14 @@ everywhere. The order of operations, for every format:
     open (header only) -> pixel cap -> [JPEG: DCT-domain reduction] -> decode -> RGB -> [reduce] -> EXIF turn
 
 Unreadable files raise ImageReadError naming the path and the reason, with a short problem code ("empty-file", "not-an-image", "truncated-or-corrupt", "over-pixel-cap", ...) for reports.
+
+Bytes already in memory (an upload to `cnnlab serve`) go through the same readers with `data=`: the same
+order, the same cap from the header, the same errors; nothing is written to disk.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import threading
@@ -108,10 +112,11 @@ def _unreadable(path, problem: str, reason: str) -> ImageReadError:
     return ImageReadError(path, reason, problem)
 
 
-def _open(path: Path, max_pixels: int) -> Image.Image:
-    """Open lazily (header only) and enforce the pixel cap before any pixel is decoded."""
+def _open(path: Path, max_pixels: int, data: bytes | None = None) -> Image.Image:
+    """Open lazily (header only) and enforce the pixel cap before any pixel is decoded; `data`: the file's
+    bytes already in memory (`path` then only names it in messages)."""
     try:
-        if path.stat().st_size == 0:
+        if (len(data) if data is not None else path.stat().st_size) == 0:
             raise _unreadable(path, "empty-file", "the file is empty (0 bytes)")
         with _PIL_LIMIT_LOCK:
             # PIL's own fixed limit would refuse files the user allowed with --max-pixels, warn on
@@ -120,7 +125,7 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
             saved = Image.MAX_IMAGE_PIXELS
             Image.MAX_IMAGE_PIXELS = None
             try:
-                image = Image.open(path)
+                image = Image.open(path if data is None else io.BytesIO(data))
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
     except ImageReadError:
@@ -232,15 +237,16 @@ def _decode(image: Image.Image, path: Path, min_size: int | None) -> Image.Image
 
 
 def read_pil(path: str | os.PathLike, min_size: int | None = None,
-             max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+             max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | None = None) -> Image.Image:
     """Decode an image file to an 8-bit RGB PIL image, upright (EXIF applied).
 
     With `min_size`, the image is reduced by the largest integer factor that keeps its short side
     >= min_size (JPEGs already in the decoder, by DCT-domain scaling 1/2, 1/4, 1/8): the same pixels
     a full decode + resize would give, at a fraction of the time and memory for large photos.
+    `data`: the file's bytes in memory instead of reading `path` (which then only names it).
     """
     path = Path(path)
-    image = _open(path, max_pixels)
+    image = _open(path, max_pixels, data)
     with image:  # closes the file handle, which load() leaves open for multi-frame files
         rgb = _decode(image, path, min_size)
     if rgb is not image:
@@ -249,36 +255,40 @@ def read_pil(path: str | os.PathLike, min_size: int | None = None,
 
 
 def read_image(path: str | os.PathLike, min_size: int | None = None,
-               max_pixels: int = DEFAULT_MAX_PIXELS, scale: float | None = None) -> torch.Tensor:
+               max_pixels: int = DEFAULT_MAX_PIXELS, scale: float | None = None,
+               data: bytes | None = None) -> torch.Tensor:
     """Decode an image file to a uint8 tensor of shape (3, H, W), upright, RGB.
 
     `scale` (tiled runs): the image at that pixel scale, exactly round(W x scale) x round(H x scale): the
     decoder reduces a JPEG in the DCT domain to the smallest of 1/2, 1/4, 1/8 that is still at least that
     big, and an antialiased resize does the rest, so a 100-megapixel photo wanted at scale 0.25 is never
-    decoded at full size.
+    decoded at full size. `data`: the file's bytes in memory (an upload); `path` then only names it.
     """
     if scale is not None and scale != 1.0:
-        width, height = image_size(path, max_pixels)  # header only; the pixel cap is checked here too
+        width, height = image_size(path, max_pixels, data)  # header only; the pixel cap is checked here too
         target = (max(1, round(height * scale)), max(1, round(width * scale)))  # (H, W)
-        image = read_pil(path, min_size=max(1, math.ceil(min(target))), max_pixels=max_pixels)
+        image = read_pil(path, min_size=max(1, math.ceil(min(target))), max_pixels=max_pixels, data=data)
         pixels = torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)))
         if tuple(pixels.shape[1:]) != target:
             pixels = resize(pixels, list(target), antialias=True)
         return pixels
-    image = read_pil(path, min_size=min_size, max_pixels=max_pixels)
+    image = read_pil(path, min_size=min_size, max_pixels=max_pixels, data=data)
     array = np.asarray(image)  # (H, W, 3), read-only, over PIL's bytes
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # (3, H, W), writable
 
 
-def image_size(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+def image_size(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
+               data: bytes | None = None) -> tuple[int, int]:
     """(width, height) from the header only, after EXIF orientation."""
-    width, height, _ = image_header(path, max_pixels)
+    width, height, _ = image_header(path, max_pixels, data)
     return width, height
 
 
-def image_header(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int, str]:
-    """(width, height, format) from the header only (nothing decoded), width and height after EXIF orientation."""
-    with _open(Path(path), max_pixels) as image:
+def image_header(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 data: bytes | None = None) -> tuple[int, int, str]:
+    """(width, height, format) from the header only (nothing decoded), width and height after EXIF orientation;
+    `data`: the file's bytes in memory."""
+    with _open(Path(path), max_pixels, data) as image:
         width, height = image.size
         orientation = _orientation(image, header_only=True)
         kind = image.format or "unknown"
@@ -373,6 +383,13 @@ def _fingerprint(rgb: Image.Image) -> tuple[int, float]:
     bits = (small[:, :-1] > small[:, 1:]).flatten()                                 # (64,)
     value = int(np.packbits(bits).view(">u8")[0])
     return value, float(np.asarray(grey, dtype=np.float32).std())
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """An (H, W, 3) uint8 array as PNG bytes, in memory (the web app's overlays)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def save_image(array: np.ndarray | torch.Tensor, path: str | os.PathLike, quality: int = 90) -> None:

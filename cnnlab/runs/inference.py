@@ -35,9 +35,14 @@ class TrainedModel:
     which: str
     tiles: Preprocessing | None = None
     """A sliding-window preprocessing that replaces the run's own (with_tiles); None: the run's."""
+    pixel_cap: int | None = None
+    """Images with more pixels are refused from their header; None: the run's --max-pixels (an exported file
+    carries its own)."""
 
     @property
     def max_pixels(self) -> int:
+        if self.pixel_cap is not None:
+            return self.pixel_cap
         return self.record.config.max_pixels if self.record.config else DEFAULT_MAX_PIXELS
 
     @property

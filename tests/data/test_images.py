@@ -17,8 +17,8 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 
 from cnnlab.errors import ImageReadError
-from cnnlab.data.images import (ALPHA_BACKGROUND, DEFAULT_MAX_PIXELS, image_size, inspect_image, is_image_file,
-                           read_image, read_pil, save_image)
+from cnnlab.data.images import (ALPHA_BACKGROUND, DEFAULT_MAX_PIXELS, encode_png, image_header, image_size,
+                               inspect_image, is_image_file, read_image, read_pil, save_image)
 
 # --------------------------------------------------------------------------------------------
 # file writers (one small function per kind of file)
@@ -283,6 +283,44 @@ def test_pixel_cap_is_ours_not_pils(tmp_path, monkeypatch):
     assert error.problem == "over-pixel-cap" and "100x100" in error.reason
     assert PIL.Image.MAX_IMAGE_PIXELS == 1000  # restored after each header read
     assert DEFAULT_MAX_PIXELS == 200_000_000
+
+
+# --------------------------------------------------------------------------------------------
+# bytes in memory (uploads): the same readers, the same pixels, the same refusals
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"min_size": 40}, {"scale": 0.3}])
+@pytest.mark.parametrize("writer, name", [(write_good_jpeg, "a.jpg"), (write_exif6_jpeg, "turned.jpg"),
+                                          (write_16bit_png, "g16.png"), (write_rgba_png, "rgba.png")])
+def test_bytes_decode_exactly_as_the_file(tmp_path, writer, name, kwargs):
+    path = writer(tmp_path / name)
+    from_bytes = read_image("upload", data=path.read_bytes(), **kwargs)
+    assert torch.equal(from_bytes, read_image(path, **kwargs))
+    assert image_header("upload", data=path.read_bytes()) == image_header(path)
+
+
+@pytest.mark.parametrize("writer, name, problem", [
+    (lambda path: path.write_bytes(b"") or path, "empty.jpg", "empty-file"),
+    (write_text_as_jpeg, "notes.jpg", "not-an-image"),
+    (write_truncated_jpeg, "cut.jpg", "truncated-or-corrupt"),
+    (write_png_bomb, "bomb.png", "over-pixel-cap"),
+    (write_jpeg_bomb, "bomb.jpg", "over-pixel-cap"),
+])
+def test_bad_bytes_are_refused_like_bad_files(tmp_path, monkeypatch, writer, name, problem):
+    data = writer(tmp_path / name).read_bytes()
+    if problem == "over-pixel-cap":  # refused from the header: no pixel buffer is ever allocated
+        monkeypatch.setattr(PIL.Image.core, "new", lambda *args: pytest.fail("a pixel buffer for a forged header"))
+    with pytest.raises(ImageReadError) as caught:
+        read_image("photo.jpg", data=data, min_size=32)
+    assert caught.value.problem == problem and caught.value.path == "photo.jpg"
+
+
+def test_encode_png_round_trips(tmp_path):
+    array = natural_image(20, 30)
+    path = tmp_path / "x.png"
+    path.write_bytes(encode_png(array))
+    assert np.array_equal(read_image(path).permute(1, 2, 0).numpy(), array)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,126 @@
+"""One uploaded image, predicted: bytes in memory -> top-k classes and a picture of where the network looked.
+
+What `cnnlab serve` runs for every upload, apart from HTTP. The bytes are decoded by cnnlab.data.images with the
+run's pixel cap (a bomb is refused from its header) and prepared as `cnnlab predict` prepares a file:
+
+    whole-image runs  decode at the run's short side -> eval_transform (resize, centre crop) -> the model with
+                      Grad-CAM of the predicted class (one forward and one backward pass) -> overlay
+    tiled runs        decode at the run's pixel scale -> the sliding window of cnnlab.data.tiles -> tile logits,
+                      aggregated as the run does -> heatmap of the predicted class's probability per window
+
+Decoding runs in parallel in the caller's threads; the model runs under one lock, because Grad-CAM hooks the
+model's last stage and reads gradients, which two requests at once would mix.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+from torchvision.transforms.v2 import functional as F
+
+from cnnlab import plots
+from cnnlab.commands.explain import DISPLAY_SIDE, explain_image, overlay_image
+from cnnlab.data.images import encode_png, image_header, read_image
+from cnnlab.data.tiles import aggregate, cut_tiles, tile_positions
+from cnnlab.data.tiles import heatmap as tiles_heatmap
+from cnnlab.data.transforms import eval_transform
+from cnnlab.errors import CnnlabError
+from cnnlab.runs.inference import TrainedModel
+
+TILE_BATCH = 64  # tiles per forward pass, as predict's sliding window
+
+
+@dataclass
+class Prediction:
+    """One image's answer: the top-k, the picture of where the network looked (PNG), and facts for the page."""
+
+    name: str
+    top: list[dict]  # [{"class", "probability"}], most probable first
+    overlay_png: bytes | None  # Grad-CAM (whole-image runs) or per-window heatmap (tiled runs); None for an MLP
+    overlay_kind: str | None  # "grad-cam", "heatmap" or None
+    width: int  # the uploaded image, upright
+    height: int
+    image_format: str
+    seconds: float
+
+    def to_dict(self) -> dict:
+        """The JSON the API answers with (the overlay as a data: URL)."""
+        overlay = None if self.overlay_png is None else \
+            "data:image/png;base64," + base64.b64encode(self.overlay_png).decode("ascii")
+        return {"name": self.name, "top": self.top, "overlay": overlay, "overlay_kind": self.overlay_kind,
+                "image": {"width": self.width, "height": self.height, "format": self.image_format},
+                "seconds": round(self.seconds, 4)}
+
+
+class UploadPredictor:
+    """A run's model loaded once; `predict(data, name, top_k)` is safe to call from many threads."""
+
+    def __init__(self, trained: TrainedModel):
+        self.trained = trained
+        self.classes = trained.record.classes
+        self.has_cam = bool(trained.model.stage_modules())  # an MLP has no feature maps to explain
+        self._model_lock = threading.Lock()
+
+    def predict(self, data: bytes, name: str, top_k: int = 3) -> Prediction:
+        """Decode `data` (an image file's bytes; `name` only for messages) and predict it; ImageReadError for an
+        upload that is no image, damaged or over the pixel cap, CnnlabError for one too small for a tile."""
+        started = time.perf_counter()
+        trained, pre = self.trained, self.trained.preprocessing
+        width, height, kind = image_header(name, trained.max_pixels, data)  # the cap, from the header only
+        if pre.tile:
+            image = read_image(name, max_pixels=trained.max_pixels, scale=float(pre.scale), data=data)  # (3, H, W)
+            if min(image.shape[1:]) < pre.tile:
+                raise CnnlabError(f"{name} is {image.shape[2]}x{image.shape[1]} px at this run's pixel scale "
+                                  f"{pre.scale:g}, smaller than one of its {pre.tile} px windows; send a larger image")
+            with self._model_lock:
+                probabilities, overlay = self._tiled(image)
+            kind_of_overlay = "heatmap"
+        else:
+            image = eval_transform(pre)(read_image(name, min_size=pre.decode_size, max_pixels=trained.max_pixels,
+                                                   data=data))                          # (3, S, S) uint8
+            with self._model_lock:
+                probabilities, overlay = self._whole(image, name)
+            kind_of_overlay = "grad-cam" if overlay is not None else None
+        k = max(1, min(top_k, len(self.classes)))
+        values, indices = probabilities.topk(k)
+        top = [{"class": self.classes[i], "probability": round(float(v), 6)}
+               for v, i in zip(values.tolist(), indices.tolist())]
+        return Prediction(name, top, None if overlay is None else encode_png(overlay), kind_of_overlay, width,
+                          height, kind, time.perf_counter() - started)
+
+    def _whole(self, image: torch.Tensor, name: str):
+        """(K,) probabilities and the Grad-CAM overlay (h, w, 3) uint8 of the predicted class (None for an MLP)."""
+        if not self.has_cam:
+            with torch.no_grad(), self.trained.pipeline.precision.autocast(self.trained.pipeline.device):
+                logits = self.trained.model(self.trained.pipeline(image[None])).float()[0].cpu()
+            return torch.softmax(logits, 0), None
+        explanation = explain_image(self.trained, image, name)
+        return explanation.probabilities, overlay_image(explanation)
+
+    @torch.no_grad()
+    def _tiled(self, image: torch.Tensor):
+        """(K,) probabilities by the run's sliding window, and the predicted class's probability per window over
+        the image (h, w, 3) uint8."""
+        trained, pre = self.trained, self.trained.preprocessing
+        height, width = image.shape[1:]
+        positions = tile_positions(height, width, pre.tile, pre.overlap)
+        tile_logits = []
+        for start in range(0, len(positions), TILE_BATCH):
+            tiles = trained.pipeline(cut_tiles(image, positions[start:start + TILE_BATCH], pre.tile))
+            with trained.pipeline.precision.autocast(trained.pipeline.device):
+                tile_logits.append(trained.model(tiles).float().cpu())                  # (n, K)
+        tile_logits = torch.cat(tile_logits)
+        probabilities = torch.softmax(aggregate(tile_logits, pre.aggregate), 0)
+        stride = max(1, round(pre.tile * (1 - pre.overlap)))
+        grid = tiles_heatmap(torch.softmax(tile_logits, 1), positions, pre.tile, height, width, stride)  # (K, h, w)
+        factor = min(1.0, DISPLAY_SIDE / max(height, width))
+        size = [max(1, round(height * factor)), max(1, round(width * factor))]
+        picture = F.resize(image, size, antialias=True).permute(1, 2, 0).numpy()       # (h, w, 3)
+        # nearest: each cell is one window position's probability, not a smooth field
+        heat = F.resize(grid[int(probabilities.argmax())][None], size,
+                        interpolation=F.InterpolationMode.NEAREST)[0].numpy()           # (h, w) in 0..1
+        return probabilities, plots.blend_map(picture, heat)
