@@ -107,6 +107,15 @@ def measure_seconds_per_image(model: nn.Module, loader, pipeline, loss_fn: nn.Mo
     return timed / images
 
 
+def measure_speed(model: nn.Module, loader, pipeline, loss_fn: nn.Module, full_side: int, small_side: int) -> Speed:
+    """The Speed of full training steps at `full_side` and, when progressive resizing starts smaller, at
+    `small_side` (measure_seconds_per_image at each)."""
+    full = measure_seconds_per_image(model, loader, pipeline, loss_fn)
+    small = measure_seconds_per_image(model, loader, pipeline, loss_fn, side=small_side) \
+        if small_side < full_side else full
+    return Speed(full_side, full, small_side, small)
+
+
 def epoch_seconds(side: int, speed: Speed, train_images: int, val_images: int) -> float:
     """One epoch's expected seconds: training at `side` px, validating at full size, writing its files."""
     return (train_images * speed.seconds_per_image(side) + val_images * speed.full * VALIDATION_SHARE

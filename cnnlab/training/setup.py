@@ -40,11 +40,12 @@ from cnnlab.files import write_json, write_yaml
 from cnnlab.models import create_model
 from cnnlab.models.weights import load_start_weights
 from cnnlab.training.device import Precision, compile_model, default_workers, resolve_device, resolve_precision
-from cnnlab.training.budget import Budget, Speed, measure_seconds_per_image, plan
+from cnnlab.training.budget import Budget, measure_speed, plan
 from cnnlab.training.budget import describe as describe_plan
 from cnnlab.training.ema import WeightAverage, decay_for
 from cnnlab.training.forward import InputPipeline, Logits
 from cnnlab.training.lr_find import suggest_lr_for_config
+from cnnlab.training.memory import MemoryProbe, choose_batch_size, step_spec
 from cnnlab.training.optim import DEFAULT_LR, build_optimizer, build_scheduler, epoch_sizes
 from cnnlab.training.record import CLASSES, CONFIG, DATASET, MODEL, model_metadata, new_run_dir
 from cnnlab.training.state import LoopState, TrainingCheckpoint, restore_training
@@ -262,16 +263,25 @@ def plan_budget(config: TrainConfig, model: nn.Module, loader: DataLoader, pipel
 
     def sides(epochs: int) -> list[int]:
         return epoch_sizes(epochs, config.img_size, model.min_input_size, config.progressive)
-    full = measure_seconds_per_image(model, loader, pipeline, loss_fn)
     smallest = min(sides(100))  # progressive resizing's first side (the full side when it is off)
-    small = measure_seconds_per_image(model, loader, pipeline, loss_fn, side=smallest) \
-        if smallest < config.img_size else full
-    speed = Speed(config.img_size, full, smallest, small)
+    speed = measure_speed(model, loader, pipeline, loss_fn, config.img_size, smallest)
     result = plan(seconds, time.monotonic() - started, speed, len(loader), config.batch_size,
                   len(loader.dataset), val_images, sides)
     if verbose:
         print(describe_plan(seconds, result), file=sys.stderr, flush=True)
     return Budget(seconds, started, result, sides, val_images)
+
+
+def auto_batch_size(config: TrainConfig, num_classes: int, device: torch.device, precision: Precision,
+                    train_images: int, workers: int, verbose: bool) -> int:
+    """--batch-size auto: the largest batch whose measured training step fits the free memory
+    (cnnlab.training.memory.choose_batch_size)."""
+    spec = step_spec(config, num_classes, precision, model_options(config), workers)
+    with MemoryProbe(spec, device) as probe:
+        choice = choose_batch_size(probe, train_images)
+    if verbose:
+        print(choice.describe(), file=sys.stderr, flush=True)
+    return choice.batch_size
 
 
 def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None, overwrite: bool = False,
@@ -304,6 +314,9 @@ def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None
     if config.tile:
         check_tiles_fit(splits, config, cache)
     datasets = make_datasets(splits, config, cache)
+    if config.batch_size == "auto":  # measured now, with the image cache in memory, for the loaders below
+        config = dataclasses.replace(config, batch_size=auto_batch_size(config, len(splits.classes), device, precision,
+                                                                        len(datasets["train"]), workers, verbose))
     pin = device.type == "cuda"
     loaders = {"train": make_loader(datasets["train"], config.batch_size, workers, train=True, seed=config.seed,
                                     pin_memory=pin),
