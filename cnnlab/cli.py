@@ -257,6 +257,28 @@ train.__signature__ = inspect.Signature([
 app.command("train", cls=Command)(train)
 
 
+def plan(ctx: typer.Context, **values: Any) -> None:
+    """Before training: will it fit, and how long will it take? Takes train's options and measures that run's
+    training step (memory: parameters, activations, optimizer state; speed) on this machine, then prints the
+    per-step memory against the free memory, images/s, the time of an epoch and of --epochs (or what fits in
+    --time), and the image cache's size on disk. --batch-size auto shows the batch train would pick.
+    """
+    from cnnlab.commands.plan import plan as plan_run
+
+    options = config_from_file(values["config"]) if values["config"] else {}
+    options |= _typed_options(ctx, values)
+    typer.echo(plan_run(TrainConfig(**options)).describe())
+
+
+plan.__signature__ = inspect.Signature([
+    inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+    *config_parameters(),
+    inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
+        None, help="Read options from this YAML file, as train does; flags override it.")),
+])
+app.command("plan", cls=Command)(plan)
+
+
 # --------------------------------------------------------------------------------------------
 # eval / predict / demo / models
 # --------------------------------------------------------------------------------------------

@@ -171,6 +171,29 @@ def free_memory(device: torch.device) -> int:
     return available_memory()
 
 
+def layer_output_bytes(spec: StepSpec, side: int) -> int | None:
+    """Bytes of every layer's output (fp32) for one image at `side`: what a forward pass keeps for backward at
+    the least. From a forward pass on the meta device, which allocates nothing; None for a model that cannot
+    run there."""
+    total = 0
+
+    def add(module, args, output) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * 4
+
+    try:
+        with torch.device("meta"):
+            model = create_model(spec.model, spec.num_classes, **(spec.model_options | {"img_size": side}))
+        for module in model.modules():
+            if not any(True for _ in module.children()):
+                module.register_forward_hook(add)
+        model(torch.empty(1, 3, side, side, device="meta"))
+    except (NotImplementedError, RuntimeError, ValueError):
+        return None
+    return total
+
+
 # --------------------------------------------------------------------------------------------
 # real steps on synthetic batches (in the child for the CPU, in this process for CUDA)
 # --------------------------------------------------------------------------------------------
@@ -333,6 +356,14 @@ class MemoryProbe:
         self._process: subprocess.Popen | None = None
         self._stderr = None
         self._stepper: _Stepper | None = None
+        self._floors: dict[int, int | None] = {}  # side -> layer_output_bytes
+
+    def layer_output_bytes(self, side: int | None = None) -> int | None:
+        """layer_output_bytes of one image at `side` (default: the spec's)."""
+        side = side or self.spec.side
+        if side not in self._floors:
+            self._floors[side] = layer_output_bytes(self.spec, side)
+        return self._floors[side]
 
     def __enter__(self) -> "MemoryProbe":
         return self
@@ -344,6 +375,9 @@ class MemoryProbe:
         """The memory and speed of a training step at `batch_size` and `side` (default: the spec's); raises
         OutOfMemory when it cannot allocate."""
         side = side or self.spec.side
+        floor = self.layer_output_bytes(side)
+        if floor is not None and floor * batch_size > self.free:  # not even worth trying
+            raise OutOfMemory(f"the outputs of its layers alone take {format_bytes(floor * batch_size)}")
         if self.device.type == "cuda":
             if self._stepper is None or self._stepper.side != side:
                 self._stepper = None
@@ -510,6 +544,11 @@ def choose_batch_size(probe: MemoryProbe, train_images: int) -> BatchChoice:
     return BatchChoice(batch, steps[batch], free, cap, reason, measured)
 
 
+def _min_side(spec: StepSpec) -> int:
+    with torch.device("meta"):  # only its minimum side: no weights allocated
+        return create_model(spec.model, spec.num_classes, **spec.model_options).min_input_size
+
+
 def not_even_batch_one(probe: MemoryProbe, step: StepMemory | None, free: int) -> CnnlabError:
     """The error for a step that does not fit even at batch 1: the memory it needs (measured; or, when it could
     not even allocate, measured at a smaller side and scaled by the pixels) and what to change."""
@@ -518,13 +557,17 @@ def not_even_batch_one(probe: MemoryProbe, step: StepMemory | None, free: int) -
     if step is not None:
         needs = (f"one training step of {spec.model} needs {format_bytes(step.peak_bytes)} "
                  f"({format_bytes(step.activation_bytes)} of activations for one image), {share}")
-    else:
+    elif (floor := probe.layer_output_bytes()) is not None and floor > free:
+        needs = (f"one training step of {spec.model} needs more than {format_bytes(floor)} (the outputs of its layers "
+                 f"for one image, before gradients), {share}")
+    else:  # it could not allocate: measured at a side a sixteenth of the memory holds, scaled by the pixels
         needs = f"one training step of {spec.model} could not even allocate its memory in the {format_bytes(free)} free"
-        with torch.device("meta"):  # only its minimum side: no weights allocated
-            minimum = create_model(spec.model, spec.num_classes, **spec.model_options).min_input_size
         side = spec.side // 2
-        while side >= max(16, minimum):
+        while side >= max(16, _min_side(spec)):
+            floor = probe.layer_output_bytes(side)
             try:
+                if floor is not None and floor > free / 16:
+                    raise OutOfMemory("too large to measure here")
                 small = probe.measure(1, side)
             except OutOfMemory:
                 side //= 2

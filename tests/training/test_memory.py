@@ -202,6 +202,9 @@ def test_a_step_that_cannot_even_allocate_is_estimated_from_a_smaller_side():
         spec = spec_of("resnet9", 512)
         device = CPU
 
+        def layer_output_bytes(self, side=None):
+            return 1000  # small enough to try
+
         def measure(self, batch_size, side=None):
             if side == 512 or side is None:
                 raise OutOfMemory("DefaultCPUAllocator: can't allocate memory")
@@ -211,6 +214,10 @@ def test_a_step_that_cannot_even_allocate_is_estimated_from_a_smaller_side():
     assert ("--img-size 512 does not fit in memory even at batch 1: one training step of resnet9 needs about "
             "420 MB (measured at 256 px, its 100 MB of activations times 4 for the pixels), more than 80% of the "
             "300 MB free on cpu") in message
+    # layer outputs alone over the free memory: said without measuring anything
+    Probe.layer_output_bytes = lambda self, side=None: 2_000_000_000
+    assert ("one training step of resnet9 needs more than 2 GB (the outputs of its layers for one image, before "
+            "gradients), more than 80% of the 300 MB free on cpu") in str(not_even_batch_one(Probe(), None, 300_000_000))
     Probe.spec = StepSpec(**{**Probe.spec.__dict__, "tiled": True})
     assert "--tile 512 does not fit" in str(not_even_batch_one(Probe(), None, 300_000_000))
     assert "use a smaller --tile (the scale does not change a tile's memory)" in \
