@@ -124,6 +124,7 @@ figure { margin: 1em 0; }
 .pair { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }
 img { display: block; max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; }
 details { margin: .5em 0 1em; }
+.stack .verdict { margin: 0 0 10px; }
 details summary { cursor: pointer; font-size: .9rem; }
 .facts { display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: 10px; margin-top: 10px; }
 .fact { background: var(--soft); border: 1px solid var(--line); border-radius: 6px; padding: 8px 12px; }

@@ -79,13 +79,17 @@ def measure_seconds_per_image(model: nn.Module, loader, pipeline, loss_fn: nn.Mo
     device = pipeline.device
     timed, images = 0.0, 0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        iterator = iter(loader)
+        iterator, read = iter(loader), 0
         for k in range(batches + 1):
             start = time.perf_counter()
             try:
                 batch = next(iterator)
-            except StopIteration:
-                break
+            except StopIteration:  # an epoch of fewer batches than the measurement: read it again
+                if not read:
+                    break
+                iterator, read = iter(loader), 0
+                batch = next(iterator)
+            read += 1
             if len(batch) == 0:
                 continue
             x = pipeline(batch.images, batch.seeds, train=True)
