@@ -13,6 +13,8 @@ The public API, one plain function per CLI command (same arguments):
     cnnlab.find_lr(data=...)                                                 # cnnlab lr-find
     cnnlab.check_dataset(root)                                               # cnnlab data check
     cnnlab.fit(resume=run_dir)                                               # cnnlab train --resume
+    cnnlab.plan(data=..., img_size=128, batch_size="auto")                   # cnnlab plan: memory, speed, time
+    cnnlab.sweep(data, "64,96,128", time="2m")                               # cnnlab sweep: which size is worth it
     cnnlab.read_run(run_dir)                                                 # a run folder, typed
 
 Names are resolved lazily (PEP 562) so that `cnnlab --help` does not import torch.
@@ -49,6 +51,8 @@ _EXPORTS = {
     "inspect_run": "cnnlab.commands.inspect",
     "write_report": "cnnlab.runs.report",
     "find_lr": "cnnlab.commands.lr_find",
+    "plan": "cnnlab.commands.plan",
+    "sweep": "cnnlab.commands.sweep",
 }
 
 __all__ = ["CnnlabError", "ImageReadError", *_EXPORTS]

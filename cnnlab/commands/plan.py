@@ -151,21 +151,10 @@ def plan(config: TrainConfig | None = None, *, verbose: bool = True, **options) 
     _log(verbose, f"plan: measuring a training step of {config.model} at {config.img_size} px on {device} "
                   f"({format_bytes(free)} free)")
     spec = step_spec(config, len(splits.classes), precision, model_options(config), workers)
-    step, choice = None, None
     with MemoryProbe(spec, device, free) as probe:
-        if config.batch_size != "auto":
-            try:
-                step = probe.measure(config.batch_size)
-            except OutOfMemory:
-                step = None
-        if config.batch_size == "auto" or step is None or step.peak_bytes > MARGIN * free:
-            choice = choose_batch_size(probe, train_images)  # not even batch 1: the error
-            step = choice.step if config.batch_size == "auto" else step
-    # speed and time at the batch that runs: the requested one, or the largest that fits
-    batch = choice.batch_size if choice is not None and (config.batch_size == "auto" or step is None
-                                                         or step.peak_bytes > MARGIN * free) else config.batch_size
-    runnable = dataclasses.replace(config, batch_size=batch)
-    network = (choice.step if choice is not None and batch == choice.batch_size else step).seconds_per_image
+        step, choice, batch = _memory(probe, config.batch_size, train_images)
+    runnable = dataclasses.replace(config, batch_size=batch)  # the requested batch, or the largest that fits
+    network = (step if batch == config.batch_size else choice.step).seconds_per_image
     _log(verbose, f"plan: timing training steps of batch {batch} on a sample of {min(SAMPLE_FILES, train_images)} "
                   "training images")
     model = model.to(device)
@@ -175,15 +164,36 @@ def plan(config: TrainConfig | None = None, *, verbose: bool = True, **options) 
     cache = dataclasses.replace(cache, decode_seconds=decode_seconds)
     val_passes = len(splits.splits["val"]) * windows
     sides = epoch_sizes(config.epochs, config.img_size, model.min_input_size, config.progressive)
-    result = TrainingPlan(runnable, Path(splits.root).name, len(splits.classes), train_images,
-                          len(splits.splits["val"]), str(device), precision.name, workers, config.batch_size, step, free,
-                          choice, speed, network, val_passes, sides, cache)
+    result = TrainingPlan(config=runnable, data_name=Path(splits.root).name, classes=len(splits.classes),
+                          train_images=train_images, val_images=len(splits.splits["val"]), device=str(device),
+                          precision=precision.name, workers=workers, requested_batch=config.batch_size, step=step,
+                          free_bytes=free, choice=choice, speed=speed, network_seconds_per_image=network,
+                          val_passes=val_passes, sides=sides, cache=cache)
     if config.time:
         def sides_of(epochs: int) -> list[int]:
             return epoch_sizes(epochs, config.img_size, model.min_input_size, config.progressive)
-        result.budget = plan_budget(parse_duration(config.time), cache.build_seconds, speed,
-                                    math.ceil(train_images / batch), batch, train_images, val_passes, sides_of)
+        # before it plans, a --time run builds its cache and times MEASURE_BATCHES + 1 batches at each side
+        setup = cache.build_seconds + (MEASURE_BATCHES + 1) * batch * (speed.full + speed.small)
+        result.budget = plan_budget(parse_duration(config.time), setup, speed, math.ceil(train_images / batch), batch,
+                                    train_images, val_passes, sides_of)
     return result
+
+
+def _memory(probe: MemoryProbe, requested: int | str, train_images: int
+            ) -> tuple[StepMemory | None, BatchChoice | None, int]:
+    """(the step at the requested batch, None where it could not allocate; the largest batch that fits, when asked
+    for (auto) or needed (the requested one does not fit); the batch the speed is measured at)."""
+    if requested == "auto":
+        choice = choose_batch_size(probe, train_images)
+        return choice.step, choice, choice.batch_size
+    try:
+        step = probe.measure(requested)
+    except OutOfMemory:
+        step = None
+    if step is not None and step.peak_bytes <= MARGIN * probe.free:
+        return step, None, requested
+    choice = choose_batch_size(probe, train_images)  # not even batch 1: the error, one line
+    return step, choice, choice.batch_size
 
 
 def _log(verbose: bool, message: str) -> None:

@@ -29,10 +29,13 @@ def test_the_plan_against_a_real_run(tiny_data, tmp_path):
     """The plan's speed and times against the same run really trained right after it, in this process.
 
     The plan times 5 batches of the run's own loader and training step (as --time does) and computes an epoch
-    with --time's arithmetic; the real run's epochs (from the second: the first also pays for first calls) and its
-    whole wall time are the truth. Measured on the shared 2-core machine: epochs X real vs Y planned. The test
-    allows a factor of FACTOR either way: the other core's load comes and goes during the run (a third of the speed,
-    tests/training/test_budget.py), and on 36 images an epoch is under a second, so fixed costs weigh more."""
+    with --time's arithmetic; the real run's epochs (from the second: the first also pays for first calls) and
+    its wall time are the truth. Measured on the shared 2-core machine (load average 6-9 while other jobs ran):
+    an epoch planned 0.66/0.79/0.90 s, real 0.72/0.72/0.79 s (0.92-1.14x); the whole run planned 6.9/7.4/7.8 s,
+    real 12.0/10.5/13.4 s (1.4-1.7x: setting up and the finish, which evaluates, draws and writes the report,
+    take longer than --time's 3 s estimate of the finish on a loaded machine, and on 36 images they are most
+    of the run). The test allows an epoch a factor of 2 either way (the other core's load changes the speed by
+    a third within seconds) and the run 0.9 to 2.5 times the plan."""
     options = SMALL | {"data": str(tiny_data), "epochs": 4}
     planned = plan(**options, verbose=False)
     assert planned.fits and planned.batch_size == 8 and planned.step.batch_size == 8
@@ -42,14 +45,10 @@ def test_the_plan_against_a_real_run(tiny_data, tmp_path):
     wall = time.monotonic() - started
     real_epoch = statistics.median(row["seconds"] for row in result.history[1:])  # training + validation
     planned_epoch = planned.epoch_seconds() - EPOCH_FILES_SECONDS  # metrics.csv's seconds leave the files out
-    real_speed = 36 / real_epoch
     print(f"epoch: planned {planned_epoch:.2f}s, real {real_epoch:.2f}s; run: planned {planned.run_seconds:.1f}s, "
           f"real {wall:.1f}s; img/s planned {1 / planned.speed.full:.0f}")
-    assert planned_epoch / FACTOR <= real_epoch <= planned_epoch * FACTOR
-    assert planned.run_seconds / FACTOR <= wall <= planned.run_seconds * FACTOR
-
-
-FACTOR = 2.0
+    assert planned_epoch / 2 <= real_epoch <= planned_epoch * 2
+    assert planned.run_seconds * 0.9 <= wall <= planned.run_seconds * 2.5
 
 
 def test_auto_and_a_batch_that_does_not_fit(tiny_data, monkeypatch):
