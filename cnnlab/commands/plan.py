@@ -312,7 +312,7 @@ def _describe(p: TrainingPlan) -> str:
     lines += [f"speed at batch {config.batch_size}:",
               _row("training", f"{measured} (reading, augmenting, forward, backward, update)"),
               _row("network alone", f"{1 / p.network_seconds_per_image:,.0f} img/s at {config.img_size} px "
-                   "(synthetic batches, no reading)")]
+                   "(synthetic batches, no reading: its fastest step)")]
     windows = f" ({p.val_passes:,.0f} windows)" if config.tile else ""
     progressive = f", progressive resizing from {min(p.sides)} px" if min(p.sides) < config.img_size else ""
     epochs = f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}"

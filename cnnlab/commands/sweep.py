@@ -3,7 +3,8 @@ two plots and a recommendation.
 
 Every size (for tiled runs: every pixel scale, at one tile size) trains with the same options and the same --time
 budget into OUT/size-<S>/ (OUT/scale-<X>/), so each gets the same wall-clock time: a larger image costs more per
-step and gets fewer epochs, which is the trade-off the sweep measures. From each run: its best validation
+step and gets fewer epochs, which is the trade-off the sweep measures. As with `train --time`, the budget includes
+building the run's image cache (each size has its own, decoded at that size). From each run: its best validation
 accuracy, that accuracy's 95% Wilson interval (the diagnosis's val_acc_interval), its epochs, its training time
 and its verdict. They go to OUT/sweep.json and OUT/sweep.md; OUT/sweep_size.png plots accuracy against the size,
 OUT/sweep_time.png against the training time; OUT/sweep.html shows everything (cnnlab.runs.sweep_page).
@@ -31,7 +32,7 @@ from cnnlab.files import write_json, write_text
 from cnnlab.models import create_model
 from cnnlab.runs.diagnosis import Verdict
 from cnnlab.runs.sweep_page import SWEEP_JSON, write_sweep_page
-from cnnlab.training.setup import check_tiles_fit
+from cnnlab.training.setup import check_tiles_fit, model_options
 
 RULE = ("the smallest size whose 95% interval of validation accuracy overlaps the interval of the size with the best "
         "validation accuracy: the validation set cannot tell the two apart, and the smaller one costs less")
@@ -71,10 +72,6 @@ class SweepResult:
     recommended: int
     out_dir: Path
     settings: dict
-
-    @property
-    def label(self) -> str:
-        return "scale" if self.settings.get("tile") else "image size"
 
     def describe(self) -> str:
         """The table and the recommendation, as Markdown."""
@@ -149,8 +146,7 @@ def _check_before_training(configs: list[TrainConfig], tile: int | None) -> None
     tiled runs an image that does not hold a tile at some scale."""
     for config in configs:
         with torch.device("meta"):  # only its minimum side: no weights allocated
-            model = create_model(config.model, 2, **({"dropout": config.dropout, "img_size": config.img_size}
-                                                    | config.model_options))
+            model = create_model(config.model, 2, **model_options(config))
         minimum = model.min_input_size
         if config.img_size < minimum:
             flag, value = ("--tile", tile) if tile else ("--img-size", config.img_size)
