@@ -13,6 +13,8 @@ The public API, one plain function per CLI command (same arguments):
     cnnlab.find_lr(data=...)                                                 # cnnlab lr-find
     cnnlab.check_dataset(root)                                               # cnnlab data check
     cnnlab.fit(resume=run_dir)                                               # cnnlab train --resume
+    cnnlab.plan(data=..., img_size=128, batch_size="auto")                   # cnnlab plan: memory, speed, time
+    cnnlab.sweep(data, "64,96,128", time="2m")                               # cnnlab sweep: which size is worth it
     cnnlab.read_run(run_dir)                                                 # a run folder, typed
     cnnlab.export(run_dir, out="model.onnx")                                 # cnnlab export (checked with onnxruntime)
     cnnlab.predict("model.onnx", [paths])                                    # cnnlab predict model.onnx
@@ -55,6 +57,8 @@ _EXPORTS = {
     "export": "cnnlab.commands.export",
     "serve": "cnnlab.commands.serve",
     "create_app": "cnnlab.commands.serve",
+    "plan": "cnnlab.commands.plan",
+    "sweep": "cnnlab.commands.sweep",
 }
 
 __all__ = ["CnnlabError", "ImageReadError", *_EXPORTS]

@@ -281,6 +281,28 @@ def _without_nproc(arguments: list[str]) -> list[str]:
 app.command("train", cls=Command)(train)
 
 
+def plan(ctx: typer.Context, **values: Any) -> None:
+    """Before training: will it fit, and how long will it take? Takes train's options and measures that run's
+    training step (memory: parameters, activations, optimizer state; speed) on this machine, then prints the
+    per-step memory against the free memory, images/s, the time of an epoch and of --epochs (or what fits in
+    --time), and the image cache's size on disk. --batch-size auto shows the batch train would pick.
+    """
+    from cnnlab.commands.plan import plan as plan_run
+
+    options = config_from_file(values["config"]) if values["config"] else {}
+    options |= _typed_options(ctx, values)
+    typer.echo(plan_run(TrainConfig(**options)).describe())
+
+
+plan.__signature__ = inspect.Signature([
+    inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+    *config_parameters(),
+    inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
+        None, help="Read options from this YAML file, as train does; flags override it.")),
+])
+app.command("plan", cls=Command)(plan)
+
+
 # --------------------------------------------------------------------------------------------
 # eval / predict / demo / models
 # --------------------------------------------------------------------------------------------
@@ -508,6 +530,38 @@ def compare_command(
                      device=device, workers=workers, overwrite=overwrite)
     typer.echo(result.describe())
     typer.echo(f"wrote {result.out_dir / 'compare.md'}, compare.json and compare.png")
+
+
+@app.command("sweep", cls=Command)
+def sweep_command(
+    data: str = typer.Option(..., help=_help("data")),
+    img_size: str = typer.Option("64,96,128", help="Image sizes to compare, comma-separated (each at least the "
+                                 "model's minimum)."),
+    tile: Optional[int] = typer.Option(None, help="Compare pixel scales instead: every run trains on tiles of this "
+                                       "side, at each --scale."),
+    scale: Optional[str] = typer.Option(None, help="With --tile: the pixel scales to compare, comma-separated (e.g. "
+                                        "0.25,0.5)."),
+    time: str = typer.Option("2m", help="Wall-clock budget of every run, the same for each size (e.g. 90s, 2m, 10m)."),
+    model: str = typer.Option(_d("model"), help=_help("model")),
+    model_option: list[str] = typer.Option([], help="Extra model option NAME=VALUE, repeatable (e.g. widths=[16,32])."),
+    batch_size: str = typer.Option(str(_d("batch_size")), help=_help("batch_size")),
+    seed: int = typer.Option(_d("seed"), help="Random seed, the same for every run."),
+    device: str = typer.Option(_d("device"), help=_help("device")),
+    workers: Optional[int] = typer.Option(_d("workers"), help=_help("workers")),
+    cache: str = typer.Option(_d("cache"), help=_help("cache")),
+    out: str = typer.Option("runs/sweep", help="Folder for one run per size and sweep.html, sweep.json, sweep.md."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the runs of an earlier sweep in --out."),
+) -> None:
+    """Which image size is worth its cost? Train at each size for the same --time, then a table, accuracy against
+    size and against training time, each run's verdict and a recommendation (the smallest size within the noise of
+    the best), on one self-contained page: OUT/sweep.html."""
+    from cnnlab.commands.sweep import sweep
+
+    result = sweep(data, img_size, time=time, tile=tile, scales=scale, out=out, overwrite=overwrite, model=model,
+                   model_options=_parse_model_options(model_option), batch_size=batch_size, seed=seed, device=device,
+                   workers=workers, cache=cache)
+    typer.echo(result.describe())
+    typer.echo(f"wrote {result.out_dir / 'sweep.html'}, sweep.json, sweep.md and the plots")
 
 
 @app.command("report", cls=Command)

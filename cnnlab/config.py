@@ -95,8 +95,8 @@ class TrainConfig:
     """Maximum number of passes over the training split."""
     time: str | None = None
     """Train for this wall-clock time instead of --epochs (e.g. 90s, 10m, 2h): the steps that fit are planned from the measured speed, so the learning-rate schedule still ends at the budget."""
-    batch_size: int = 32
-    """Images per optimisation step."""
+    batch_size: int | str = 32
+    """Images per optimisation step, or auto: the largest power of two whose measured training step fits 80% of the free memory (at most 256 on a CPU, where larger batches are no faster, and at least 8 steps an epoch)."""
     lr: float | str | None = None
     """Peak learning rate; None picks the optimizer's default, 'auto' runs the LR finder first."""
     optimizer: str = "adamw"
@@ -172,7 +172,14 @@ class TrainConfig:
         check_choice("cache", self.cache, CACHE_MODES)
         check_range("img_size", self.img_size, 8, 8192)
         check_range("epochs", self.epochs, 1)
-        check_range("batch_size", self.batch_size, 1)
+        if isinstance(self.batch_size, str) and self.batch_size != "auto":
+            try:
+                self.batch_size = int(self.batch_size)
+            except ValueError:
+                raise CnnlabError(f"batch_size={self.batch_size!r} is not a whole number; give e.g. 32, or 'auto' "
+                                  "for the largest batch that fits in memory") from None
+        if self.batch_size != "auto":
+            check_range("batch_size", self.batch_size, 1)
         check_range("dropout", self.dropout, 0.0, 1.0)
         check_range("val_fraction", self.val_fraction, 0.0, 0.9, low_open=True)
         check_range("weight_decay", self.weight_decay, 0.0)

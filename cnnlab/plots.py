@@ -333,3 +333,50 @@ def blend_map(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.nda
     (H, W, 3) uint8, for galleries."""
     colours = plt.get_cmap("inferno")(np.clip(heat, 0, 1))[..., :3]                      # (H, W, 3) in 0..1
     return (np.clip((1 - alpha) * image / 255.0 + alpha * colours, 0, 1) * 255).astype(np.uint8)
+
+
+# --- the resolution sweep: accuracy against image size and against training time --------------------------------------
+def sweep_accuracy(resolutions: list[float], accuracies: list[float], intervals: list[tuple[float, float]],
+                   best: int, recommended: int, path: str | os.PathLike, xlabel: str = "image size (px)",
+                   title: str = "", chance: float | None = None) -> Path:
+    """Best validation accuracy of each run against its resolution, with the 95% interval as an error bar; the
+    best run's interval shaded across the plot, so the runs inside it read at a glance, and the recommended run
+    ringed."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
+    low, high = intervals[best]
+    ax.axhspan(low, high, color="tab:green", alpha=0.12, label=f"interval of the best ({resolutions[best]:g})")
+    errors = np.array([[acc - lo for acc, (lo, _) in zip(accuracies, intervals)],
+                       [hi - acc for acc, (_, hi) in zip(accuracies, intervals)]]).clip(min=0)
+    ax.errorbar(resolutions, accuracies, yerr=errors, fmt="o-", capsize=4, ms=5, color="tab:blue",
+                label="best val accuracy, 95% interval")
+    ax.plot([resolutions[recommended]], [accuracies[recommended]], "o", ms=14, mfc="none", mec="tab:red", mew=2,
+            label=f"recommended ({resolutions[recommended]:g})")
+    if chance is not None:
+        ax.axhline(chance, color="grey", ls=":", lw=1, label=f"chance ({chance:.2f})")
+    ax.set_xticks(resolutions, [f"{r:g}" for r in resolutions])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("validation accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title or "accuracy against image size", fontsize=10)
+    return _save(fig, path)
+
+
+def sweep_curves(curves: dict[str, list[tuple[float, float]]], path: str | os.PathLike, title: str = "",
+                 chance: float | None = None) -> Path:
+    """Validation accuracy after each epoch against the training time so far, one line per resolution: which
+    size gets where, how fast."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
+    for label, points in curves.items():
+        ax.plot([t for t, _ in points], [acc for _, acc in points], "o-", ms=3, label=label)
+    if chance is not None:
+        ax.axhline(chance, color="grey", ls=":", lw=1, label=f"chance ({chance:.2f})")
+    ax.set_xlabel("training time (s, training and validation)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title or "accuracy against training time", fontsize=10)
+    return _save(fig, path)

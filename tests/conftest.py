@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import html
+import json
 import os
+import re
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +63,95 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --- headless Chromium: does a self-contained page render without errors? ----------------------------------------
+CHROMIUM = Path("/usr/bin/chromium")
+
+# Injected into a copy of the page, before the Content-Security-Policy <meta> (so the policy, which forbids
+# scripts, still applies to everything after it). It records errors, failed loads and CSP violations, and on
+# `load` writes what it found into a <pre> that --dump-dom returns.
+CHECK_SCRIPT = """<script>
+(function () {
+  var problems = [];
+  window.addEventListener('error', function (e) {
+    var t = e.target;
+    problems.push(t && t.tagName ? 'failed to load ' + t.tagName : 'error: ' + e.message);
+  }, true);
+  window.addEventListener('securitypolicyviolation', function (e) {
+    problems.push('blocked by CSP: ' + e.violatedDirective + ' ' + e.blockedURI);
+  });
+  ['error', 'warn'].forEach(function (level) {
+    var original = console[level];
+    console[level] = function () {
+      problems.push('console.' + level + ': ' + Array.prototype.join.call(arguments, ' '));
+      original.apply(console, arguments);
+    };
+  });
+  window.addEventListener('load', function () {
+    var result = {
+      problems: problems,
+      images: Array.prototype.map.call(document.images, function (i) {
+        return {alt: i.alt, complete: i.complete, width: i.naturalWidth, height: i.naturalHeight,
+                shown: i.getBoundingClientRect().width};
+      }),
+      sections: Array.prototype.map.call(document.querySelectorAll('section[id]'), function (s) {
+        var h = s.querySelector('h2');
+        return {id: s.id, heading: h ? h.textContent : '', height: s.getBoundingClientRect().height};
+      }),
+      height: document.documentElement.scrollHeight,
+      overflow: document.documentElement.scrollWidth > window.innerWidth
+    };
+    var pre = document.createElement('pre');
+    pre.id = 'cnnlab-check';
+    pre.textContent = JSON.stringify(result);
+    document.body.appendChild(pre);
+  });
+})();
+</script>
+"""
+
+
+
+class Chromium:
+    """Headless Chromium for a page: check(page) -> what CHECK_SCRIPT found (problems, images, sections, height,
+    overflow) and the browser's console lines; screenshot(page, height) -> a PNG of the real page."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp_path = tmp_path
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        profile = self.tmp_path / f"profile-{len(list(self.tmp_path.glob('profile-*')))}"
+        command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                   "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                   "--disable-sync", "--disable-extensions", "--hide-scrollbars", "--mute-audio",
+                   f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=180)
+
+    def check(self, page: Path) -> dict:
+        text = page.read_text(encoding="utf-8")
+        assert text.count("<head>\n") == 1
+        checked = self.tmp_path / f"checked-{page.name}"
+        checked.write_text(text.replace("<head>\n", "<head>\n" + CHECK_SCRIPT, 1), encoding="utf-8")
+        run = self.run("--virtual-time-budget=5000", "--window-size=1280,1000", "--dump-dom", checked.as_uri())
+        assert run.returncode == 0, run.stderr[-2000:]
+        match = re.search(r'<pre id="cnnlab-check">(.*?)</pre>', run.stdout, re.S)
+        assert match, f"the check script did not run; stderr: {run.stderr[-2000:]}"
+        result = json.loads(html.unescape(match.group(1)))
+        result["console"] = [line for line in run.stderr.splitlines() if "CONSOLE" in line]
+        return result
+
+    def screenshot(self, page: Path, height: int) -> Path:
+        path = self.tmp_path / f"{page.stem}_screenshot.png"
+        shot = self.run(f"--window-size=1280,{height}", f"--screenshot={path}", page.as_uri())
+        assert shot.returncode == 0 and path.is_file(), shot.stderr[-2000:]
+        return path
+
+
+@pytest.fixture
+def chromium(tmp_path):
+    """Headless Chromium (Chromium class); the test is skipped where it is not installed."""
+    if not CHROMIUM.exists():
+        pytest.skip("headless Chromium is not installed at /usr/bin/chromium "
+                    "(apt-get install -y chromium; CI's .ci/run installs it)")
+    return Chromium(tmp_path)

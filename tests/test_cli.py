@@ -33,6 +33,10 @@ def test_expected_commands_exist():
 EXPECTED_FLAGS = {
     "train": ["--data", "--model", "--img-size", "--resume", "--overwrite", "--config", "--freeze", "--augment-on",
               "--time", "--tile", "--scale", "--ema", "--no-ema", "--balance", "--mixup", "--cutmix"],
+    "plan": ["--data", "--model", "--img-size", "--tile", "--scale", "--batch-size", "--device", "--epochs", "--time",
+             "--config"],
+    "sweep": ["--data", "--img-size", "--tile", "--scale", "--time", "--model", "--model-option", "--batch-size",
+              "--out", "--overwrite"],
     "eval": ["--data", "--split", "--which", "--tta", "--max-bad"],
     "predict": ["--top-k", "--json", "--tta", "--max-bad", "--tiled", "--scale", "--heatmap", "--class"],
     "export": ["--format", "--out", "--which", "--data", "--tolerance"],

@@ -40,7 +40,8 @@ from cnnlab.training.state import load_training_checkpoint
 # --epochs only extends the run.
 RESUME_CHANGEABLE = ("epochs", "workers", "data", "cache", "cache_dir")
 # Options recorded resolved ("auto" -> bf16): giving the unresolved value again is giving the same value.
-RESOLVED_FROM = {"device": "auto", "precision": "auto", "cache": "auto", "workers": None, "channels_last": None}
+RESOLVED_FROM = {"device": "auto", "precision": "auto", "cache": "auto", "workers": None, "channels_last": None,
+                 "batch_size": "auto"}
 
 
 @dataclass

@@ -501,7 +501,8 @@ def _free_disk(root: Path) -> int:
     return 0
 
 
-def _available_memory() -> int:
+def available_memory() -> int:
+    """Bytes of memory available to new allocations without swapping (MemAvailable), 0 if unknown."""
     try:
         with open("/proc/meminfo", encoding="ascii") as handle:
             for line in handle:
@@ -521,11 +522,30 @@ def choose_mode(paths: list[str], size: int | float, root: Path) -> tuple[str, s
     free = _free_disk(root)
     if needed <= DISK_SHARE * free:
         return "disk", f"~{needed / 1e9:.2f} GB fits in the {free / 1e9:.0f} GB free"
-    memory = _available_memory()
+    memory = available_memory()
     if needed <= RAM_SHARE * memory:
         return "ram", f"~{needed / 1e9:.2f} GB is over half the {free / 1e9:.1f} GB free on disk but fits in memory"
     return "off", (f"~{needed / 1e9:.1f} GB of decoded images fits neither on disk ({free / 1e9:.1f} GB free) "
                    f"nor in memory ({memory / 1e9:.1f} GB available)")
+
+
+def _common_folder(paths: list[str]) -> str:
+    """The folder a store of these (absolute) paths is named after: the deepest one holding them all."""
+    folder = os.path.commonpath(paths)
+    return os.path.dirname(folder) if len(paths) == 1 or os.path.isfile(folder) else folder
+
+
+def stored_images(paths: list[str], size: int | float, cache_dir: str | None = None,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """How many of `paths` an existing disk store at `size` holds, current; reads its index, decodes nothing."""
+    if not paths:
+        return 0
+    paths = [os.path.abspath(path) for path in paths]
+    store = _find_store(cache_root(cache_dir), _common_folder(paths), size, max_pixels)
+    if store is None:
+        return 0
+    entries = _read_index(store)["entries"]
+    return sum(_is_current(entries.get(path), _file_stat(path)) for path in paths)
 
 
 def _warn(message: str) -> None:
@@ -546,9 +566,7 @@ def open_cache(paths: list[str], size: int | float, mode: str = "auto", *, cache
     if mode == "off" or not paths:
         return None
     paths = [os.path.abspath(path) for path in paths]
-    folder = os.path.commonpath(paths)
-    if len(paths) == 1 or os.path.isfile(folder):
-        folder = os.path.dirname(folder)
+    folder = _common_folder(paths)
     root = cache_root(cache_dir)
     existing = _find_store(root, folder, size, max_pixels) if mode in ("auto", "disk") else None
     if one_pass and existing is None:

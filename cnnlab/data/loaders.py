@@ -22,6 +22,8 @@ from torch.utils.data import BatchSampler, DataLoader, Sampler
 from cnnlab.data.dataset import ImageDataset, collate_skip_bad
 from cnnlab.signals import leave_signals_to_parent
 
+PREFETCH_FACTOR = 4  # batches each worker prepares ahead (what a worker holds in memory at most)
+
 
 def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
     """A torch.Generator seeded from (seed, epoch, stream) only."""
@@ -162,7 +164,7 @@ def make_loader(dataset: ImageDataset, batch_size: int, workers: int, *, train: 
         collate_fn=collate_skip_bad,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
+        prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
         # Ctrl-C, `timeout`, `kill -- -PGID`, systemd and Slurm signal the whole process group: a worker killed
         # by it would end the run with "DataLoader worker ... killed by signal" instead of a checkpoint
         worker_init_fn=leave_signals_to_parent if workers > 0 else None,

@@ -79,13 +79,17 @@ def measure_seconds_per_image(model: nn.Module, loader, pipeline, loss_fn: nn.Mo
     device = pipeline.device
     timed, images = 0.0, 0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        iterator = iter(loader)
+        iterator, read = iter(loader), 0
         for k in range(batches + 1):
             start = time.perf_counter()
             try:
                 batch = next(iterator)
-            except StopIteration:
-                break
+            except StopIteration:  # an epoch of fewer batches than the measurement: read it again
+                if not read:
+                    break
+                iterator, read = iter(loader), 0
+                batch = next(iterator)
+            read += 1
             if len(batch) == 0:
                 continue
             x = pipeline(batch.images, batch.seeds, train=True)
@@ -105,6 +109,16 @@ def measure_seconds_per_image(model: nn.Module, loader, pipeline, loss_fn: nn.Mo
     if images == 0:
         raise CnnlabError("could not time a training step for --time: no readable training images")
     return timed / images
+
+
+def measure_speed(model: nn.Module, loader, pipeline, loss_fn: nn.Module, full_side: int, small_side: int) -> Speed:
+    """The Speed of full training steps at `full_side` and, when progressive resizing starts smaller, at
+    `small_side` (measure_seconds_per_image at each)."""
+    full = measure_seconds_per_image(model, loader, pipeline, loss_fn)
+    small = measure_seconds_per_image(model, loader, pipeline, loss_fn, side=small_side) \
+        if small_side < full_side else full
+    # a smaller side never costs more: a measurement that says so caught a burst of other load on the cores
+    return Speed(full_side, full, small_side, min(small, full))
 
 
 def epoch_seconds(side: int, speed: Speed, train_images: int, val_images: int) -> float:

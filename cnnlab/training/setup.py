@@ -44,11 +44,12 @@ from cnnlab.models.weights import load_start_weights
 from cnnlab.training import distributed
 from cnnlab.training.device import Precision, compile_model, default_workers, resolve_device, resolve_precision
 from cnnlab.training.distributed import SINGLE, World
-from cnnlab.training.budget import Budget, Speed, measure_seconds_per_image, plan
+from cnnlab.training.budget import Budget, measure_speed, plan
 from cnnlab.training.budget import describe as describe_plan
 from cnnlab.training.ema import WeightAverage, decay_for
 from cnnlab.training.forward import InputPipeline, Logits
 from cnnlab.training.lr_find import suggest_lr_for_config
+from cnnlab.training.memory import MemoryProbe, choose_batch_size, step_spec
 from cnnlab.training.optim import DEFAULT_LR, build_optimizer, build_scheduler, epoch_sizes
 from cnnlab.training.record import CLASSES, CONFIG, DATASET, MODEL, model_metadata, new_run_dir
 from cnnlab.training.state import LoopState, TrainingCheckpoint, restore_training
@@ -275,16 +276,41 @@ def plan_budget(config: TrainConfig, model: nn.Module, loader: DataLoader, pipel
 
     def sides(epochs: int) -> list[int]:
         return epoch_sizes(epochs, config.img_size, model.min_input_size, config.progressive)
-    full = measure_seconds_per_image(model, loader, pipeline, loss_fn)
     smallest = min(sides(100))  # progressive resizing's first side (the full side when it is off)
-    small = measure_seconds_per_image(model, loader, pipeline, loss_fn, side=smallest) \
-        if smallest < config.img_size else full
-    speed = Speed(config.img_size, full, smallest, small)
+    speed = measure_speed(model, loader, pipeline, loss_fn, config.img_size, smallest)
     result = plan(seconds, time.monotonic() - started, speed, len(loader), config.batch_size,
                   len(loader.dataset), val_images, sides)
     if verbose:
         print(describe_plan(seconds, result), file=sys.stderr, flush=True)
     return Budget(seconds, started, result, sides, val_images)
+
+
+def auto_batch_size(config: TrainConfig, num_classes: int, device: torch.device, precision: Precision,
+                    train_images: int, workers: int, verbose: bool) -> int:
+    """--batch-size auto: the largest batch whose measured training step fits the free memory
+    (cnnlab.training.memory.choose_batch_size)."""
+    spec = step_spec(config, num_classes, precision, model_options(config), workers)
+    with MemoryProbe(spec, device) as probe:
+        choice = choose_batch_size(probe, train_images)
+    if verbose:
+        print(choice.describe(), file=sys.stderr, flush=True)
+    return choice.batch_size
+
+
+def shared_auto_batch_size(config: TrainConfig, num_classes: int, device: torch.device, precision: Precision,
+                           train_images: int, workers: int, world: World, verbose: bool) -> int:
+    """--batch-size auto with several processes: rank 0 measures one process's step, every process gets that
+    share (each GPU has its own memory; processes on one CPU share its memory, so each gets an equal part of
+    the batch that fits it) and the global batch is the share times the processes."""
+    if not world.distributed:
+        return auto_batch_size(config, num_classes, device, precision, train_images, workers, verbose)
+    share = None
+    if world.is_main:
+        share = auto_batch_size(config, num_classes, device, precision, train_images // world.world_size, workers,
+                                verbose)
+        if device.type != "cuda":
+            share = max(1, share // int(os.environ.get("LOCAL_WORLD_SIZE", world.world_size)))
+    return distributed.broadcast(share) * world.world_size
 
 
 def open_shared_cache(splits: DatasetSplits, config: TrainConfig, world: World, verbose: bool) -> CachedImages | None:
@@ -310,7 +336,7 @@ def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None
         raise CnnlabError("--weights and --pretrained both say which weights to start from; give only one")
     world, device_name = distributed.init(config.device)  # one process of several (torchrun, Slurm), or alone
     verbose = verbose and world.is_main  # one process speaks and writes the run folder
-    if config.batch_size % world.world_size:
+    if config.batch_size != "auto" and config.batch_size % world.world_size:
         raise CnnlabError(f"--batch-size {config.batch_size} is the global batch, shared by {world.world_size} "
                           f"processes: make it a multiple of {world.world_size}")
     device = resolve_device(device_name)
@@ -340,6 +366,9 @@ def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None
     if config.tile:
         check_tiles_fit(splits, config, cache)
     datasets = make_datasets(splits, config, cache)
+    if config.batch_size == "auto":  # measured now, with the image cache in memory, for the loaders below
+        config = dataclasses.replace(config, batch_size=shared_auto_batch_size(
+            config, len(splits.classes), device, precision, len(datasets["train"]), workers, world, verbose))
     pin = device.type == "cuda"
     batch = config.batch_size // world.world_size  # this process's share of the global batch
     counts = [n for n in splits.counts()["train"].values()]

@@ -212,11 +212,11 @@ def test_ram_cache_equals_disk_cache(folder):
 def test_auto_chooses_disk_then_ram_then_off(monkeypatch, tmp_path):
     need = cache_module.estimate_bytes(["x.jpg"] * 1000, 256)  # ~262 MB of decoded images
     monkeypatch.setattr(cache_module, "_free_disk", lambda root: 10 * need)
-    monkeypatch.setattr(cache_module, "_available_memory", lambda: 10 * need)
+    monkeypatch.setattr(cache_module, "available_memory", lambda: 10 * need)
     assert choose_mode(["x.jpg"] * 1000, 256, tmp_path)[0] == "disk"
     monkeypatch.setattr(cache_module, "_free_disk", lambda root: need)
     assert choose_mode(["x.jpg"] * 1000, 256, tmp_path)[0] == "ram"
-    monkeypatch.setattr(cache_module, "_available_memory", lambda: need)
+    monkeypatch.setattr(cache_module, "available_memory", lambda: need)
     assert choose_mode(["x.jpg"] * 1000, 256, tmp_path)[0] == "off"
 
 

@@ -8,7 +8,6 @@ import html
 import json
 import re
 import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -186,79 +185,10 @@ def test_report_of_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path):
 
 
 # --- in a real browser -------------------------------------------------------------------------------------------
-CHROMIUM = Path("/usr/bin/chromium")
-
-# Injected into a copy of the page, before the Content-Security-Policy <meta> (so the policy, which forbids
-# scripts, still applies to everything after it). It records errors, failed loads and CSP violations, and on
-# `load` writes what it found into a <pre> that --dump-dom returns.
-CHECK_SCRIPT = """<script>
-(function () {
-  var problems = [];
-  window.addEventListener('error', function (e) {
-    var t = e.target;
-    problems.push(t && t.tagName ? 'failed to load ' + t.tagName : 'error: ' + e.message);
-  }, true);
-  window.addEventListener('securitypolicyviolation', function (e) {
-    problems.push('blocked by CSP: ' + e.violatedDirective + ' ' + e.blockedURI);
-  });
-  ['error', 'warn'].forEach(function (level) {
-    var original = console[level];
-    console[level] = function () {
-      problems.push('console.' + level + ': ' + Array.prototype.join.call(arguments, ' '));
-      original.apply(console, arguments);
-    };
-  });
-  window.addEventListener('load', function () {
-    var result = {
-      problems: problems,
-      images: Array.prototype.map.call(document.images, function (i) {
-        return {alt: i.alt, complete: i.complete, width: i.naturalWidth, height: i.naturalHeight,
-                shown: i.getBoundingClientRect().width};
-      }),
-      sections: Array.prototype.map.call(document.querySelectorAll('section[id]'), function (s) {
-        var h = s.querySelector('h2');
-        return {id: s.id, heading: h ? h.textContent : '', height: s.getBoundingClientRect().height};
-      }),
-      height: document.documentElement.scrollHeight,
-      overflow: document.documentElement.scrollWidth > window.innerWidth
-    };
-    var pre = document.createElement('pre');
-    pre.id = 'cnnlab-check';
-    pre.textContent = JSON.stringify(result);
-    document.body.appendChild(pre);
-  });
-})();
-</script>
-"""
-
-
-def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
-    command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-               "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", "--disable-extensions", "--hide-scrollbars", "--mute-audio",
-               f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=180)
-
-
-def test_report_renders_in_headless_chromium(tiny_eval, tmp_path):
-    if not CHROMIUM.exists():
-        pytest.skip("headless Chromium is not installed at /usr/bin/chromium "
-                    "(apt-get install -y chromium; CI's .ci/run installs it)")
+def test_report_renders_in_headless_chromium(tiny_eval, chromium):
     report = tiny_eval.run_dir / "report.html"
-    text = report.read_text(encoding="utf-8")
-    assert text.count("<head>\n") == 1
-    checked = tmp_path / "checked.html"
-    checked.write_text(text.replace("<head>\n", "<head>\n" + CHECK_SCRIPT, 1), encoding="utf-8")
-
-    run = _chromium(tmp_path, "--virtual-time-budget=5000", "--window-size=1280,1000", "--dump-dom",
-                    checked.as_uri())
-    assert run.returncode == 0, run.stderr[-2000:]
-    match = re.search(r'<pre id="cnnlab-check">(.*?)</pre>', run.stdout, re.S)
-    assert match, f"the check script did not run; stderr: {run.stderr[-2000:]}"
-    result = json.loads(html.unescape(match.group(1)))
-    console = [line for line in run.stderr.splitlines() if "CONSOLE" in line]
-    assert result["problems"] == [] and console == [], (result["problems"], console)
+    result = chromium.check(report)
+    assert result["problems"] == [] and result["console"] == [], (result["problems"], result["console"])
     assert [s["id"] for s in result["sections"]] == list(SECTION_IDS)
     assert all(s["heading"] and s["height"] > 0 for s in result["sections"]), result["sections"]
     assert len(result["images"]) >= 4
@@ -268,10 +198,8 @@ def test_report_renders_in_headless_chromium(tiny_eval, tmp_path):
     assert not result["overflow"], "the page is wider than the window"
 
     # a full-page screenshot of the real page (no injected script) for a person to look at
-    screenshot = tmp_path / "report_screenshot.png"
     height = min(int(result["height"]) + 20, 16000)
-    shot = _chromium(tmp_path, f"--window-size=1280,{height}", f"--screenshot={screenshot}", report.as_uri())
-    assert shot.returncode == 0 and screenshot.is_file(), shot.stderr[-2000:]
+    screenshot = chromium.screenshot(report, height)
     with read_pil(screenshot) as image:
         assert image.size == (1280, height)
         assert image.convert("L").getextrema()[0] < 100  # not a blank page: dark text is there

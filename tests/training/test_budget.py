@@ -117,3 +117,27 @@ def test_a_budgeted_run_resumes_its_plan(tiny_data, tmp_path, monkeypatch):
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert len(read_metrics(run)) == config["epochs"]  # the plan, finished: no second measurement
     assert load_training_checkpoint(run).state.step == planned
+
+
+def test_an_epoch_shorter_than_the_measurement_is_read_again():
+    """A training set of one batch (a sweep on a small folder) is still timed: the loader is read again."""
+    import torch
+    from torch import nn
+
+    from cnnlab.data.dataset import Batch
+    from cnnlab.training.budget import MEASURE_BATCHES, measure_seconds_per_image
+    from cnnlab.training.device import resolve_precision
+    from cnnlab.training.forward import InputPipeline
+
+    reads = []
+
+    class OneBatch:
+        def __iter__(self):
+            reads.append(1)
+            yield Batch(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long),
+                        torch.arange(4), torch.arange(4))
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
+    pipeline = InputPipeline(torch.device("cpu"), resolve_precision("fp32", torch.device("cpu")))
+    assert measure_seconds_per_image(model, OneBatch(), pipeline, nn.CrossEntropyLoss()) > 0
+    assert len(reads) == MEASURE_BATCHES + 1
