@@ -56,7 +56,7 @@ def _read_error(dataset: ImageDataset, index: int) -> str:
 
 
 def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike], top_k: int = 3, which: str = "best",
-            batch_size: int = 32, device: str = "auto", workers: int = 0, cache: str | None = None,
+            batch_size: int = 32, device: str = "auto", workers: int | None = None, cache: str | None = None,
             tta: bool = False, tiled: bool = False, scale: float | None = None, heatmap: str | os.PathLike | None = None,
             heatmap_class: str | None = None, verbose: bool = False) -> list[dict]:
     """One row per input image, in order: {"path", "top": [{"class", "probability"}]} or {"path", "error"}.
@@ -67,6 +67,7 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike], top_k: 
     image. A run trained on tiles predicts by sliding its tile over the whole image at its scale; `tiled` (or a
     `scale`) does that for any run, with windows of its input size. `heatmap`: a folder for one PNG per image with the per-class
     probability of the window (the predicted class, or `heatmap_class`) over the image (rows get "heatmap").
+    `workers`: decoding processes (None: none for one batch of inputs, else as many as the cores allow).
     Check the rows with `check_failures` to apply the run's --max-bad.
     """
     if is_onnx_file(run_dir):
@@ -90,6 +91,8 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike], top_k: 
         tiles: dict[int, tuple] = {}
         on_image = (lambda index, positions, tile_logits: tiles.__setitem__(index, (positions, tile_logits))) \
             if heatmap is not None else None
+        if workers is None:  # decoding in worker processes pays for their start-up from the second batch on
+            workers = 0 if len(readable) <= batch_size else None
         outputs = trained.logits(trained.loader(dataset, batch_size, workers), "predict", show_progress=verbose,
                                  tta=tta, batch_size=batch_size, on_image=on_image)
         probabilities = torch.softmax(outputs.logits, dim=1) if len(outputs.indices) else None
