@@ -5,7 +5,7 @@
 Two parts, written to benchmarks/results/tiled.md:
 
   (1) accuracy  the small-object synth set (`cnnlab data synth --kind objects`: 3 classes decided by objects of
-                ~35 px scattered over 3000 px cluttered images). Two runs with the same epochs and every other
+                ~47 px scattered over 3000 px cluttered images). Two runs with the same epochs and every other
                 default: whole images resized to 224 px (objects ~2.6 px: nearly gone), and random 256 px tiles
                 cut at scale 0.25 (objects ~9 px), validated per image by the sliding window.
   (2) predict   one 8000x6000 JPEG, predicted with `cnnlab predict RUN big.jpg --scale 0.5` (256 px windows at
@@ -198,7 +198,7 @@ def report(args, data: Path, accuracy: list[dict], memory: dict, speed: dict, se
              f"{datetime.datetime.now():%Y-%m-%d %H:%M} (load average {load[0]:.1f} at the start, "
              f"{os.getloadavg()[0]:.1f} at the end).", "",
              f"## (1) Accuracy on the small-object set (`{data.name}`: 3 classes, chance 33 %)", "",
-             "Each image holds 12-24 copies of its class's shape, ~1/85 of the side, on clutter that contains "
+             "Each image holds 30-60 copies of its class's shape, ~1/64 of the side, on clutter that contains "
              "every class's colours. Same epochs, every other option the default (resnet9, batch augmentation, "
              "label smoothing, weight average, progressive resizing). Validation accuracy is per image (tile "
              "runs: the mean of the sliding window's logits).", "",

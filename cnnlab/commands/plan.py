@@ -37,7 +37,7 @@ from cnnlab.data.cache import POOL_MIN_FILES, cache_root, choose_mode, describe_
 from cnnlab.data.folders import DatasetSplits, find_samples
 from cnnlab.data.images import image_size
 from cnnlab.data.loaders import PREFETCH_FACTOR, make_loader
-from cnnlab.data.tiles import tile_positions
+from cnnlab.data.tiles import tile_draws, tile_positions
 from cnnlab.errors import CnnlabError
 from cnnlab.training.budget import FINISH_SECONDS, MEASURE_BATCHES, VALIDATION_SHARE, Plan, Speed, \
     epoch_seconds, measure_speed
@@ -103,6 +103,8 @@ class TrainingPlan:
     """The network alone, on synthetic batches at the full side."""
     val_passes: float
     """Validation images per epoch, or with --tile the windows slid over them."""
+    train_passes: float
+    """Training images per epoch, or with --tile the tiles an epoch draws (the tiles each image's area holds)."""
     sides: list[int]
     """Each epoch's training side (progressive resizing)."""
     cache: CachePlan
@@ -121,7 +123,7 @@ class TrainingPlan:
 
     def epoch_seconds(self, side: int | None = None) -> float:
         """One epoch at `side` (default: the full side): training, validation, its files."""
-        return epoch_seconds(side or self.config.img_size, self.speed, self.train_images, self.val_passes)
+        return epoch_seconds(side or self.config.img_size, self.speed, self.train_passes, self.val_passes)
 
     @property
     def run_seconds(self) -> float:
@@ -160,22 +162,24 @@ def plan(config: TrainConfig | None = None, *, verbose: bool = True, **options) 
     model = model.to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    speed, decode_seconds, windows = _measure_speed(runnable, splits, model, device, precision, cache.mode, workers)
+    speed, decode_seconds, windows, draws = _measure_speed(runnable, splits, model, device, precision, cache.mode,
+                                                           workers)
     cache = dataclasses.replace(cache, decode_seconds=decode_seconds)
     val_passes = len(splits.splits["val"]) * windows
+    train_passes = train_images * draws
     sides = epoch_sizes(config.epochs, config.img_size, model.min_input_size, config.progressive)
     result = TrainingPlan(config=runnable, data_name=Path(splits.root).name, classes=len(splits.classes),
                           train_images=train_images, val_images=len(splits.splits["val"]), device=str(device),
                           precision=precision.name, workers=workers, requested_batch=config.batch_size, step=step,
                           free_bytes=free, choice=choice, speed=speed, network_seconds_per_image=network,
-                          val_passes=val_passes, sides=sides, cache=cache)
+                          val_passes=val_passes, train_passes=train_passes, sides=sides, cache=cache)
     if config.time:
         def sides_of(epochs: int) -> list[int]:
             return epoch_sizes(epochs, config.img_size, model.min_input_size, config.progressive)
         # before it plans, a --time run builds its cache and times MEASURE_BATCHES + 1 batches at each side
         setup = cache.build_seconds + (MEASURE_BATCHES + 1) * batch * (speed.full + speed.small)
-        result.budget = plan_budget(parse_duration(config.time), setup, speed, math.ceil(train_images / batch), batch,
-                                    train_images, val_passes, sides_of)
+        result.budget = plan_budget(parse_duration(config.time), setup, speed, math.ceil(train_passes / batch), batch,
+                                    round(train_passes), val_passes, sides_of)
     return result
 
 
@@ -220,9 +224,11 @@ def _cache_plan(config: TrainConfig, splits: DatasetSplits) -> CachePlan:
 
 
 def _measure_speed(config: TrainConfig, splits: DatasetSplits, model, device: torch.device, precision,
-                   cache_mode: str, workers: int) -> tuple[Speed, float, float]:
+                   cache_mode: str, workers: int) -> tuple[Speed, float, float, float]:
     """(the Speed of full training steps on a sample of the training images, seconds to decode one of its files
-    for the cache, validation passes per image: 1, or with --tile the windows slid over an image)."""
+    for the cache, validation passes per image: 1, or with --tile the windows slid over an image, training
+    draws per image: 1, or with --tile the tiles an epoch draws from an image), the last two averaged over the
+    sample."""
     train = splits.splits["train"]
     files = random.Random(config.seed).sample(train, min(SAMPLE_FILES, len(train)))
     paths = [sample.path for sample in files]
@@ -243,14 +249,15 @@ def _measure_speed(config: TrainConfig, splits: DatasetSplits, model, device: to
     loss_fn = loss_function(config, resolve_balance(config.balance, counts), counts).to(device)
     smallest = min(epoch_sizes(100, config.img_size, model.min_input_size, config.progressive))
     speed = measure_speed(model, loader, input_pipeline(config, device, precision), loss_fn, config.img_size, smallest)
-    windows = 1.0
+    windows, draws = 1.0, 1.0
     if config.tile:
         shapes = [tuple(int(v) for v in cache.shapes[i]) for i in range(len(cache)) if i not in cache.problems] \
             if cache is not None else [_scaled_size(path, config) for path in paths]
         shapes = [shape for shape in shapes if shape is not None]
         windows = sum(len(tile_positions(h, w, config.tile, config.tile_overlap)) for h, w in shapes) / \
             max(len(shapes), 1)
-    return speed, decode_seconds, windows
+        draws = sum(tile_draws(h, w, config.tile) for h, w in shapes) / max(len(shapes), 1)
+    return speed, decode_seconds, windows, draws
 
 
 def _scaled_size(path: str, config: TrainConfig) -> tuple[int, int] | None:
@@ -310,15 +317,17 @@ def _describe(p: TrainingPlan) -> str:
     if speed.small_side < speed.full_side:
         measured += f", {1 / speed.small:,.0f} img/s at {speed.small_side} px"
     lines += [f"speed at batch {config.batch_size}:",
-              _row("training", f"{measured} (reading, augmenting, forward, backward, update)"),
-              _row("network alone", f"{1 / p.network_seconds_per_image:,.0f} img/s at {config.img_size} px "
-                   "(synthetic batches, no reading: its fastest step)")]
+              _row("training", f"{measured} (reading, augmenting, forward, backward, update)")]
+    if p.device.startswith("cuda"):  # on a CPU the measuring child maps every large block afresh: not its speed
+        lines.append(_row("network alone", f"{1 / p.network_seconds_per_image:,.0f} img/s at {config.img_size} px "
+                          "(synthetic batches, no reading: its fastest step)"))
     windows = f" ({p.val_passes:,.0f} windows)" if config.tile else ""
+    tiles = f" ({p.train_passes:,.0f} tiles)" if config.tile else ""
     progressive = f", progressive resizing from {min(p.sides)} px" if min(p.sides) < config.img_size else ""
     epochs = f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}"
     lines += ["time:",
               _row("an epoch", f"{_duration(p.epoch_seconds())} at {config.img_size} px (training "
-                   f"{_duration(p.train_images * speed.full)}, validating {p.val_images:,} images{windows} "
+                   f"{_duration(p.train_passes * speed.full)}{tiles}, validating {p.val_images:,} images{windows} "
                    f"{_duration(p.val_passes * speed.full * VALIDATION_SHARE)})"),
               _row(epochs, f"{_duration(p.run_seconds)}{progressive}, with the finish")]
     if p.budget is not None:

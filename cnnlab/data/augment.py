@@ -9,7 +9,7 @@ or process it lands in: resume and multi-process runs stay exact.
 The lecture preset, split between the workers and the device (augment_on="device"):
     workers  RandomResizedCrop(S, scale=(0.8, 1))              per image, cheap (cnnlab.data.transforms)
     device   horizontal flip (p 0.5)                            this module
-             rotation (+-10 degrees) [+ scale + translation]    one affine warp: affine_grid + grid_sample
+             rotation (+-10 degrees) [+ scale + translation]    one affine warp: a sampling grid + grid_sample
              brightness, contrast, saturation 0.2, hue 0.1      per-image colour transforms
 Approximations, each tested against torchvision's own per-image op on the same parameters
 (tests/data/test_augment.py):

@@ -44,8 +44,12 @@ class EpochSampler(Sampler):
     """
 
     def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 weights: torch.Tensor | None = None, batch_size: int = 1):
+                 weights: torch.Tensor | None = None, batch_size: int = 1, draws: torch.Tensor | None = None):
         self.size = size
+        # draws: how many times an epoch visits each sample (tiled runs: the tiles its image holds), each visit
+        # with its own seed; None = once each (then the epoch is exactly a permutation of 0..size-1)
+        self.draws = draws
+        self.total = int(draws.sum()) if draws is not None else size
         self.seed = seed
         self.epoch = 0
         self.rank = rank
@@ -60,10 +64,13 @@ class EpochSampler(Sampler):
     def _kept(self) -> tuple[torch.Tensor, torch.Tensor]:
         generator = epoch_generator(self.seed, self.epoch)
         if self.weights is None:
-            order = torch.randperm(self.size, generator=generator)
+            order = torch.randperm(self.total, generator=generator)
+            if self.draws is not None:  # positions of the visits -> their samples
+                order = torch.repeat_interleave(torch.arange(self.size), self.draws)[order]
         else:
-            order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
-        seeds = torch.randint(0, 2**62, (self.size,), generator=generator)
+            weights = self.weights if self.draws is None else self.weights * self.draws
+            order = torch.multinomial(weights, self.total, replacement=True, generator=generator)
+        seeds = torch.randint(0, 2**62, (self.total,), generator=generator)
         if self.skip:
             keep = torch.tensor([int(i) not in self.skip for i in order], dtype=torch.bool)
             order, seeds = order[keep], seeds[keep]
@@ -99,6 +106,12 @@ class ShardIndices(Sampler):
 
     def __len__(self) -> int:
         return len(self._kept()[self.rank::self.world_size])
+
+
+def samples_per_epoch(loader: DataLoader) -> int:
+    """Images (or tiles) one epoch of a training loader draws over all ranks; an evaluation loader's images."""
+    base = skip_sampler(loader).sampler
+    return base.total if isinstance(base, EpochSampler) else base.size
 
 
 def _index(item) -> int:
@@ -146,16 +159,17 @@ class SkipIndices(Sampler):
 
 def make_loader(dataset: ImageDataset, batch_size: int, workers: int, *, train: bool, seed: int = 0,
                 pin_memory: bool = False, rank: int = 0, world_size: int = 1,
-                sample_weights: torch.Tensor | None = None) -> DataLoader:
+                sample_weights: torch.Tensor | None = None, draws: torch.Tensor | None = None) -> DataLoader:
     """Training loader (EpochSampler) or evaluation loader (file order), this rank's share, complete.
 
     `batch_size` is this process's batch (the global batch / world_size); `sample_weights` (training) draws
-    samples in proportion to them.
+    samples in proportion to them; `draws` (training): visits of each sample per epoch (default once).
     The loader's own generator (seeded by `seed`) gives the workers
     their base seed: a DataLoader otherwise draws it from torch's global generator when an iterator
     starts, which would shift dropout's random numbers in a resumed run.
     """
-    base = EpochSampler(len(dataset), seed, rank, world_size, sample_weights, batch_size=batch_size * world_size) \
+    base = EpochSampler(len(dataset), seed, rank, world_size, sample_weights, batch_size=batch_size * world_size,
+                        draws=draws) \
         if train else ShardIndices(len(dataset), rank, world_size)
     return DataLoader(
         dataset,

@@ -1,7 +1,7 @@
 """The built-in datasets, one geometric shape class per image on a cluttered, textured background.
 
     kind "shapes"   one large shape per image (a quarter to half of the side): the default, for learning
-    kind "objects"  a dozen or more small copies of the class's shape (a few dozen pixels each, about 1/85 of
+    kind "objects"  30-60 small copies of the class's shape (a few dozen pixels each, about 1/64 of
                     the side) scattered over a large, cluttered image (use >= 3000 px): the class is decided
                     by detail that shrinking the image to 224 px erases, so whole-image training stays near
                     chance while tiles at the image's own scale see it (cnnlab train --tile)
@@ -309,8 +309,12 @@ def _check(classes: int, per_class: int, size: int, seed: int, val_fraction: flo
 KINDS = ("shapes", "objects")
 # Shapes whose small copies stay distinct from each other and from the clutter's ellipses and dots.
 OBJECT_SHAPES = ("cross", "star", "triangle", "square", "heart", "arrow", "bowtie")
-OBJECT_FRACTION_INVERSE = 85  # object extent: ~1/85 of the side, 35 px at 3000 px, 2.6 px once shrunk to 224
-OBJECTS_PER_IMAGE = (12, 24)
+# object extent: ~1/64 of the side, 47 px at 3000 px: 3.5 px once shrunk to 224 (a blob whose shape is gone),
+# 12 px in a tile cut at scale 0.25 (three patches of resnet9's 4 px stem: its shape still there)
+OBJECT_FRACTION_INVERSE = 64
+# enough that a 256 px tile at scale 0.25 (a ninth of a 3000 px image) holds 3-7 of them: a tile without any
+# would be a training example labelled with a class it does not show
+OBJECTS_PER_IMAGE = (30, 60)
 OBJECTS_MIN_SIZE = 512
 
 

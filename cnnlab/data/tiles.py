@@ -4,8 +4,10 @@ Shrinking a 4000x3000 photo or a microscope scan to 224 px loses whatever small 
 Tiled runs instead keep each image at a fixed pixel scale (1.0 = the file's own pixels; the decoded-image
 cache stores it once at that scale) and
 
-  train    on a random tile of `tile` x `tile` px per image and read, labelled with the image's class; every
-           epoch draws new tiles (the position is a pure function of the per-sample seed, like the crops);
+  train    on random tiles of `tile` x `tile` px, labelled with the image's class: an epoch draws from each image
+           as many tiles as its area holds (tile_draws), so an epoch covers every image about once, whatever
+           its size; every epoch draws new ones (the position is a pure function of the per-sample seed,
+           like the crops);
   predict  by sliding a `tile` window over the whole scaled image, `overlap` of a tile between neighbours,
            the last row and column of tiles shifted inward so they stay inside the image; the tiles' logits
            become the image's by their mean (or their max: "present anywhere").
@@ -21,6 +23,17 @@ import torch
 from cnnlab.errors import CnnlabError
 
 AGGREGATES = ("mean", "max")
+# An epoch draws at most this many tiles from one image: beyond it, an epoch of a folder of very large images
+# (a 4000x3000 photo holds 183 tiles of 256 px) would be a long time between validations and checkpoints;
+# more coverage then comes from more epochs.
+MAX_DRAWS = 64
+
+
+def tile_draws(height: int, width: int, tile: int) -> int:
+    """Tiles an epoch draws from a (height, width) image (at its scale): the tiles its area holds, rounded,
+    between 1 and MAX_DRAWS. One tile per image would make an epoch of 3000 px images at scale 0.25 see an
+    eighth of each image."""
+    return max(1, min(MAX_DRAWS, round(height * width / (tile * tile))))
 
 
 def positions_1d(length: int, tile: int, stride: int) -> list[int]:

@@ -21,7 +21,7 @@ from torch import nn
 
 from cnnlab import plots
 from cnnlab.data.augment import mix_batch
-from cnnlab.data.loaders import skip_sampler
+from cnnlab.data.loaders import samples_per_epoch, skip_sampler
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_yaml
 from cnnlab.models.weights import save_weights
@@ -278,7 +278,7 @@ def _check_plan(run: Run, epoch: int, actual: float) -> None:
     budget, state, parts, config = run.budget, run.state, run.parts, run.config
     state.budget_replanned = True
     side = budget.sides(config.epochs)[epoch - 1]
-    train_images, val_images = len(run.train_loader.dataset), len(run.val_loader.dataset)
+    train_images, val_images = samples_per_epoch(run.train_loader), len(run.val_loader.dataset)
     planned = epoch_seconds(side, budget.plan.speed, train_images, val_images)
     actual = distributed.broadcast(actual)  # rank 0's clock decides for all
     if not replan_needed(planned, actual):

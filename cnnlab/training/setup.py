@@ -31,9 +31,9 @@ from cnnlab.data.dataset import ImageDataset
 from cnnlab.data.folders import DatasetSplits, find_samples
 from cnnlab.data.augment import for_preset
 from cnnlab.data.findings import IMBALANCE_RATIO
-from cnnlab.data.loaders import make_loader
+from cnnlab.data.loaders import make_loader, samples_per_epoch
 from cnnlab.data.images import image_size
-from cnnlab.data.tiles import check_fits
+from cnnlab.data.tiles import check_fits, tile_draws
 from cnnlab.data.transforms import (Preprocessing, decode_size, eval_transform, tile_train_transform, train_transform,
                                     whole_image_transform)
 from cnnlab.data.unreadable import UnreadableImages
@@ -114,25 +114,32 @@ def preprocessing_of(config: TrainConfig) -> Preprocessing:
     return Preprocessing.for_size(config.img_size)
 
 
-def check_tiles_fit(splits: DatasetSplits, config: TrainConfig, cache: CachedImages | None) -> None:
-    """Tiled runs: every image at --scale must hold one tile (a clear error naming the first that does not)."""
+def check_tiles_fit(splits: DatasetSplits, config: TrainConfig, cache: CachedImages | None) -> dict[str, tuple[int, int]]:
+    """Tiled runs: every image at --scale must hold one tile (a clear error naming the first that does not).
+    Returns each readable image's (height, width) at --scale, by path."""
     samples = [sample for split_samples in splits.splits.values() for sample in split_samples]
     paths = [sample.path for sample in samples]
     if cache is not None:
         view = cache.select(paths)
         readable = [i for i in range(len(paths)) if i not in view.problems]
         sizes = [tuple(int(v) for v in view.shapes[i]) for i in readable]
-        check_fits(sizes, [paths[i] for i in readable], config.tile, config.scale)
-        return
-    sizes, kept = [], []
-    for path in paths:
-        try:
-            width, height = image_size(path, config.max_pixels)
-        except CnnlabError:
-            continue  # unreadable: skipped and counted as training reads it
-        sizes.append((round(height * config.scale), round(width * config.scale)))
-        kept.append(path)
+        kept = [paths[i] for i in readable]
+    else:
+        sizes, kept = [], []
+        for path in paths:
+            try:
+                width, height = image_size(path, config.max_pixels)
+            except CnnlabError:
+                continue  # unreadable: skipped and counted as training reads it
+            sizes.append((round(height * config.scale), round(width * config.scale)))
+            kept.append(path)
     check_fits(sizes, kept, config.tile, config.scale)
+    return dict(zip(kept, sizes))
+
+
+def tile_draws_per_sample(samples: list, sizes: dict[str, tuple[int, int]], tile: int) -> torch.Tensor:
+    """Tiles an epoch draws from each training image (cnnlab.data.tiles.tile_draws; 1 for an unreadable one)."""
+    return torch.tensor([tile_draws(*sizes[sample.path], tile) if sample.path in sizes else 1 for sample in samples])
 
 
 def open_training_cache(splits: DatasetSplits, config: TrainConfig, only: tuple[str, ...] | None = None,
@@ -279,7 +286,7 @@ def plan_budget(config: TrainConfig, model: nn.Module, loader: DataLoader, pipel
     smallest = min(sides(100))  # progressive resizing's first side (the full side when it is off)
     speed = measure_speed(model, loader, pipeline, loss_fn, config.img_size, smallest)
     result = plan(seconds, time.monotonic() - started, speed, len(loader), config.batch_size,
-                  len(loader.dataset), val_images, sides)
+                  samples_per_epoch(loader), val_images, sides)
     if verbose:
         print(describe_plan(seconds, result), file=sys.stderr, flush=True)
     return Budget(seconds, started, result, sides, val_images)
@@ -363,12 +370,14 @@ def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None
         workers = max(0, workers // int(os.environ.get("LOCAL_WORLD_SIZE", world.world_size))) \
             if config.workers is None else workers
     cache = open_shared_cache(splits, config, world, verbose)
-    if config.tile:
-        check_tiles_fit(splits, config, cache)
+    draws = None
+    if config.tile:  # each training image as many tiles per epoch as its area holds
+        draws = tile_draws_per_sample(splits.splits["train"], check_tiles_fit(splits, config, cache), config.tile)
     datasets = make_datasets(splits, config, cache)
+    train_draws = int(draws.sum()) if draws is not None else len(datasets["train"])
     if config.batch_size == "auto":  # measured now, with the image cache in memory, for the loaders below
         config = dataclasses.replace(config, batch_size=shared_auto_batch_size(
-            config, len(splits.classes), device, precision, len(datasets["train"]), workers, world, verbose))
+            config, len(splits.classes), device, precision, train_draws, workers, world, verbose))
     pin = device.type == "cuda"
     batch = config.batch_size // world.world_size  # this process's share of the global batch
     counts = [n for n in splits.counts()["train"].values()]
@@ -377,7 +386,8 @@ def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None
     if balance.mode == "sampler":  # per-sample weights: 1 / (images of the sample's class)
         weights = torch.tensor([1.0 / counts[sample.label] for sample in splits.splits["train"]])
     loaders = {"train": make_loader(datasets["train"], batch, workers, train=True, seed=config.seed, pin_memory=pin,
-                                    rank=world.rank, world_size=world.world_size, sample_weights=weights),
+                                    rank=world.rank, world_size=world.world_size, sample_weights=weights,
+                                    draws=draws),
                # tiled runs validate whole images, one per batch (the window cuts each into tiles)
                "val": make_loader(datasets["val"], 1 if config.tile else batch * 2, workers, train=False,
                                   seed=config.seed, pin_memory=pin, rank=world.rank, world_size=world.world_size)}
@@ -435,12 +445,14 @@ def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None
         run.state.planned_steps = total_steps
     run.write_dataset_info()
     n_params = sum(p.numel() for p in model.parameters())
-    run.log(f"training {config.model} ({n_params:,} parameters) on {len(datasets['train'])} train / "
+    tiles = f" ({train_draws:,} tiles per epoch: the tiles each image's area holds)" if config.tile else ""
+    run.log(f"training {config.model} ({n_params:,} parameters) on {len(datasets['train'])} train{tiles} / "
             f"{len(datasets['val'])} val images, {len(splits.classes)} classes, {config.img_size}px, "
             f"{device} {precision.name}, {workers} workers -> {run_dir}")
-    if config.batch_size > len(datasets["train"]):
-        run.log(f"note: --batch-size {config.batch_size} is larger than the {len(datasets['train'])} training "
-                "images, so every epoch is a single step; a smaller batch takes more steps per epoch")
+    if config.batch_size > train_draws:
+        what = "tiles an epoch draws" if config.tile else "training images"
+        run.log(f"note: --batch-size {config.batch_size} is larger than the {train_draws} {what}, so every epoch "
+                "is a single step; a smaller batch takes more steps per epoch")
     if start_note:
         run.log(start_note)
     if balance.mode != "off":

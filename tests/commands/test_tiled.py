@@ -23,7 +23,7 @@ TILED = {"model": "simple_cnn", "model_options": {"widths": [8, 16, 32]}, "tile"
 
 @pytest.fixture(scope="module")
 def objects(tmp_path_factory):
-    """2 classes x 8 images of 512 px with small shapes (6 px at 512 / 85)."""
+    """2 classes x 8 images of 512 px with small shapes (8 px at 512 / 64)."""
     from cnnlab.data.synth import synthesize
 
     root = tmp_path_factory.mktemp("objects") / "objects"
@@ -91,3 +91,16 @@ def test_any_run_can_predict_tiled(tiny_run, tiny_data):
     image = next((tiny_data / "val" / "circle").iterdir())  # 64 px; the run's input is 32 px
     rows = predict(tiny_run.run_dir, [image], tiled=True, scale=1.0)
     assert len(rows[0]["top"]) == 3
+
+
+def test_an_epoch_covers_every_image_once(objects, tmp_path):
+    from cnnlab.config import TrainConfig
+    from cnnlab.data.loaders import samples_per_epoch
+    from cnnlab.training.setup import prepare
+
+    options = {k: v for k, v in TILED.items() if k != "verbose"}
+    run = prepare(TrainConfig(data=str(objects), epochs=1, out=str(tmp_path / "run"), **options), verbose=False)
+    # 12 training images of 512 px at scale 0.5: 256 x 256 px, the area of round(65,536 / 48^2) = 28 tiles each
+    assert len(run.splits.splits["train"]) == 12
+    assert samples_per_epoch(run.train_loader) == 12 * 28
+    assert len(run.train_loader) == 12 * 28 // 8

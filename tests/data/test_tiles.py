@@ -81,3 +81,30 @@ def test_images_are_decoded_at_the_scale_asked(tmp_path):
     full = read_image(tmp_path / "big.jpg").float()
     area = torch.nn.functional.avg_pool2d(full[None], 2)[0]
     assert (read_image(tmp_path / "big.jpg", scale=0.5).float() - area).abs().mean() < 3
+
+
+def test_an_epoch_draws_the_tiles_an_image_holds():
+    from cnnlab.data.tiles import MAX_DRAWS, tile_draws
+
+    assert tile_draws(48, 48, 48) == 1 and tile_draws(48, 60, 48) == 1  # one tile's area, a little more
+    assert tile_draws(750, 750, 256) == 9  # 562,500 / 65,536 = 8.6
+    assert tile_draws(256, 512, 256) == 2
+    assert tile_draws(6000, 8000, 256) == MAX_DRAWS  # 732 tiles' area: capped
+
+
+def test_the_epoch_sampler_visits_each_sample_its_draws_with_its_own_seeds():
+    from cnnlab.data.loaders import EpochSampler
+
+    once = list(EpochSampler(5, seed=3))
+    assert list(EpochSampler(5, seed=3, draws=torch.ones(5, dtype=torch.long))) == once  # the same epoch as before
+    draws = torch.tensor([1, 3, 2, 1, 4])
+    sampler = EpochSampler(5, seed=3, draws=draws)
+    visits = list(sampler)
+    assert sampler.total == 11 and len(visits) == 11
+    assert [sum(1 for index, _ in visits if index == k) for k in range(5)] == draws.tolist()
+    assert len({seed for _, seed in visits}) == 11  # every visit its own tile
+    sampler.skip = {1}  # an unreadable image leaves with all its visits
+    assert sorted({index for index, _ in sampler}) == [0, 2, 3, 4] and len(list(sampler)) == 8
+    shares = [list(EpochSampler(5, seed=3, rank=r, world_size=2, draws=draws, batch_size=2)) for r in (0, 1)]
+    # two ranks split the same visits (the last one dropped: a global batch of 2 must give both ranks one)
+    assert sorted(shares[0] + shares[1]) == sorted(visits[:10])
