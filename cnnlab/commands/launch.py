@@ -25,6 +25,9 @@ def launch(nproc: int, arguments: list[str]) -> int:
     if nproc > available:
         raise CnnlabError(f"--nproc {nproc} is more than the {available} {what} of this machine; use at most "
                           f"{available} (one process per {'GPU' if torch.cuda.is_available() else 'core'})")
+    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
+        # the processes share the cores: each gets its part (torchrun would set 1 and print a warning about it)
+        os.environ["OMP_NUM_THREADS"] = str(max(1, available // nproc))
     args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "--module", "cnnlab",
                                          *arguments])
     try:
