@@ -126,6 +126,17 @@ def set_frozen(model: nn.Module, frozen: bool) -> None:
                 module.eval()
 
 
+def smaller_side(images: torch.Tensor, side: int, keep_scale: bool) -> torch.Tensor:
+    """Progressive resizing's (N, 3, S, S) -> (N, 3, side, side). Whole images are resized (bilinear, antialiased):
+    the same view, fewer pixels. Tiles are centre-cropped instead: a tiled run's pixel scale is what it is for
+    (an object 12 px wide in a tile must stay 12 px, or the network learns it at a size prediction never shows)."""
+    if keep_scale:
+        top = (images.shape[-2] - side) // 2
+        left = (images.shape[-1] - side) // 2
+        return images[..., top:top + side, left:left + side]
+    return nn.functional.interpolate(images, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+
+
 def train_one_epoch(run: Run, epoch: int, stop: StopOnSignal | None = None) -> bool:
     """Train on epoch `epoch` from batch state.batches_done on; False if a stop signal came first."""
     parts, state, loader, config = run.parts, run.state, run.train_loader, run.config
@@ -153,9 +164,8 @@ def train_one_epoch(run: Run, epoch: int, stop: StopOnSignal | None = None) -> b
                 return False
             if not empty:
                 images = parts.pipeline(batch.images, batch.seeds, train=True)  # (N, 3, S, S) on the device
-                if side != images.shape[-1]:  # (N, 3, side, side): bilinear with antialiasing, as a resize
-                    images = nn.functional.interpolate(images, size=(side, side), mode="bilinear", antialias=True,
-                                                       align_corners=False)
+                if side != images.shape[-1]:
+                    images = smaller_side(images, side, keep_scale=bool(config.tile))
                 targets = None
                 if config.mixup or config.cutmix:
                     images, targets = mix_batch(images, batch.labels.to(images.device), batch.seeds,

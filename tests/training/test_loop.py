@@ -135,3 +135,16 @@ def test_weights_for_another_model_are_refused_clearly(tiny_run, tiny_data, tmp_
     (tmp_path / "cut.safetensors").write_bytes((tiny_run.run_dir / "best.safetensors").read_bytes()[:300])
     with pytest.raises(CnnlabError, match=f"weights file {tmp_path / 'cut.safetensors'} is damaged"):
         fit(data=str(tiny_data), epochs=1, weights=str(tmp_path / "cut.safetensors"), out=str(tmp_path / "c"), **TINY)
+
+
+def test_progressive_resizing_crops_tiles_and_resizes_whole_images():
+    from cnnlab.training.loop import smaller_side
+
+    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    crop = smaller_side(images, 4, keep_scale=True)  # a tile keeps its pixel scale: the centre 4 x 4
+    assert torch.equal(crop, images[..., 2:6, 2:6])
+    resized = smaller_side(images, 4, keep_scale=False)  # a whole image keeps its view: every pixel averaged in
+    assert resized.shape == (2, 3, 4, 4)
+    # a linear ramp stays a ramp over the whole range (a crop would keep only its middle)
+    assert resized[0, 0, 0, 0] < images[0, 0, 2, 2] and resized[0, 0, -1, -1] > images[0, 0, 5, 5]
+    assert torch.allclose(resized.mean(dim=(2, 3)), images.mean(dim=(2, 3)), atol=1e-3)
