@@ -22,7 +22,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from cnnlab import __version__
 from cnnlab.config import TrainConfig, config_from_file, default, field_docs
 from cnnlab.errors import CnnlabError
-from cnnlab.signals import Terminated, TrainingInterrupted, raise_on_sigterm
+from cnnlab.signals import Terminated, TrainingInterrupted, raise_on_sigterm, terminated
 
 
 class _ReadableHelp:
@@ -655,7 +655,13 @@ def main() -> None:
     Ctrl-C end a command after its cleanup, with one line and exit 143 or 130."""
     raise_on_sigterm()
     try:
-        app()
+        try:
+            app()
+        except SystemExit as done:
+            if done.code not in (0, None) or not terminated():
+                raise
+        if terminated():  # SIGTERM came but its exception was lost (see signals.terminated): still a stop
+            raise Terminated("SIGTERM: stopped")
     except CnnlabError as error:
         if os.environ.get("RANK", "0") == "0":  # of several training processes, rank 0 speaks for all
             typer.echo(f"error: {error}", err=True)

@@ -54,11 +54,32 @@ def raise_on_sigterm() -> None:
     pid = os.getpid()
 
     def handler(signum: int, frame) -> None:
+        global _terminated
         if os.getpid() == pid:
+            _terminated = True
             raise Terminated("SIGTERM: stopped")
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
+        sys.unraisablehook = _quiet_when_terminated
+
+
+_terminated = False
+
+
+def terminated() -> bool:
+    """Has SIGTERM reached this process since raise_on_sigterm()? True even when the Terminated it raised was
+    lost: a signal that lands in a weakref callback or __del__ (e.g. inside the import machinery) has its
+    exception printed and dropped by Python, and the command would run on and exit 0."""
+    return _terminated
+
+
+def _quiet_when_terminated(unraisable, _default=sys.unraisablehook) -> None:
+    """sys.unraisablehook: a Terminated that Python had to drop is not an error to print (terminated() keeps
+    it); anything else goes to the default hook."""
+    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, Terminated):
+        return
+    _default(unraisable)
 
 
 def leave_signals_to_parent(*_args) -> None:

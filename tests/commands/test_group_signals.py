@@ -81,3 +81,27 @@ def test_a_group_sigterm_ends_the_command_cleanly(command, noisy_folder, tiny_ru
     left = sorted(p.name for p in Path(tiny_run.run_dir).iterdir())
     assert not [name for name in left if name.endswith(".tmp") or name.startswith(".tmp")], left
     assert set(before) <= set(left)  # nothing the run had is lost
+
+
+def test_a_sigterm_whose_exception_python_drops_still_ends_the_command_with_143():
+    """A signal that lands in a weakref callback or __del__ (the import machinery has such callbacks) raises where
+    Python can only print and drop the exception: the command must still end as stopped, without a traceback."""
+    script = """
+import os, signal, sys
+import cnnlab.cli as cli
+
+class Dropping:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, inside __del__: its exception is dropped
+
+def command():
+    Dropping()
+    print("the command ran on")
+
+cli.app = command
+cli.main()
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 143, result.stderr
+    assert "the command ran on" in result.stdout  # the exception was dropped: it did not stop the command
+    assert result.stderr.strip() == "SIGTERM: stopped", result.stderr
