@@ -55,9 +55,15 @@ def raise_on_sigterm() -> None:
 
     def handler(signum: int, frame) -> None:
         global _terminated
-        if os.getpid() == pid:
-            _terminated = True
-            raise Terminated("SIGTERM: stopped")
+        if os.getpid() != pid:
+            return
+        _terminated = True
+        if _importing(frame):
+            # raised inside an import, the exception can cross C++ module initialisation (torch's), which aborts
+            # the process, or a weakref callback, which drops it: ask again once the import is done
+            threading.Timer(RETRY_SECONDS, os.kill, (pid, signal.SIGTERM)).start()
+            return
+        raise Terminated("SIGTERM: stopped")
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
@@ -65,6 +71,16 @@ def raise_on_sigterm() -> None:
 
 
 _terminated = False
+RETRY_SECONDS = 0.05
+
+
+def _importing(frame) -> bool:
+    """Is the main thread inside an import (any frame of importlib's machinery on the stack)?"""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def terminated() -> bool:

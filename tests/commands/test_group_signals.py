@@ -105,3 +105,31 @@ cli.main()
     assert result.returncode == 143, result.stderr
     assert "the command ran on" in result.stdout  # the exception was dropped: it did not stop the command
     assert result.stderr.strip() == "SIGTERM: stopped", result.stderr
+
+
+def test_a_sigterm_during_an_import_waits_for_the_import():
+    """Raised inside an import, the exception could cross torch's C++ module initialisation (std::terminate, exit
+    134): the handler asks again once the import is done, and the command ends with 143."""
+    script = """
+import os, signal, sys, importlib, tempfile, pathlib
+import cnnlab.cli as cli
+
+folder = pathlib.Path(tempfile.mkdtemp())
+(folder / "slow_module.py").write_text("import os, signal, time\\nos.kill(os.getpid(), signal.SIGTERM)\\n"
+                                       "time.sleep(0.3)\\nDONE = True\\n")
+sys.path.insert(0, str(folder))
+
+def command():
+    import slow_module
+    print("imported", slow_module.DONE)
+    import time
+    time.sleep(5)
+    print("not reached")
+
+cli.app = command
+cli.main()
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 143, result.stderr
+    assert "imported True" in result.stdout and "not reached" not in result.stdout  # the import finished first
+    assert result.stderr.strip() == "SIGTERM: stopped", result.stderr
