@@ -248,7 +248,8 @@ def _measure_speed(config: TrainConfig, splits: DatasetSplits, model, device: to
     counts = list(splits.counts()["train"].values())
     loss_fn = loss_function(config, resolve_balance(config.balance, counts), counts).to(device)
     smallest = min(epoch_sizes(100, config.img_size, model.min_input_size, config.progressive))
-    speed = measure_speed(model, loader, input_pipeline(config, device, precision), loss_fn, config.img_size, smallest)
+    speed = measure_speed(model, loader, input_pipeline(config, device, precision), loss_fn, config.img_size, smallest,
+                          keep_scale=bool(config.tile))
     windows, draws = 1.0, 1.0
     if config.tile:
         shapes = [tuple(int(v) for v in cache.shapes[i]) for i in range(len(cache)) if i not in cache.problems] \

@@ -27,6 +27,7 @@ from torch import nn
 
 from cnnlab.config import format_duration
 from cnnlab.errors import CnnlabError
+from cnnlab.training.forward import smaller_side
 
 VALIDATION_SHARE = 1 / 3  # a forward pass without gradients costs about a third of a training step
 FINISH_SECONDS = 3.0  # evaluation files, plots, layer table, preview and report at the end of the run
@@ -70,9 +71,9 @@ class Plan:
 
 
 def measure_seconds_per_image(model: nn.Module, loader, pipeline, loss_fn: nn.Module, side: int | None = None,
-                              batches: int = MEASURE_BATCHES) -> float:
+                              batches: int = MEASURE_BATCHES, keep_scale: bool = False) -> float:
     """Seconds per image of full training steps (loading, augmentation, forward, backward, update) on a copy of
-    `model` with its own optimizer, at the loader's side or resized to `side`; the run's weights, optimizer and
+    `model` with its own optimizer, at the loader's side or brought to `side` as training does (smaller_side: tiles, `keep_scale`, cropped); the run's weights, optimizer and
     random numbers are untouched."""
     work = copy.deepcopy(model).train()
     optimizer = torch.optim.AdamW(work.parameters(), lr=1e-6)
@@ -94,7 +95,7 @@ def measure_seconds_per_image(model: nn.Module, loader, pipeline, loss_fn: nn.Mo
                 continue
             x = pipeline(batch.images, batch.seeds, train=True)
             if side is not None and side != x.shape[-1]:
-                x = nn.functional.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+                x = smaller_side(x, side, keep_scale)
             with pipeline.precision.autocast(device):
                 loss = loss_fn(work(x).float(), batch.labels.to(device))
             optimizer.zero_grad(set_to_none=True)
@@ -111,11 +112,12 @@ def measure_seconds_per_image(model: nn.Module, loader, pipeline, loss_fn: nn.Mo
     return timed / images
 
 
-def measure_speed(model: nn.Module, loader, pipeline, loss_fn: nn.Module, full_side: int, small_side: int) -> Speed:
+def measure_speed(model: nn.Module, loader, pipeline, loss_fn: nn.Module, full_side: int, small_side: int,
+                  keep_scale: bool = False) -> Speed:
     """The Speed of full training steps at `full_side` and, when progressive resizing starts smaller, at
     `small_side` (measure_seconds_per_image at each)."""
     full = measure_seconds_per_image(model, loader, pipeline, loss_fn)
-    small = measure_seconds_per_image(model, loader, pipeline, loss_fn, side=small_side) \
+    small = measure_seconds_per_image(model, loader, pipeline, loss_fn, side=small_side, keep_scale=keep_scale) \
         if small_side < full_side else full
     # a smaller side never costs more: a measurement that says so caught a burst of other load on the cores
     return Speed(full_side, full, small_side, min(small, full))

@@ -137,3 +137,14 @@ def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float
     loss = nn.functional.cross_entropy(logits, labels).item()
     accuracy = (logits.argmax(1) == labels).float().mean().item()
     return loss, accuracy
+
+
+def smaller_side(images: torch.Tensor, side: int, keep_scale: bool) -> torch.Tensor:
+    """Progressive resizing's (N, 3, S, S) -> (N, 3, side, side). Whole images are resized (bilinear, antialiased):
+    the same view, fewer pixels. Tiles are centre-cropped instead: a tiled run's pixel scale is what it is for
+    (an object 12 px wide in a tile must stay 12 px, or the network learns it at a size prediction never shows)."""
+    if keep_scale:
+        top = (images.shape[-2] - side) // 2
+        left = (images.shape[-1] - side) // 2
+        return images[..., top:top + side, left:left + side]
+    return nn.functional.interpolate(images, size=(side, side), mode="bilinear", antialias=True, align_corners=False)

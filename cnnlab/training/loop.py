@@ -25,7 +25,7 @@ from cnnlab.data.loaders import samples_per_epoch, skip_sampler
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_yaml
 from cnnlab.models.weights import save_weights
-from cnnlab.training.forward import Logits, collect_logits, collect_tiled_logits
+from cnnlab.training.forward import Logits, collect_logits, collect_tiled_logits, smaller_side
 from cnnlab.training.budget import CHECK_AFTER_EPOCH, corrected_speed, epoch_seconds, plan, replan_needed
 from cnnlab.training.ema import decay_for
 from cnnlab.training.optim import epoch_sizes, set_schedule_length
@@ -124,17 +124,6 @@ def set_frozen(model: nn.Module, frozen: bool) -> None:
         for module in model.modules():
             if module not in head_modules and module is not model:
                 module.eval()
-
-
-def smaller_side(images: torch.Tensor, side: int, keep_scale: bool) -> torch.Tensor:
-    """Progressive resizing's (N, 3, S, S) -> (N, 3, side, side). Whole images are resized (bilinear, antialiased):
-    the same view, fewer pixels. Tiles are centre-cropped instead: a tiled run's pixel scale is what it is for
-    (an object 12 px wide in a tile must stay 12 px, or the network learns it at a size prediction never shows)."""
-    if keep_scale:
-        top = (images.shape[-2] - side) // 2
-        left = (images.shape[-1] - side) // 2
-        return images[..., top:top + side, left:left + side]
-    return nn.functional.interpolate(images, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
 
 
 def train_one_epoch(run: Run, epoch: int, stop: StopOnSignal | None = None) -> bool:

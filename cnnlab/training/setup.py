@@ -284,7 +284,8 @@ def plan_budget(config: TrainConfig, model: nn.Module, loader: DataLoader, pipel
     def sides(epochs: int) -> list[int]:
         return epoch_sizes(epochs, config.img_size, model.min_input_size, config.progressive)
     smallest = min(sides(100))  # progressive resizing's first side (the full side when it is off)
-    speed = measure_speed(model, loader, pipeline, loss_fn, config.img_size, smallest)
+    speed = measure_speed(model, loader, pipeline, loss_fn, config.img_size, smallest,
+                          keep_scale=bool(config.tile))
     result = plan(seconds, time.monotonic() - started, speed, len(loader), config.batch_size,
                   samples_per_epoch(loader), val_images, sides)
     if verbose:

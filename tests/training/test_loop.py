@@ -138,7 +138,7 @@ def test_weights_for_another_model_are_refused_clearly(tiny_run, tiny_data, tmp_
 
 
 def test_progressive_resizing_crops_tiles_and_resizes_whole_images():
-    from cnnlab.training.loop import smaller_side
+    from cnnlab.training.forward import smaller_side
 
     images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
     crop = smaller_side(images, 4, keep_scale=True)  # a tile keeps its pixel scale: the centre 4 x 4
