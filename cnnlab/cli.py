@@ -203,7 +203,7 @@ def config_parameters() -> list[inspect.Parameter]:
             value = None  # not needed with --resume or --config
         flag = f"--{_FLAG_NAMES.get(name, name).replace('_', '-')}"
         option = typer.Option(value, flag, help=_help(name))
-        if hints[name] is bool and value:  # on by default: --no-ema turns it off
+        if hints[name] in (bool, bool | None) and value is not False:  # on (or decided) by default: --no-ema
             option = typer.Option(value, f"{flag}/--no-{flag[2:]}", help=_help(name))
         params.append(inspect.Parameter(_FLAG_NAMES.get(name, name), inspect.Parameter.KEYWORD_ONLY, default=option,
                                         annotation=_cli_annotation(name, hints[name])))

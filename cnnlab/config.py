@@ -117,8 +117,8 @@ class TrainConfig:
     """Cross-entropy label smoothing: the target is 90% the true class and 10% spread over all, so the network is not pushed to infinite confidence (better calibrated, generalises better)."""
     ema: bool = True
     """Evaluate and save an exponential moving average of the weights (over about the last 10% of the steps) instead of the last step's weights."""
-    progressive: bool = True
-    """Progressive resizing: train on smaller images early (from half the size) and at full size over the last quarter of the epochs; validation is always at full size."""
+    progressive: bool | None = None
+    """Progressive resizing: train on smaller images early (from half the size) and at full size over the last quarter of the epochs; validation is always at full size. Default: on, except for tiled runs (there it would crop the tiles, and a quarter of a tile often holds none of what labels it)."""
     mixup: float = 0.0
     """MixUp alpha (0: off): blend pairs of images and their labels."""
     cutmix: float = 0.0
@@ -193,6 +193,8 @@ class TrainConfig:
         if self.tile is not None:
             check_range("tile", self.tile, 8, 8192)
             self.img_size = self.tile  # the network sees tiles: one side for both
+        if self.progressive is None:
+            self.progressive = not self.tile
         if self.time is not None:
             parse_duration(self.time)  # a clear error now, not after the data is scanned
         if self.patience is not None:

@@ -21,14 +21,22 @@ from torch import nn
 from cnnlab.errors import CnnlabError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_TILED: dict[str, dict] = {}  # name -> factory options that tiled runs use unless the user gives them
 
 
-def register_model(name: str):
-    """Decorator: make a factory available to create_model under `name`."""
+def register_model(name: str, tiled: dict | None = None):
+    """Decorator: make a factory available to create_model under `name`; `tiled`: the factory options a run that
+    trains on tiles uses by default (the user's --model-option wins)."""
     def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _REGISTRY[name] = factory
+        _TILED[name] = dict(tiled or {})
         return factory
     return wrap
+
+
+def tiled_options(name: str) -> dict:
+    """The factory options model `name` takes by default in a tiled run ({} for most models)."""
+    return dict(_TILED.get(name, {}))
 
 
 def list_models() -> list[str]:
@@ -46,5 +54,5 @@ def create_model(name: str, num_classes: int, **options) -> nn.Module:
         raise CnnlabError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
     try:
         return _REGISTRY[name](num_classes=num_classes, **options)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:  # an unknown option, or a known one with a value it cannot take
         raise CnnlabError(f"bad option for model '{name}': {error}") from None

@@ -40,6 +40,7 @@ from cnnlab.data.unreadable import UnreadableImages
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_json, write_yaml
 from cnnlab.models import create_model
+from cnnlab.models.registry import tiled_options
 from cnnlab.models.weights import load_start_weights
 from cnnlab.training import distributed
 from cnnlab.training.device import Precision, compile_model, default_workers, resolve_device, resolve_precision
@@ -66,6 +67,8 @@ def model_options(config: TrainConfig) -> dict:
     """Keyword arguments for create_model, as stored in model.json (never `pretrained`: the weights
     come from the run's own files when the model is rebuilt)."""
     options = {"dropout": config.dropout, "img_size": config.img_size}
+    if config.tile:  # e.g. resnet9's max-and-average pooling, for classes decided by small things anywhere in a tile
+        options.update(tiled_options(config.model))
     options.update(config.model_options)
     return options
 

@@ -73,3 +73,17 @@ def test_bad_arguments_are_user_errors(tiny_data):
         preview_tensors(TrainConfig(data=str(tiny_data), img_size=32), n=0)
     with pytest.raises(CnnlabError, match="augment"):
         augment_preview(str(tiny_data), augment="strong")
+
+
+def test_a_cache_that_training_built_is_read(tiny_data, tmp_path):
+    """After a run has cached every split, the preview reads the training images from that cache (it once asked
+    the cache for the validation files too, which it had not opened it with)."""
+    from cnnlab.data.folders import find_samples
+    from cnnlab.training.setup import open_training_cache
+
+    config = TrainConfig(data=str(tiny_data), img_size=32, cache="disk", cache_dir=str(tmp_path / "cache"))
+    built = open_training_cache(find_samples(config.data, val_fraction=config.val_fraction, seed=config.seed),
+                                config, verbose=False)
+    assert built is not None and len(built) == 48  # train and val of tiny_data
+    batch, _ = preview_tensors(config, n=2, images=2)
+    assert batch.shape == (2, 3, 3, 32, 32)

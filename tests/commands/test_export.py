@@ -211,12 +211,14 @@ def test_unknown_format_and_cli_default():
 
 
 # --- every registered model ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", list_models())
-def test_every_registered_model_exports(name, one_torch_thread):
+# and resnet9 as tiled runs build it (max-and-average pooling: cnnlab.models.registry.tiled_options)
+@pytest.mark.parametrize("name, options", [(name, {}) for name in list_models()] + [("resnet9", {"pool": "avgmax"})],
+                         ids=list_models() + ["resnet9-avgmax"])
+def test_every_registered_model_exports(name, options, one_torch_thread):
     """Random weights, BatchNorm statistics from 16 random 32 px images (with the default statistics ReLU6 saturates
     and mobilenet's logits are one constant, which a wrong graph would match too), compared at 1, 2 and 5."""
     torch.manual_seed(0)
-    model = create_model(name, num_classes=4, img_size=32)
+    model = create_model(name, num_classes=4, img_size=32, **options)
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.reset_running_stats()

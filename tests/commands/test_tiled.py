@@ -104,3 +104,26 @@ def test_an_epoch_covers_every_image_once(objects, tmp_path):
     assert len(run.splits.splits["train"]) == 12
     assert samples_per_epoch(run.train_loader) == 12 * 28
     assert len(run.train_loader) == 12 * 28 // 8
+
+
+def test_tiled_runs_default_to_whole_tiles_and_max_and_average_pooling(objects, tmp_path):
+    """A tiled run trains on whole tiles (progressive resizing would crop them to a quarter, which often holds none
+    of what labels the image) and resnet9 pools with avgmax; both are only defaults, and whole-image runs keep
+    theirs. The pooling is recorded in model.json, so inference rebuilds the same network."""
+    from cnnlab.config import TrainConfig
+    from cnnlab.training.setup import model_options
+
+    assert TrainConfig(data="x", tile=64).progressive is False and TrainConfig(data="x").progressive is True
+    assert TrainConfig(data="x", tile=64, progressive=True).progressive is True
+    assert model_options(TrainConfig(data="x", tile=64))["pool"] == "avgmax"
+    assert "pool" not in model_options(TrainConfig(data="x"))
+    assert model_options(TrainConfig(data="x", tile=64, model_options={"pool": "avg"}))["pool"] == "avg"
+    assert "pool" not in model_options(TrainConfig(data="x", tile=64, model="simple_cnn"))
+
+    result = fit(data=str(objects), epochs=1, out=str(tmp_path / "run"), **TILED | {
+        "model": "resnet9", "model_options": {"widths": [8, 8, 16, 16]}})
+    meta = json.loads((result.run_dir / "model.json").read_text())
+    assert meta["model_options"]["pool"] == "avgmax"
+    assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["progressive"] is False
+    from cnnlab.runs.inference import open_trained
+    assert open_trained(result.run_dir).model.pool == "avgmax"

@@ -87,3 +87,23 @@ def test_unknown_model_suggests_close_match():
 def test_bad_model_option_is_a_clear_error():
     with pytest.raises(CnnlabError, match="bad option for model 'simple_cnn'"):
         create_model("simple_cnn", 3, colour="red")
+
+
+@pytest.mark.parametrize("pool", ["avg", "max", "avgmax"])
+def test_resnet9_pools_as_asked(pool):
+    """The head's global pool against torch's own adaptive pooling of the same feature map."""
+    torch.manual_seed(0)
+    model = create_model("resnet9", 3, pool=pool).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        features = model.features(x)  # (2, 256, 2, 2)
+        avg = torch.nn.functional.adaptive_avg_pool2d(features, 1).flatten(1)
+        top = torch.nn.functional.adaptive_max_pool2d(features, 1).flatten(1)
+        pooled = {"avg": avg, "max": top, "avgmax": (avg + top) / 2}[pool]
+        torch.testing.assert_close(model(x), model.fc(pooled))
+        assert not torch.allclose(avg, top)  # the three really differ on this input
+
+
+def test_resnet9_refuses_an_unknown_pool():
+    with pytest.raises(CnnlabError, match="pools with one of avg, max, avgmax"):
+        create_model("resnet9", 3, pool="median")
