@@ -22,7 +22,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from cnnlab import __version__
 from cnnlab.config import TrainConfig, config_from_file, default, field_docs
 from cnnlab.errors import CnnlabError
-from cnnlab.signals import Terminated, TrainingInterrupted, raise_on_sigterm, terminated
+from cnnlab.signals import Terminated, TrainingInterrupted, end_children, raise_on_sigterm, terminated
 
 
 class _ReadableHelp:
@@ -669,14 +669,27 @@ def main() -> None:
     except TrainingInterrupted as error:  # checkpoint saved; the message says how to resume
         if os.environ.get("RANK", "0") == "0":
             typer.echo(str(error), err=True)
+        end_children()
         sys.exit(error.exit_code)  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
     except Terminated as error:
         if os.environ.get("RANK", "0") == "0":
             typer.echo(str(error), err=True)
+        end_children()
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
+        end_children()
         sys.exit(130)
+    except Exception:
+        # an error raised after SIGTERM came is its consequence: e.g. a DataLoader worker that the group's signal
+        # reached before it could ignore it (torch's worker start-up installs its own SIGTERM handler first), which
+        # the loader reports as "worker killed by signal: Terminated"
+        if not terminated():
+            raise
+        if os.environ.get("RANK", "0") == "0":
+            typer.echo("SIGTERM: stopped", err=True)
+        end_children()
+        sys.exit(Terminated.exit_code)
 
 
 if __name__ == "__main__":

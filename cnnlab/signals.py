@@ -92,10 +92,36 @@ def terminated() -> bool:
 
 def _quiet_when_terminated(unraisable, _default=sys.unraisablehook) -> None:
     """sys.unraisablehook: a Terminated that Python had to drop is not an error to print (terminated() keeps
-    it); anything else goes to the default hook."""
+    it), nor, once SIGTERM has come, an AttributeError in a __del__: the object's __init__ was cut short by the
+    signal (a DataLoader iterator stopped while starting its workers has no `_workers_status` to shut them down
+    by; end_children does it). Anything else goes to the default hook."""
     if unraisable.exc_type is not None and issubclass(unraisable.exc_type, Terminated):
         return
+    if _terminated and unraisable.exc_type is AttributeError and \
+            getattr(unraisable.object, "__name__", "") == "__del__":
+        return
     _default(unraisable)
+
+
+def end_children(grace: float = 5.0) -> list[int]:
+    """Kill the worker processes still alive when a command stops on a signal, and wait for them; their pids.
+
+    A command's workers are normally closed by the code that started them. One that a signal cut short while it
+    was starting them (a DataLoader iterator interrupted in its __init__) never will, and since workers ignore
+    SIGTERM (leave_signals_to_parent), multiprocessing's exit handler, which terminates and joins daemonic
+    children, would then wait for them forever. Workers only read images or write through atomic renames, so
+    killing them loses nothing."""
+    import multiprocessing
+
+    if threading.current_thread() is threading.main_thread():
+        # torch's DataLoader installs a SIGCHLD handler that raises when a worker dies by a signal: ours is on purpose
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    pids = []
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(grace)
+        pids.append(child.pid)
+    return pids
 
 
 def leave_signals_to_parent(*_args) -> None:
@@ -103,6 +129,18 @@ def leave_signals_to_parent(*_args) -> None:
     to the process group are for the main process, which finishes cleanly and then ends its workers."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # A batch being sent when the stopping main process closes its end of the queue: nobody is left to tell
+    # (multiprocessing would print the BrokenPipeError's traceback from the worker's feeder thread).
+    import multiprocessing.queues
+
+    default = multiprocessing.queues.Queue._on_queue_feeder_error
+    if not getattr(default, "_cnnlab", False):
+        def quiet(error, obj) -> None:
+            if not isinstance(error, BrokenPipeError):
+                default(error, obj)
+
+        quiet._cnnlab = True
+        multiprocessing.queues.Queue._on_queue_feeder_error = staticmethod(quiet)
 
 
 class StopOnSignal:

