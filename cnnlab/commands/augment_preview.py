@@ -11,8 +11,6 @@ from the decoded-image cache, not from the original files.
 
 from __future__ import annotations
 
-import dataclasses
-
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +58,7 @@ def preview_parts(config: TrainConfig) -> PreviewParts:
     """The training dataset and batch pipeline built from `config` as training builds them; a cache that exists
     is read, none is built (a preview looks at a few images)."""
     splits = find_samples(config.data, val_fraction=config.val_fraction, seed=config.seed)
-    train_only = dataclasses.replace(splits, splits={"train": splits.splits["train"]})
-    # a cache that exists holds every split, but the one opened here was asked only for the training files
+    train_only = splits.only("train")  # the cache is opened for, and the dataset read from, the same files
     cache = open_training_cache(train_only, config, one_pass=True, verbose=False)
     dataset = make_datasets(train_only, config, cache)["train"]
     device = resolve_device(config.device)

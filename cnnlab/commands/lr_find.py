@@ -3,7 +3,6 @@ and training loader built exactly as training builds them (cnnlab.training.setup
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -38,7 +37,7 @@ def find_lr(data: str, model: str = "simple_cnn", img_size: int = 128, batch_siz
     net = build_model(config, len(splits.classes)).to(device)
     if precision.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    train_only = dataclasses.replace(splits, splits={"train": splits.splits["train"]})  # the test reads train only
+    train_only = splits.only("train")  # the test reads train only
     cache = open_training_cache(train_only, config, verbose=verbose)
     dataset = make_datasets(train_only, config, cache)["train"]
     workers = default_workers() if config.workers is None else config.workers

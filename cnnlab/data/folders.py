@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cnnlab.data.images import IMAGE_EXTENSIONS, is_image_file
@@ -44,6 +44,10 @@ class DatasetSplits:
     def ignored(self) -> list[str]:
         """Hidden or non-image files inside the class folders, which are not trained on."""
         return [n.path for n in self.notes if n.problem in ("hidden-ignored", "ignored-file")]
+
+    def only(self, *names: str) -> "DatasetSplits":
+        """The same folder with just these splits (e.g. the training images alone, for a look or a test run)."""
+        return replace(self, splits={name: self.splits[name] for name in names})
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Images per class for each split: {split: {class: n}}."""

@@ -2,6 +2,6 @@
 what every model exposes), their weights on disk (weights.py) and the layer-by-layer summary (summary.py)."""
 
 from cnnlab.models import mlp, resnet9, simple_cnn, torchvision_models  # noqa: F401  (registers the models)
-from cnnlab.models.registry import create_model, list_models, register_model
+from cnnlab.models.registry import create_model, list_models, register_model, tiled_options
 
-__all__ = ["create_model", "list_models", "register_model"]
+__all__ = ["create_model", "list_models", "register_model", "tiled_options"]

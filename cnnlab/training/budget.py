@@ -73,8 +73,8 @@ class Plan:
 def measure_seconds_per_image(model: nn.Module, loader, pipeline, loss_fn: nn.Module, side: int | None = None,
                               batches: int = MEASURE_BATCHES, keep_scale: bool = False) -> float:
     """Seconds per image of full training steps (loading, augmentation, forward, backward, update) on a copy of
-    `model` with its own optimizer, at the loader's side or brought to `side` as training does (smaller_side: tiles, `keep_scale`, cropped); the run's weights, optimizer and
-    random numbers are untouched."""
+    `model` with its own optimizer, at the loader's side or brought to `side` as training does (smaller_side: tiles,
+    `keep_scale`, cropped); the run's weights, optimizer and random numbers are untouched."""
     work = copy.deepcopy(model).train()
     optimizer = torch.optim.AdamW(work.parameters(), lr=1e-6)
     device = pipeline.device

@@ -39,8 +39,7 @@ from cnnlab.data.transforms import (Preprocessing, decode_size, eval_transform, 
 from cnnlab.data.unreadable import UnreadableImages
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_json, write_yaml
-from cnnlab.models import create_model
-from cnnlab.models.registry import tiled_options
+from cnnlab.models import create_model, tiled_options
 from cnnlab.models.weights import load_start_weights
 from cnnlab.training import distributed
 from cnnlab.training.device import Precision, compile_model, default_workers, resolve_device, resolve_precision
@@ -145,12 +144,11 @@ def tile_draws_per_sample(samples: list, sizes: dict[str, tuple[int, int]], tile
     return torch.tensor([tile_draws(*sizes[sample.path], tile) if sample.path in sizes else 1 for sample in samples])
 
 
-def open_training_cache(splits: DatasetSplits, config: TrainConfig, only: tuple[str, ...] | None = None,
-                        one_pass: bool = False, verbose: bool = True) -> CachedImages | None:
+def open_training_cache(splits: DatasetSplits, config: TrainConfig, one_pass: bool = False,
+                        verbose: bool = True) -> CachedImages | None:
     """Decode every file once, at the size the transforms start from; later epochs read uint8 pixels.
     `one_pass` (a look at a few images): use a cache that exists, never build one."""
-    paths = [sample.path for split, samples in splits.splits.items() if only is None or split in only
-             for sample in samples]
+    paths = [sample.path for samples in splits.splits.values() for sample in samples]
     return open_cache(paths, decode_resolution(config), config.cache, cache_dir=config.cache_dir,
                       max_pixels=config.max_pixels, one_pass=one_pass, verbose=verbose)
 
