@@ -660,6 +660,14 @@ def main() -> None:
         except SystemExit as done:
             if done.code not in (0, None) or not terminated():
                 raise
+        except Exception as error:
+            # an error raised after SIGTERM came is its consequence, whatever it says: a DataLoader worker that the
+            # group's signal reached before it could ignore it (torch's worker start-up installs its own SIGTERM
+            # handler first: "worker killed by signal: Terminated"), or Terminated re-wrapped by a library that
+            # catches what happens inside it (load_state_dict: "weights ... do not fit", exit 2 instead of 143)
+            if not terminated() or isinstance(error, (TrainingInterrupted, Terminated)):
+                raise
+            raise Terminated("SIGTERM: stopped") from None
         if terminated():  # SIGTERM came but its exception was lost (see signals.terminated): still a stop
             raise Terminated("SIGTERM: stopped")
     except CnnlabError as error:
@@ -680,16 +688,6 @@ def main() -> None:
         typer.echo("interrupted", err=True)
         end_children()
         sys.exit(130)
-    except Exception:
-        # an error raised after SIGTERM came is its consequence: e.g. a DataLoader worker that the group's signal
-        # reached before it could ignore it (torch's worker start-up installs its own SIGTERM handler first), which
-        # the loader reports as "worker killed by signal: Terminated"
-        if not terminated():
-            raise
-        if os.environ.get("RANK", "0") == "0":
-            typer.echo("SIGTERM: stopped", err=True)
-        end_children()
-        sys.exit(Terminated.exit_code)
 
 
 if __name__ == "__main__":
