@@ -157,7 +157,7 @@ def cnnlab_loader(samples: list[Sample], workers: int, cache: str, cache_dir: st
                         verbose=False) if cache != "off" else None
     build = time.perf_counter() - start
     dataset = ImageDataset(samples, transform or train_transform("default", IMG_SIZE, augment_on="device"),
-                           decode_size=decode_size(IMG_SIZE), source=source)
+                           decode_size(IMG_SIZE), source=source)
     return make_loader(dataset, BATCH_SIZE, workers, train=True, seed=0), build
 
 

@@ -17,13 +17,18 @@ from typing import Any
 from cnnlab.errors import CnnlabError
 
 
+def flag(field_name: str) -> str:
+    """The command-line flag of an option: img_size -> --img-size (messages name what the user types)."""
+    return "--" + field_name.replace("_", "-")
+
+
 def check_choice(field_name: str, value: Any, allowed: tuple) -> None:
-    """Raise a CnnlabError naming the field, the bad value, the allowed values and a close match."""
+    """Raise a CnnlabError naming the flag, the bad value, the allowed values and a close match."""
     if value in allowed:
         return
     close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise CnnlabError(f"{field_name}={value!r} is not allowed{hint}; choose one of: "
+    raise CnnlabError(f"{flag(field_name)} {value!r} is not allowed{hint}; choose one of: "
                       + ", ".join(str(a) for a in allowed))
 
 
@@ -35,7 +40,7 @@ def check_range(field_name: str, value: float, low: float | None = None, high: f
     if too_low or too_high:
         bounds = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, " \
                  f"{high if high is not None else 'inf'}]"
-        raise CnnlabError(f"{field_name}={value!r} is out of range; it must be in {bounds}")
+        raise CnnlabError(f"{flag(field_name)} {value!r} is out of range; it must be in {bounds}")
 
 
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600}
@@ -176,7 +181,7 @@ class TrainConfig:
             try:
                 self.batch_size = int(self.batch_size)
             except ValueError:
-                raise CnnlabError(f"batch_size={self.batch_size!r} is not a whole number; give e.g. 32, or 'auto' "
+                raise CnnlabError(f"--batch-size {self.batch_size!r} is not a whole number; give e.g. 32, or 'auto' "
                                   "for the largest batch that fits in memory") from None
         if self.batch_size != "auto":
             check_range("batch_size", self.batch_size, 1)
@@ -205,7 +210,7 @@ class TrainConfig:
             try:
                 self.lr = float(self.lr)
             except ValueError:
-                raise CnnlabError(f"lr={self.lr!r} is not a number; give e.g. 0.003, or 'auto'") from None
+                raise CnnlabError(f"--lr {self.lr!r} is not a number; give e.g. 0.003, or 'auto'") from None
         if isinstance(self.lr, float):
             check_range("lr", self.lr, 0.0, 10.0, low_open=True)
 

@@ -17,7 +17,7 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 from cnnlab import plots
-from cnnlab.data.folders import Sample
+from cnnlab.data.folders import Sample, expand_inputs
 from cnnlab.data.tiles import aggregate, cut_tiles, tile_positions
 from cnnlab.errors import CnnlabError, ImageReadError
 from cnnlab.models.gradcam import cam_layer, grad_cam, upsample
@@ -148,28 +148,47 @@ def explain(run_dir: str | os.PathLike, images: list[str | os.PathLike], class_n
     out_dir = Path(out) if out is not None else Path(run_dir) / "gradcam"
     result = ExplainResult(out_dir)
     classes = trained.record.classes
-    paths = [str(p) for p in images]
-    dataset = trained.dataset([Sample(p, 0) for p in paths])
+    expanded = expand_inputs(images)  # files, and the images inside folders, as predict takes them
+    paths = [path for path, reason in expanded if reason is None]
+    dataset = trained.dataset([Sample(p, 0) for p in paths], warn=False)  # each failure is a row
+    files = output_names(paths, ".gradcam.png")
+    rows = {path: {"path": path, "error": reason} for path, reason in expanded if reason is not None}
     for index, path in enumerate(paths):
         try:
-            item = dataset[index]
-            if item is None:
-                dataset.load(index)  # raises with the reason
-            picture = item[0]
+            picture = dataset.load(index)  # raises ImageReadError with the reason, once
         except ImageReadError as error:
-            result.rows.append({"path": path, "error": error.reason})
+            rows[path] = {"path": path, "error": error.reason}
             continue
+        picture = dataset.transform(picture)
         explanation = explain_image(trained, picture, path, class_index)
         name = classes[explanation.class_index]
-        file = out_dir / f"{Path(path).stem}.gradcam.png"
+        file = out_dir / files[index]
         plots.heatmap_overlay(picture.permute(1, 2, 0).numpy() if max(picture.shape[1:]) <= DISPLAY_SIDE
                               else _shrunk(picture), explanation.cam.numpy(), file, vmax=None, label="Grad-CAM",
                               title=f"{Path(path).name}: where the network sees '{name}' (predicted "
                                     f"'{classes[explanation.predicted]}', {float(explanation.probabilities.max()):.2f})")
         result.files.append(file)
-        result.rows.append({"path": path, "class": name, "predicted": classes[explanation.predicted],
-                            "probability": float(explanation.probabilities[explanation.predicted]), "file": str(file)})
+        rows[path] = {"path": path, "class": name, "predicted": classes[explanation.predicted],
+                      "probability": float(explanation.probabilities[explanation.predicted]), "file": str(file)}
+    result.rows = [rows[path] for path, _ in expanded]  # the order the user gave
     return result
+
+
+def output_names(paths: list[str], suffix: str) -> list[str]:
+    """One file name per input, <stem><suffix>; inputs sharing a stem (a/x.jpg, b/x.png) get their parent folder's
+    name too, so no picture overwrites another."""
+    stems = [Path(path).stem for path in paths]
+    names = []
+    for path, stem in zip(paths, stems):
+        if stems.count(stem) > 1:
+            stem = f"{Path(path).parent.name}_{stem}" if Path(path).parent.name else stem
+        names.append(stem)
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:  # still equal (the same name in two folders of the same name): number them
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if names.count(name) == 1 else f"{name}_{seen[name]}")
+    return [name + suffix for name in unique]
 
 
 def _shrunk(picture: torch.Tensor):

@@ -112,7 +112,7 @@ def export(run_dir: str | os.PathLike, format: str = "onnx", out: str | os.PathL
     (and no file) when they differ by more than `tolerance` (relative to the logits' scale)."""
     check_choice("format", format, FORMATS)
     if tolerance < 0:
-        raise CnnlabError(f"tolerance={tolerance:g}: give a difference >= 0 (default {TOLERANCE:g})")
+        raise CnnlabError(f"--tolerance {tolerance:g}: give a difference >= 0 (default {TOLERANCE:g})")
     started = time.perf_counter()
     trained = open_trained(run_dir, which, device="cpu")
     # float32, NCHW: the graph a deployment runs, whatever this machine's fastest training format is

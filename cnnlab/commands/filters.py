@@ -162,10 +162,10 @@ def filter_image(image_path: str | os.PathLike, kernel: str | os.PathLike | np.n
     from cnnlab.scratch import avg_pool2d, conv2d, max_pool2d
 
     if stride < 1 or padding < 0 or pool_size < 1 or size < 0:
-        raise CnnlabError(f"stride={stride}, padding={padding}, pool_size={pool_size}, size={size}: "
-                          "need stride >= 1, padding >= 0, pool_size >= 1, size >= 0")
+        raise CnnlabError(f"--stride {stride} --padding {padding} --pool-size {pool_size} --size {size}: "
+                          "need --stride >= 1, --padding >= 0, --pool-size >= 1, --size >= 0")
     if pool is not None and pool not in POOLS:
-        raise CnnlabError(f"pool={pool!r}; use max, avg or leave it out")
+        raise CnnlabError(f"--pool {pool!r}; use max, avg or leave it out")
     weight, name = load_kernel(kernel)
     rgb_weight = _rgb_weight(weight)  # (C_out, 3, kH, kW)
     pixels, original, notes = _read_reduced(os.fspath(image_path), size)  # (3, H, W)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from cnnlab import plots
-from cnnlab.data.images import read_image, save_image
+from cnnlab.data.images import DEFAULT_MAX_PIXELS, read_at, save_image
 from cnnlab.data.transforms import eval_transform, normalize
 from cnnlab.errors import CnnlabError
 from cnnlab.runs.reader import load_model
@@ -86,19 +86,21 @@ def _stage_outputs(model: nn.Module, x: torch.Tensor, stages: list[tuple[str, nn
     return [outputs[name] for name, _ in stages if name in outputs]
 
 
-def inspect_run(run_dir: str | os.PathLike, image: str | os.PathLike, out: str | os.PathLike,
+def inspect_run(run_dir: str | os.PathLike, image: str | os.PathLike, out: str | os.PathLike | None = None,
                 max_maps: int = 32, which: str = "best") -> InspectResult:
-    """Write first_layer_filters.png, input.png and stage_<i>.png (feature maps of `image`) for a trained run."""
+    """Write first_layer_filters.png, input.png and stage_<i>.png (feature maps of `image`) for a trained run,
+    into `out` (default: RUN/inspect/<image name>)."""
     if max_maps < 1:
         raise CnnlabError(f"max_maps={max_maps}: show at least 1 feature map per stage")
     model, record = load_model(run_dir, which)
     conv = first_conv(model)
-    out_dir = Path(out)
+    out_dir = Path(out) if out is not None else Path(run_dir) / "inspect" / Path(image).stem
     result = InspectResult(out_dir=out_dir, filter_shape=tuple(conv.weight.shape))
 
     # The prediction-time view, as the run recorded it: decode reduced, resize + center crop, normalise.
     preprocessing = record.preprocessing
-    pixels = read_image(image, min_size=preprocessing.decode_size)  # (3, H, W) uint8
+    cap = record.config.max_pixels if record.config else DEFAULT_MAX_PIXELS
+    pixels = read_at(image, preprocessing.decode_size, max_pixels=cap)  # (3, H, W) uint8, as predict reads it
     seen = eval_transform(preprocessing)(pixels)  # (3, S, S) uint8, what the network sees
     x = normalize(seen[None], preprocessing.mean, preprocessing.std)  # (1, 3, S, S)
     save_image(seen, out_dir / "input.png")

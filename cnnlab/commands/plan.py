@@ -329,10 +329,13 @@ def _describe(p: TrainingPlan) -> str:
     lines += ["time:",
               _row("an epoch", f"{_duration(p.epoch_seconds())} at {config.img_size} px (training "
                    f"{_duration(p.train_passes * speed.full)}{tiles}, validating {p.val_images:,} images{windows} "
-                   f"{_duration(p.val_passes * speed.full * VALIDATION_SHARE)})"),
-              _row(epochs, f"{_duration(p.run_seconds)}{progressive}, with the finish")]
-    if p.budget is not None:
-        lines.append(_row(f"--time {config.time}", f"{p.budget.epochs} epochs fit ({p.budget.total_steps:,} steps)"))
+                   f"{_duration(p.val_passes * speed.full * VALIDATION_SHARE)})")]
+    if p.budget is not None:  # the question asked was "what fits in T", not "how long do --epochs take"
+        fitted = f"{p.budget.epochs} epoch{'s' if p.budget.epochs != 1 else ''}"
+        lines.append(_row(f"--time {config.time}", f"{fitted} fit ({p.budget.total_steps:,} steps){progressive}, "
+                          "the finish included"))
+    else:
+        lines.append(_row(epochs, f"{_duration(p.run_seconds)}{progressive}, with the finish"))
     if cache.mode == "off":
         lines.append(f"cache: off ({cache.why}); a store would take {format_bytes(cache.bytes)}")
     else:
@@ -343,11 +346,14 @@ def _describe(p: TrainingPlan) -> str:
                  f"{cache.cores} core{'s' if cache.cores != 1 else ''})")
         lines.append(f"cache: {cache.mode} ({cache.why}), {format_bytes(cache.bytes)} {where} at {cache.resolution}; "
                      f"{built}")
-    total = _duration(p.run_seconds + cache.build_seconds)
+    if p.budget is not None:
+        answer = f"{p.budget.epochs} epoch{'s' if p.budget.epochs != 1 else ''} fit in --time {config.time}"
+    else:
+        answer = f"{epochs} take about {_duration(p.run_seconds + cache.build_seconds)}"
     if p.fits:
-        verdict = f"fits in memory; {epochs} take about {total}"
+        verdict = f"fits in memory; {answer}"
     else:
         verdict = (f"batch {p.requested_batch} does not fit in {MARGIN:.0%} of the free memory; with --batch-size "
-                   f"{p.choice.batch_size} (or auto) {epochs} take about {total}")
+                   f"{p.choice.batch_size} (or auto) {answer}")
     lines.append(f"verdict: {verdict}")
     return "\n".join(lines)

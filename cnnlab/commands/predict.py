@@ -15,35 +15,14 @@ from torchvision.transforms.v2 import functional as F
 
 from cnnlab import plots
 from cnnlab.data.dataset import ImageDataset
-from cnnlab.data.folders import Sample, find_images
-from cnnlab.data.images import IMAGE_EXTENSIONS, is_image_file
+from cnnlab.data.folders import Sample, expand_inputs
 from cnnlab.data.tiles import aggregate
 from cnnlab.commands.onnx_file import is_onnx_file, open_onnx
 from cnnlab.data.tiles import heatmap as tiles_heatmap
 from cnnlab.errors import CnnlabError, ImageReadError
+from cnnlab.config import TrainConfig
 from cnnlab.runs.inference import open_trained
-
-
-def expand_inputs(inputs: list[str | os.PathLike]) -> list[tuple[str, str | None]]:
-    """(path, None) for each image file given or found in a given folder (recursively, sorted), and
-    (path, reason) for an input that cannot be predicted before reading it."""
-    found: list[tuple[str, str | None]] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            images = find_images(path)
-            found.extend((image, None) for image in images)
-            if not images:
-                found.append((str(path), f"no image files in this folder ({', '.join(IMAGE_EXTENSIONS)})"))
-        elif path.is_file():
-            if is_image_file(path):
-                found.append((str(path), None))
-            else:
-                found.append((str(path), f"not an image file type (suffix {path.suffix or 'none'!r}; "
-                                         f"read: {', '.join(IMAGE_EXTENSIONS)})"))
-        else:
-            found.append((str(path), "no such file or folder"))
-    return found
+from cnnlab.runs.reader import read_run
 
 
 def _read_error(dataset: ImageDataset, index: int) -> str:
@@ -87,7 +66,7 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike], top_k: 
     rows: list[dict] = [{"path": path, "error": reason} if reason else {"path": path} for path, reason in expanded]
     readable = [k for k, (_, reason) in enumerate(expanded) if reason is None]
     if readable:
-        dataset = trained.dataset([Sample(expanded[k][0], 0) for k in readable], cache, verbose)
+        dataset = trained.dataset([Sample(expanded[k][0], 0) for k in readable], cache, verbose, warn=False)
         tiles: dict[int, tuple] = {}
         on_image = (lambda index, positions, tile_logits: tiles.__setitem__(index, (positions, tile_logits))) \
             if heatmap is not None else None
@@ -137,10 +116,32 @@ def write_heatmap(dataset: ImageDataset, index: int, positions: list[tuple[int, 
                                        f"at scale {pre.scale:g} (predicted: {trained.record.classes[predicted]})")
 
 
+# A share of failures is judged over at least this many inputs: with fewer, one failure is already over a 5%
+# --max-bad (1 of 3 is 33%), and a user predicting a handful of photos wants each one's answer and an exit code
+# that says "some failed" (1), not "the batch is broken" (2).
+MIN_INPUTS_FOR_SHARE = 20
+
+
+def run_max_bad(run_dir: str | os.PathLike) -> float:
+    """The --max-bad a run was trained with (an exported file: the default)."""
+    config = None if is_onnx_file(run_dir) else read_run(run_dir).config
+    return config.max_bad if config is not None else TrainConfig.max_bad
+
+
+def exit_code(rows: list[dict], max_bad: float) -> int:
+    """0 when every input was predicted, 1 when some were not (each row says why), 2 when more than `max_bad` of
+    at least MIN_INPUTS_FOR_SHARE inputs were not (or any, with max_bad 0)."""
+    failed = sum("error" in row for row in rows)
+    if not failed:
+        return 0
+    judged = max_bad == 0 or len(rows) >= MIN_INPUTS_FOR_SHARE
+    return 2 if judged and failed > max_bad * len(rows) else 1
+
+
 def check_failures(rows: list[dict], max_bad: float) -> None:
-    """CnnlabError when more than `max_bad` of the inputs could not be predicted."""
-    failed = [row for row in rows if "error" in row]
-    if rows and len(failed) > max_bad * len(rows):
+    """CnnlabError when exit_code says the share of failed inputs is over `max_bad` (exit 2)."""
+    if exit_code(rows, max_bad) == 2:
+        failed = [row for row in rows if "error" in row]
         example = failed[0]
         raise CnnlabError(f"{len(failed)} of {len(rows)} inputs could not be predicted, more than --max-bad "
                           f"{max_bad:g} allows (e.g. {example['path']}: {example['error']}); check the paths, or "

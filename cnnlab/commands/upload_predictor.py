@@ -24,7 +24,7 @@ from torchvision.transforms.v2 import functional as F
 
 from cnnlab import plots
 from cnnlab.commands.explain import DISPLAY_SIDE, explain_image, overlay_image
-from cnnlab.data.images import encode_png, image_header, read_image
+from cnnlab.data.images import encode_png, image_header, read_at
 from cnnlab.data.tiles import aggregate, cut_tiles, tile_positions
 from cnnlab.data.tiles import heatmap as tiles_heatmap
 from cnnlab.data.transforms import eval_transform
@@ -72,7 +72,7 @@ class UploadPredictor:
         trained, pre = self.trained, self.trained.preprocessing
         width, height, kind = image_header(name, trained.max_pixels, data)  # the cap, from the header only
         if pre.tile:
-            image = read_image(name, max_pixels=trained.max_pixels, scale=float(pre.scale), data=data)  # (3, H, W)
+            image = read_at(name, float(pre.scale), max_pixels=trained.max_pixels, data=data)  # (3, H, W)
             if min(image.shape[1:]) < pre.tile:
                 raise CnnlabError(f"{name} is {image.shape[2]}x{image.shape[1]} px at this run's pixel scale "
                                   f"{pre.scale:g}, smaller than one of its {pre.tile} px windows; send a larger image")
@@ -80,8 +80,8 @@ class UploadPredictor:
                 probabilities, overlay = self._tiled(image)
             kind_of_overlay = "heatmap"
         else:
-            image = eval_transform(pre)(read_image(name, min_size=pre.decode_size, max_pixels=trained.max_pixels,
-                                                   data=data))                          # (3, S, S) uint8
+            image = eval_transform(pre)(read_at(name, pre.decode_size, max_pixels=trained.max_pixels,
+                                                data=data))                             # (3, S, S) uint8
             with self._model_lock:
                 probabilities, overlay = self._whole(image, name)
             kind_of_overlay = "grad-cam" if overlay is not None else None

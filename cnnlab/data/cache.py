@@ -4,10 +4,11 @@
 image at half its own resolution, whatever its size).
 
 Training at 128-448 px on 2-12 MP photos spends nearly all its time in the JPEG decoder when every
-epoch decodes every file again. The cache decodes each file once, through `read_image` (DCT-domain
-reduction, EXIF, pixel cap), resizes it so that its short side is `size` (the side the transforms
+epoch decodes every file again. The cache decodes each file once, through `read_at` (DCT-domain
+reduction, EXIF, pixel cap, then a resize so that its short side is `size`: the side the transforms
 start from, `transforms.decode_size(img_size)`; smaller images are kept as they are) and keeps the
-uint8 pixels. A cached image is then a memory copy and the transforms' first Resize is a no-op.
+uint8 pixels. A cached image is then a memory copy, equal to what every uncached reader gets from
+`read_at`, and the transforms' first Resize is a no-op.
 
     disk  one store per data folder and size, reused by later epochs, runs and commands:
             <cache dir>/<folder>-s<size>-<key>/pixels-<n>.u8  every image as (3, h, w) uint8, back to back
@@ -55,7 +56,7 @@ from cnnlab.data import images
 from cnnlab.config import CACHE_MODES, check_choice
 from cnnlab.errors import CnnlabError, ImageReadError
 from cnnlab.signals import leave_signals_to_parent
-from cnnlab.data.images import DEFAULT_MAX_PIXELS, read_image
+from cnnlab.data.images import DEFAULT_MAX_PIXELS, read_at
 
 # Bump when the store layout or the resize changes.
 CACHE_FORMAT = 1
@@ -126,19 +127,13 @@ def _find_store(root: Path, folder: str, size: int, max_pixels: int) -> Path | N
 
 def decode_for_cache(path: str, size: int | float, max_pixels: int = DEFAULT_MAX_PIXELS):
     """(3, h, w) uint8 array, short side `size` (or smaller, as the file is) or at pixel scale `size` (a
-    float), or (problem, reason)."""
+    float), or (problem, reason). The pixels are read_at's: a cached image equals a decoded one."""
     try:
-        if isinstance(size, float):  # tiled runs: the whole image at that pixel scale, as read_image gives it
-            return read_image(path, max_pixels=max_pixels, scale=size).numpy()
-        image = read_image(path, min_size=size, max_pixels=max_pixels)  # short side in [size, 2 size)
+        return read_at(path, size, max_pixels=max_pixels).numpy()
     except ImageReadError as error:
         return error.problem, error.reason
     except Exception as error:  # noqa: BLE001 - one odd file must not stop a build of thousands
         return "unexpected-error", f"{type(error).__name__}: {error}"
-    if min(image.shape[1:]) > size:
-        # The same call as the transforms' v2.Resize(size): a cached image equals a decoded one.
-        image = F.resize(image, [size], antialias=True)
-    return image.numpy()
 
 
 def _decode_task(task: tuple) -> list:

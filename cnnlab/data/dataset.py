@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cnnlab.data.folders import Sample
-from cnnlab.data.images import DEFAULT_MAX_PIXELS, read_image
+from cnnlab.data.images import DEFAULT_MAX_PIXELS, read_at
 from cnnlab.errors import ImageReadError
 
 
@@ -26,29 +26,30 @@ class ImageDataset(Dataset):
     An unreadable file yields None (dropped by `collate_skip_bad`) and is reported once, by path.
     """
 
-    def __init__(self, samples: list[Sample], transform, decode_size: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, source=None, scale: float | None = None):
+    def __init__(self, samples: list[Sample], transform, resolution: int | float,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, source=None, warn: bool = True):
         self.samples = samples
         self.transform = transform  # uint8 (3, H, W) -> uint8 (3, S, S)
-        self.decode_size = decode_size
-        self.scale = scale  # tiled runs: images are read at this pixel scale instead of a short side
+        # read_at's resolution: the short side the transforms start from (int), or for tiled runs the pixel
+        # scale whole images are read at (float)
+        self.resolution = resolution
         self.max_pixels = max_pixels
         # Optional: an object whose load(index) gives the decoded image of samples[index], e.g. the
-        # resolution cache (cnnlab.data.cache.CachedImages); None decodes the file on every read.
+        # resolution cache (cnnlab.data.cache.CachedImages), which holds read_at's very pixels; None
+        # decodes the file on every read.
         self.source = source
+        # warn: print one line per unreadable file; off where the caller reports each one itself (predict's rows)
+        self.warn = warn
         self._warned: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def load(self, index: int) -> torch.Tensor:
-        """The decoded uint8 image (3, H, W), before any transform."""
+        """The decoded uint8 image (3, H, W), before any transform: the same pixels from the cache or the file."""
         if self.source is not None:
             return self.source.load(index)
-        sample = self.samples[index]
-        if self.scale is not None:
-            return read_image(sample.path, max_pixels=self.max_pixels, scale=self.scale)
-        return read_image(sample.path, min_size=self.decode_size, max_pixels=self.max_pixels)
+        return read_at(self.samples[index].path, self.resolution, max_pixels=self.max_pixels)
 
     def __getitem__(self, key):
         """key: an index, or (index, seed) from EpochSampler so the random transforms are reproducible."""
@@ -57,7 +58,7 @@ class ImageDataset(Dataset):
         try:
             image = self.load(index)
         except ImageReadError as error:
-            if sample.path not in self._warned:
+            if self.warn and sample.path not in self._warned:
                 self._warned.add(sample.path)
                 print(f"warning: skipping {error.path}: {error.reason}", file=sys.stderr)
             return None

@@ -261,3 +261,28 @@ def find_samples(root: str | os.PathLike, val_fraction: float = 0.2, seed: int =
 
 def _split_order(split: str) -> int:
     return {"train": 0, "val": 1, "test": 2}.get(split, 3)
+
+
+def expand_inputs(inputs: list[str | os.PathLike]) -> list[tuple[str, str | None]]:
+    """What a user listed to predict or explain, as (path, None) for each image file given or found in a given
+    folder (recursively, sorted), and (path, reason) for an input that cannot be read as an image before trying.
+    Paths are normalised (``photos//a.jpg`` and ``./photos/a.jpg`` print as ``photos/a.jpg``)."""
+    found: list[tuple[str, str | None]] = []
+    for item in inputs:
+        path = Path(os.path.normpath(os.fspath(item)))
+        if path.is_dir():
+            images = [os.path.normpath(image) for image in find_images(path)]
+            found.extend((image, None) for image in images)
+            if not images:
+                found.append((str(path), f"no image files in this folder ({', '.join(IMAGE_EXTENSIONS)})"))
+        elif path.is_file():
+            if is_image_file(path):
+                found.append((str(path), None))
+            else:
+                found.append((str(path), f"not an image file type (suffix {path.suffix or 'none'!r}; "
+                                         f"read: {', '.join(IMAGE_EXTENSIONS)})"))
+        elif path.exists():
+            found.append((str(path), "not a file or folder (a device, socket or pipe?)"))
+        else:
+            found.append((str(path), "no such file or folder"))
+    return found

@@ -112,6 +112,14 @@ def _unreadable(path, problem: str, reason: str) -> ImageReadError:
     return ImageReadError(path, reason, problem)
 
 
+def _plain(error: Exception) -> str:
+    """An error as a person reads it: an OS error's text without its errno ("input/output error", not "[Errno 5]
+    Input/output error: '/x.jpg'"), anything else as it says itself."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
+    return str(error)
+
+
 def _open(path: Path, max_pixels: int, data: bytes | None = None) -> Image.Image:
     """Open lazily (header only) and enforce the pixel cap before any pixel is decoded; `data`: the file's
     bytes already in memory (`path` then only names it in messages)."""
@@ -137,7 +145,9 @@ def _open(path: Path, max_pixels: int, data: bytes | None = None) -> Image.Image
     except UnidentifiedImageError:
         raise _unreadable(path, "not-an-image", "not an image file (unknown format)") from None
     except Exception as error:  # noqa: BLE001 - PIL's plugins raise many types on malformed headers
-        raise _unreadable(path, "truncated-or-corrupt", f"cannot read the header ({error})") from None
+        if isinstance(error, IsADirectoryError):
+            raise _unreadable(path, "not-a-file", "a folder, not an image file") from None
+        raise _unreadable(path, "truncated-or-corrupt", f"cannot read the header ({_plain(error)})") from None
     width, height = image.size
     if width * height > max_pixels:
         image.close()
@@ -220,7 +230,7 @@ def _decode(image: Image.Image, path: Path, min_size: int | None) -> Image.Image
     except Image.DecompressionBombError as error:
         raise _unreadable(path, "over-pixel-cap", f"a frame is over PIL's size limit ({error})") from None
     except Exception as error:  # noqa: BLE001 - OSError mostly; plugins also raise Index/Key/TypeError
-        raise _unreadable(path, "truncated-or-corrupt", f"corrupt or truncated ({error})") from None
+        raise _unreadable(path, "truncated-or-corrupt", f"corrupt or truncated ({_plain(error)})") from None
     orientation = _orientation(image)
     try:
         rgb = _to_rgb(image)
@@ -275,6 +285,23 @@ def read_image(path: str | os.PathLike, min_size: int | None = None,
     image = read_pil(path, min_size=min_size, max_pixels=max_pixels, data=data)
     array = np.asarray(image)  # (H, W, 3), read-only, over PIL's bytes
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # (3, H, W), writable
+
+
+def read_at(path: str | os.PathLike, resolution: int | float, max_pixels: int = DEFAULT_MAX_PIXELS,
+            data: bytes | None = None) -> torch.Tensor:
+    """The image as every reader of a run receives it, before its per-image transform: uint8 (3, H, W), upright.
+
+    `resolution` an int: the short side exactly that many pixels (an image already smaller is kept as it is);
+    a float: the whole image at that pixel scale (tiled runs). The decode cache stores this very tensor, and
+    prediction, evaluation, export checks and serve read files through it, so an image gives the same pixels
+    whether it comes from the cache or the file, from a folder or an upload.
+    """
+    if isinstance(resolution, float):
+        return read_image(path, max_pixels=max_pixels, scale=resolution, data=data)
+    image = read_image(path, min_size=resolution, max_pixels=max_pixels, data=data)  # short side in [r, 2r)
+    if min(image.shape[1:]) > resolution:
+        image = resize(image, [resolution], antialias=True)  # torchvision's v2.Resize(resolution), the same call
+    return image
 
 
 def image_size(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -90,7 +90,7 @@ class RandomTile:
 def aggregate(logits: torch.Tensor, how: str) -> torch.Tensor:
     """(n, K) tile logits -> (K,) the image's: their mean, or their max ("present anywhere")."""
     if how not in AGGREGATES:
-        raise CnnlabError(f"aggregate={how!r}: choose mean or max")
+        raise CnnlabError(f"--aggregate {how!r}: choose mean or max")
     return logits.mean(0) if how == "mean" else logits.amax(0)
 
 

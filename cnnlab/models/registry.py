@@ -51,7 +51,7 @@ def create_model(name: str, num_classes: int, **options) -> nn.Module:
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise CnnlabError(f"unknown model '{name}'; {hint}available: {', '.join(list_models())}")
     if num_classes < 2:
-        raise CnnlabError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
+        raise CnnlabError(f"--num-classes {num_classes}: a classifier needs at least 2 classes")
     try:
         return _REGISTRY[name](num_classes=num_classes, **options)
     except (TypeError, ValueError) as error:  # an unknown option, or a known one with a value it cannot take

@@ -340,7 +340,7 @@ def summary(model: nn.Module, input_shape: str | tuple, mlp_hidden: int = 1000, 
     """Layer table of `model` for one image of `input_shape` (C, H, W); the model itself is not changed."""
     shape = parse_input_shape(input_shape)
     if mlp_hidden < 1:
-        raise CnnlabError(f"mlp_hidden={mlp_hidden}: the comparison MLP needs at least 1 hidden unit")
+        raise CnnlabError(f"--mlp-hidden {mlp_hidden}: the comparison MLP needs at least 1 hidden unit")
     name = name or type(model).__name__
     shape_text = "x".join(map(str, shape))
     fixed = getattr(model, "fixed_input_size", None)  # models that flatten the image (mlp) take one size only

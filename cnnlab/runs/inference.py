@@ -49,10 +49,11 @@ class TrainedModel:
     def preprocessing(self) -> Preprocessing:
         return self.tiles or self.record.preprocessing
 
-    def dataset(self, samples: list[Sample], cache: str | None = None, verbose: bool = False) -> ImageDataset:
+    def dataset(self, samples: list[Sample], cache: str | None = None, verbose: bool = False,
+                warn: bool = True) -> ImageDataset:
         """The samples with the run's evaluation preprocessing (tiled runs: the whole image at the run's scale);
         decoded images come from the run's disk cache when one covers them (`cache`: auto, disk, ram, off;
-        None = the run's setting)."""
+        None = the run's setting). `warn`: one line per unreadable file (off where the caller reports each)."""
         preprocessing = self.preprocessing
         config = self.record.config
         mode = cache or (config.cache if config else "auto")
@@ -61,8 +62,7 @@ class TrainedModel:
                             cache_dir=config.cache_dir if config else None, max_pixels=self.max_pixels,
                             one_pass=True, verbose=verbose)
         transform = whole_image_transform() if preprocessing.tile else eval_transform(preprocessing)
-        return ImageDataset(samples, transform, decode_size=preprocessing.decode_size, max_pixels=self.max_pixels,
-                            source=source, scale=float(preprocessing.scale) if preprocessing.tile else None)
+        return ImageDataset(samples, transform, resolution, max_pixels=self.max_pixels, source=source, warn=warn)
 
     def loader(self, dataset: ImageDataset, batch_size: int = 64, workers: int | None = None) -> DataLoader:
         """An evaluation loader (file order) over `dataset`; one whole image per batch for tiled prediction."""
@@ -94,10 +94,13 @@ class TrainedModel:
 
 
 def open_trained(run_dir: str | os.PathLike, which: str = "best", device: str = "auto") -> TrainedModel:
-    """Load a run's best (or last) weights onto `device` ('auto': CUDA if available) in its fastest precision."""
+    """Load a run's best (or last) weights onto `device` ('auto': CUDA if available), computing in float32.
+
+    Always float32, never the bf16 a CPU with AMX would train in: a run, its exported ONNX file (float32) and
+    serve must give one image the same probabilities, and bf16 moves them by points, enough to flip a top-1."""
     model, record = load_model(run_dir, which)
     torch_device = resolve_device(device)
-    precision = resolve_precision("auto", torch_device)
+    precision = resolve_precision("fp32", torch_device)
     model = model.to(torch_device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)

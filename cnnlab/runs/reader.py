@@ -107,7 +107,7 @@ def read_optional_json(path: Path) -> Any:
 def weights_path(run_dir: str | os.PathLike, which: str = "best") -> Path:
     """Path of best/last weights, or a clear error if the run has none yet."""
     if which not in ("best", "last"):
-        raise CnnlabError(f"which={which!r}: choose best (lowest validation loss) or last (last epoch)")
+        raise CnnlabError(f"--which {which!r}: choose best (lowest validation loss) or last (last epoch)")
     run_dir = Path(run_dir)
     path = run_dir / (BEST if which == "best" else LAST)
     if not path.exists():

@@ -128,7 +128,7 @@ def _overview(run: _RunFiles) -> tuple[str, str, str]:
     for split in counts:
         facts.append((f"{split} images", f"{sum(counts[split].values()):,}"))
     if run.history:
-        facts.append(("epochs", f"{run.history[-1]['epoch']} of {run.config.get('epochs', '?')}"))
+        facts.append(("epochs", f"{_epoch_label(run.history[-1])} of {run.config.get('epochs', '?')}"))
         best = min(run.history, key=lambda row: row["val_loss"] if math.isfinite(row["val_loss"]) else math.inf)
         facts += [("best epoch", best["epoch"]), ("best val accuracy", _pct(best["val_acc"])),
                   ("best val loss", _num(best["val_loss"]))]
@@ -171,12 +171,20 @@ def _curves(run: _RunFiles) -> tuple[str, str, str]:
     if not run.history:
         return "curves", "Learning curves", figure
     best = (run.diagnosis or {}).get("best_epoch")
-    rows = [[_e(r["epoch"]), _e(f"{r['lr']:.3g}"), _num(r["train_loss"]), _pct(r["train_acc"]),
+    rows = [[_e(_epoch_label(r)), _e(f"{r['lr']:.3g}"), _num(r["train_loss"]), _pct(r["train_acc"]),
              _num(r["val_loss"]), _pct(r["val_acc"]), _num(r["seconds"], 1)] for r in run.history]
     table = _table(["epoch", "learning rate", "train loss", "train acc", "val loss", "val acc", "seconds"], rows,
                    numeric=set(range(7)), row_classes=["best" if r["epoch"] == best else "" for r in run.history])
     return "curves", "Learning curves", (f"{figure}<details><summary>Numbers per epoch ({len(rows)} epochs; "
                                          f"best epoch highlighted)</summary>{table}</details>")
+
+
+def _epoch_label(row: dict) -> str:
+    """'7', or '7 (partial, 43%)' for an epoch a --time budget ended part-way (metrics.csv's fraction)."""
+    fraction = row.get("fraction", 1.0)
+    if isinstance(fraction, float) and math.isfinite(fraction) and fraction < 1:
+        return f"{row['epoch']} (partial, {fraction:.0%})"
+    return str(row["epoch"])
 
 
 def _confusion(run: _RunFiles) -> tuple[str, str, str]:

@@ -21,11 +21,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise CnnlabError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        raise CnnlabError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise CnnlabError(f"device={name!r} but CUDA is not available on this machine; use --device cpu")
+        raise CnnlabError(f"--device {name!r} but CUDA is not available on this machine; use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise CnnlabError(f"device={name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+        raise CnnlabError(f"--device {name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
     return device
 
 

@@ -196,14 +196,16 @@ def validate(run: Run, epoch: int) -> Logits:
     return result
 
 
-def epoch_row(state: LoopState, epoch: int, val_loss: float, val_acc: float, seconds: float, lr: float) -> dict:
-    """One line of metrics.csv from the sums of the epoch just trained."""
+def epoch_row(state: LoopState, epoch: int, val_loss: float, val_acc: float, seconds: float, lr: float,
+              side: int, fraction: float = 1.0) -> dict:
+    """One line of metrics.csv from the sums of the epoch just trained (`fraction`: the share of its batches)."""
     sums = state.epoch_sums
     seen = sums.images
     return {"epoch": epoch, "lr": sums.lr if sums.lr is not None else lr,
             "train_loss": sums.loss_sum / seen if seen else float("nan"),
             "train_acc": sums.correct / seen if seen else float("nan"),
-            "val_loss": val_loss, "val_acc": val_acc, "seconds": seconds, "skipped_steps": sums.skipped_steps}
+            "val_loss": val_loss, "val_acc": val_acc, "seconds": seconds, "skipped_steps": sums.skipped_steps,
+            "side": side, "fraction": round(fraction, 4)}
 
 
 def train(run: Run) -> LoopState:
@@ -236,9 +238,12 @@ def _train_epoch(run: Run, epoch: int, stop: StopOnSignal) -> None:
     """Train and validate one epoch, record it and save its files."""
     state, parts, config = run.state, run.parts, run.config
     start = time.perf_counter()
+    images_before = state.epoch_sums.images  # a resumed epoch: what was trained before the interruption
     skip_sampler(run.train_loader).set_epoch(epoch)
     if not train_one_epoch(run, epoch, stop):
         _stop_on_signal(run, stop.signum, save=True)
+    fraction = min(1.0, state.batches_done / max(len(run.train_loader), 1))  # < 1: a --time plan ended mid-epoch
+    trained_here = state.epoch_sums.images - images_before
     if run.world.distributed:  # every process's share of the epoch, summed; the same files left out next epoch
         sums = state.epoch_sums
         sums.loss_sum, sums.images, sums.correct = distributed.all_sum(
@@ -247,9 +252,11 @@ def _train_epoch(run: Run, epoch: int, stop: StopOnSignal) -> None:
         run.unreadable.merge(distributed.gather_objects(run.unreadable.found))
     val = validate(run, epoch)
     val_loss, val_acc = val.loss_and_accuracy()
+    side = epoch_sizes(config.epochs, config.img_size, parts.model.min_input_size, config.progressive)[epoch - 1]
     row = epoch_row(state, epoch, val_loss, val_acc, time.perf_counter() - start,
-                    parts.optimizer.param_groups[0]["lr"])
-    images = state.epoch_sums.images
+                    parts.optimizer.param_groups[0]["lr"], side, fraction)
+    if run.world.distributed:
+        trained_here = int(distributed.all_sum([float(trained_here)], parts.device)[0])
     state.history.append(row)
     improved = val_loss < state.best_val_loss
     if improved:
@@ -262,9 +269,11 @@ def _train_epoch(run: Run, epoch: int, stop: StopOnSignal) -> None:
     state.epoch = epoch
     state.start_epoch()
     _save_epoch(run, improved)
-    run.log(f"epoch {epoch}/{config.epochs}: train_loss {row['train_loss']:.4f} train_acc "
+    partial = f" (partial: {fraction:.0%} of its batches, where the --time budget ended)" if fraction < 1 else ""
+    resumed = f" (resumed: {trained_here} of its images trained now)" if images_before else ""
+    run.log(f"epoch {epoch}/{config.epochs}{partial}: train_loss {row['train_loss']:.4f} train_acc "
             f"{row['train_acc']:.3f} | val_loss {val_loss:.4f} val_acc {val_acc:.3f} | "
-            f"{images / row['seconds']:.0f} img/s, {row['seconds']:.1f}s"
+            f"{trained_here / row['seconds']:.0f} img/s{resumed}, {row['seconds']:.1f}s"
             + (f" | {row['skipped_steps']} steps skipped (non-finite loss)" if row["skipped_steps"] else "")
             + (" *" if improved else ""))
 

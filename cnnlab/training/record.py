@@ -35,8 +35,11 @@ CURVES = "learning_curves.png"
 BEST = "best.safetensors"
 LAST = "last.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
-# skipped_steps: steps whose loss was not finite (nan/inf), so the weights were not updated from them
-METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "skipped_steps")
+# skipped_steps: steps whose loss was not finite (nan/inf), so the weights were not updated from them;
+# side: the image (or tile) side the epoch trained at (progressive resizing starts smaller);
+# fraction: the share of the epoch's batches trained (below 1 only where a --time budget ended the run mid-epoch)
+METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "skipped_steps",
+                  "side", "fraction")
 # Files (and patterns) a run writes anywhere in its life: what --overwrite removes, and what marks a
 # folder as holding a run. Anything else in the folder is the user's and is left alone.
 RUN_FILE_PATTERNS = (CONFIG, CLASSES, DATASET, MODEL, METRICS, CURVES, BEST, LAST, CHECKPOINT, "diagnosis.json",

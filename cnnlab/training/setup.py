@@ -78,7 +78,7 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     model = create_model(config.model, num_classes, **model_options(config), **extra)
     minimum = model.min_input_size
     if config.img_size < minimum:
-        raise CnnlabError(f"img_size={config.img_size} is too small for model '{config.model}', which "
+        raise CnnlabError(f"--img-size {config.img_size} is too small for model '{config.model}', which "
                           f"halves the image {int(math.log2(minimum))} times; use --img-size {minimum} or more")
     return model
 
@@ -98,9 +98,8 @@ def make_datasets(splits: DatasetSplits, config: TrainConfig, cache: CachedImage
             transform = train_transform(config.augment, config.img_size, config.augment_on) if split == "train" \
                 else eval_transform(Preprocessing.for_size(config.img_size))
         source = cache.select([sample.path for sample in samples]) if cache is not None else None
-        datasets[split] = ImageDataset(samples, transform, decode_size=decode_size(config.img_size),
-                                       max_pixels=config.max_pixels, source=source,
-                                       scale=float(config.scale) if config.tile else None)
+        datasets[split] = ImageDataset(samples, transform, decode_resolution(config), max_pixels=config.max_pixels,
+                                       source=source)
     return datasets
 
 

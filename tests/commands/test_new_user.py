@@ -17,7 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cnnlab.cli import app
-from cnnlab.commands.predict import check_failures, predict
+from cnnlab.commands.predict import MIN_INPUTS_FOR_SHARE, check_failures, exit_code, predict
 from cnnlab.commands.train import fit
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
@@ -92,17 +92,27 @@ def test_predict_gives_every_input_its_row_and_reason(tiny_run, tiny_data, tmp_p
     assert rows[1]["error"] == "not an image file (unknown format)"
     assert rows[2]["error"] == "no such file or folder"
     assert rows[3]["error"].startswith("not an image file type (suffix '.txt'")
-    with pytest.raises(CnnlabError, match="3 of 4 inputs could not be predicted, more than --max-bad 0.05"):
-        check_failures(rows, 0.05)
-    check_failures(rows, 0.75)  # within the limit: no error
+    # a handful of inputs: a share says nothing (1 of 3 is already over 5%), each failure is a row and exit 1
+    assert exit_code(rows, 0.05) == 1
+    check_failures(rows, 0.05)
+    with pytest.raises(CnnlabError, match="3 of 4 inputs could not be predicted, more than --max-bad 0 allows"):
+        check_failures(rows, 0.0)  # --max-bad 0: any failure is too many
+    # enough inputs for the share to mean something (MIN_INPUTS_FOR_SHARE)
+    many = [{"path": f"{i}.jpg", "top": []} for i in range(MIN_INPUTS_FOR_SHARE - 2)]
+    assert exit_code(many + [{"path": "x", "error": "e"}] * 2, 0.05) == 2  # 2 of 20 = 10% > 5%
+    assert exit_code(many + [{"path": "x", "error": "e"}] + [{"path": "y", "top": []}], 0.05) == 1  # 1 of 20
+    assert exit_code(many, 0.05) == 0
+    with pytest.raises(CnnlabError, match="2 of 20 inputs could not be predicted, more than --max-bad 0.05"):
+        check_failures(many + [{"path": "x", "error": "e"}] * 2, 0.05)
 
-    result = cnnlab("predict", tiny_run.run_dir, *inputs, "--json", "--max-bad", "1")
+    result = cnnlab("predict", tiny_run.run_dir, *inputs, "--json")
     assert result.returncode == 1  # some inputs failed: not a success
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert lines[1] == {"path": str(inputs[1]), "error": "not an image file (unknown format)"}
     assert "3 of 4 inputs could not be predicted" in result.stderr
-    result = cnnlab("predict", tiny_run.run_dir, inputs[1])
-    assert result.returncode == 2 and "error: 1 of 1 inputs could not be predicted" in result.stderr
+    assert (result.stdout + result.stderr).count("notes.jpg") == 1  # its row, and no second warning line
+    result = cnnlab("predict", tiny_run.run_dir, *inputs, "--max-bad", "0")
+    assert result.returncode == 2 and "error: 3 of 4 inputs could not be predicted" in result.stderr
     assert f"{inputs[1]}: error: not an image file" in result.stdout
     assert cnnlab("predict", tiny_run.run_dir, good).returncode == 0
 

@@ -142,7 +142,7 @@ def test_not_even_batch_one_is_one_line_naming_the_memory_and_what_to_change(tin
 def test_other_errors_are_one_line(tiny_data):
     free = 10**10
     too_small = one_error_line(cnnlab_with_free_memory(free, "plan", "--data", tiny_data, "--img-size", 16))
-    assert "img_size=16 is too small for model 'resnet9'" in too_small
+    assert "--img-size 16 is too small for model 'resnet9'" in too_small
     too_short = one_error_line(cnnlab_with_free_memory(free, "plan", "--data", tiny_data, "--model", "simple_cnn",
                                                        "--img-size", 32, "--workers", 0, "--time", "1s"))
     assert "--time 1s is too short" in too_short

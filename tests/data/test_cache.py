@@ -160,7 +160,7 @@ def test_unreadable_files_are_recorded_and_skipped_with_one_warning(folder, monk
     again = open_cache(paths, SIZE, "disk", verbose=False)
     assert calls == [] and len(again.problems) == 2  # the verdict is cached too
     samples = [Sample(p, 0) for p in paths]
-    dataset = ImageDataset(samples, train_transform("none", 32), source=again)
+    dataset = ImageDataset(samples, train_transform("none", 32), 37, source=again)
     broken = paths.index(str(folder / "broken.jpg"))
     assert dataset[broken] is None and dataset[broken] is None
     assert capsys.readouterr().err.count("broken.jpg") == 1
@@ -250,7 +250,7 @@ def test_pool_build_and_two_dataloader_workers_give_the_same_batches(tmp_path):
     transform = train_transform("default", 56)
 
     def batches(source, workers):
-        dataset = ImageDataset(samples, transform, decode_size=SIZE, source=source)
+        dataset = ImageDataset(samples, transform, SIZE, source=source)
         loader = make_loader(dataset, 8, workers, train=True, seed=3)
         skip_sampler(loader).set_epoch(1)
         return [(batch.images, batch.labels) for batch in loader]

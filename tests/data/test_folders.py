@@ -85,7 +85,7 @@ def test_missing_folder_is_a_clear_error(tmp_path):
 
 def test_augmentation_is_random_per_read_but_reproducible_per_seed(tiny_data):
     found = find_samples(tiny_data)
-    dataset = ImageDataset(found.splits["train"][:1], train_transform("default", 32), decode_size=37)
+    dataset = ImageDataset(found.splits["train"][:1], train_transform("default", 32), 37)
     a1, _, _, seed = dataset[(0, 11)]
     a2, _, _, _ = dataset[(0, 11)]
     b, _, _, _ = dataset[(0, 12)]

@@ -67,9 +67,9 @@ def test_the_cap_keeps_eight_steps_an_epoch_and_256_on_a_cpu():
 def test_batch_size_is_a_number_or_auto():
     assert TrainConfig(batch_size="auto").batch_size == "auto"
     assert TrainConfig(batch_size="48").batch_size == 48  # as the CLI passes it
-    with pytest.raises(CnnlabError, match=r"batch_size='big' is not a whole number; give e.g. 32, or 'auto'"):
+    with pytest.raises(CnnlabError, match=r"--batch-size 'big' is not a whole number; give e.g. 32, or 'auto'"):
         TrainConfig(batch_size="big")
-    with pytest.raises(CnnlabError, match="batch_size=0 is out of range"):
+    with pytest.raises(CnnlabError, match="--batch-size 0 is out of range"):
         TrainConfig(batch_size=0)
 
 
