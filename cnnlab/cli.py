@@ -656,6 +656,8 @@ def main() -> None:
         try:
             app()
         except SystemExit as done:
+            if _from_ctrl_c(done):  # typer turns KeyboardInterrupt into a silent exit 130: say what happened
+                raise KeyboardInterrupt from None
             if done.code not in (0, None) or not terminated():
                 raise
         except Exception as error:
@@ -683,9 +685,16 @@ def main() -> None:
         end_children()
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+        if os.environ.get("RANK", "0") == "0":
+            typer.echo("SIGINT: stopped (Ctrl-C)", err=True)
         end_children()
         sys.exit(130)
+
+
+def _from_ctrl_c(done: SystemExit) -> bool:
+    """Whether this exit is typer's conversion of a KeyboardInterrupt (Exit(130) raised from it)."""
+    cause = done.__context__
+    return done.code == 130 and cause is not None and isinstance(cause.__cause__, KeyboardInterrupt)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from the decoded-image cache, not from the original files.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +21,10 @@ import torch
 from cnnlab import plots
 from cnnlab.config import TrainConfig
 from cnnlab.data.dataset import ImageDataset
-from cnnlab.data.folders import find_samples
 from cnnlab.data.transforms import Preprocessing, denormalize, eval_transform
 from cnnlab.errors import CnnlabError
-from cnnlab.training.device import resolve_device, resolve_precision
 from cnnlab.training.forward import InputPipeline
-from cnnlab.training.setup import input_pipeline, make_datasets, open_training_cache
+from cnnlab.training.setup import environment, find_splits, input_pipeline, prepare_data
 
 
 def pick_images(labels: list[int], images: int, seed: int) -> list[int]:
@@ -55,14 +54,12 @@ class PreviewParts:
 
 
 def preview_parts(config: TrainConfig) -> PreviewParts:
-    """The training dataset and batch pipeline built from `config` as training builds them; a cache that exists
-    is read, none is built (a preview looks at a few images)."""
-    splits = find_samples(config.data, val_fraction=config.val_fraction, seed=config.seed)
-    train_only = splits.only("train")  # the cache is opened for, and the dataset read from, the same files
-    cache = open_training_cache(train_only, config, one_pass=True, verbose=False)
-    dataset = make_datasets(train_only, config, cache)["train"]
-    device = resolve_device(config.device)
-    return PreviewParts(dataset, input_pipeline(config, device, resolve_precision("fp32", device)), splits.classes)
+    """The training dataset and batch pipeline built from `config` by training's own stages; a cache that exists
+    is read, none is built (a preview looks at a few images). float32: the preview shows pixels."""
+    env = environment(dataclasses.replace(config, precision="fp32"), join=False)
+    splits = find_splits(config).only("train")  # the cache is opened for, and the dataset read from, the same files
+    prepared = prepare_data(config, splits, verbose=False, build_cache=False)
+    return PreviewParts(prepared.datasets["train"], input_pipeline(config, env.device, env.precision), splits.classes)
 
 
 def preview_tensors(config: TrainConfig, n: int = 8, images: int = 4, parts: PreviewParts | None = None
@@ -114,13 +111,11 @@ def default_preview_path(data: str) -> Path:
     return Path("runs").absolute() / "augment_preview" / f"{Path(data).resolve().name}.png"
 
 
-def augment_preview(data: str, augment: str = "default", n: int = 8, images: int = 4, img_size: int = 128,
-                    seed: int = 0, out: str | Path | None = None, augment_on: str = "workers",
-                    device: str = "auto") -> Path:
+def augment_preview(data: str, n: int = 8, images: int = 4, out: str | Path | None = None, **options) -> Path:
     """Write a grid: rows are training images, the first column the eval view, then n augmented reads.
+    `options` are TrainConfig fields (augment, augment_on, img_size, seed, ...; its defaults, as `train` has them).
     `out` None: runs/augment_preview/<data folder>.png. Returns the path written."""
-    config = TrainConfig(data=str(data), augment=augment, img_size=img_size, seed=seed, augment_on=augment_on,
-                         device=device)
+    config = TrainConfig(data=str(data), **options)
     return write_preview(config, Path(out) if out else default_preview_path(data), n, images)
 
 

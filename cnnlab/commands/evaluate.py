@@ -179,7 +179,7 @@ def write_evaluation(record: RunRecord, split: str, which: str, dataset: ImageDa
         result.files["top_losses_gradcam"] = f"top_losses_{split}_gradcam.png"
         top_losses_gradcam(explainer, dataset, indices[order].tolist(), result.top_losses,
                            run_dir / result.files["top_losses_gradcam"],
-                           title=f"Grad-CAM of the predicted class: where the network saw it (same order)")
+                           title="Grad-CAM of the predicted class: where the network saw it (same order)")
     write_json(run_dir / f"eval_{split}.json", result.to_dict() | {"weights": which, "tta": tta})
     return result
 

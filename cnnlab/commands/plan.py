@@ -34,7 +34,7 @@ import torch
 from cnnlab.config import TrainConfig, format_duration, parse_duration
 from cnnlab.data.cache import POOL_MIN_FILES, cache_root, choose_mode, describe_resolution, estimate_bytes, \
     open_cache, stored_images
-from cnnlab.data.folders import DatasetSplits, find_samples
+from cnnlab.data.folders import DatasetSplits
 from cnnlab.data.images import image_size
 from cnnlab.data.loaders import PREFETCH_FACTOR, make_loader
 from cnnlab.data.tiles import tile_draws, tile_positions
@@ -42,12 +42,11 @@ from cnnlab.errors import CnnlabError
 from cnnlab.training.budget import FINISH_SECONDS, MEASURE_BATCHES, VALIDATION_SHARE, Plan, Speed, \
     epoch_seconds, measure_speed
 from cnnlab.training.budget import plan as plan_budget
-from cnnlab.training.device import default_workers, resolve_device, resolve_precision
 from cnnlab.training.memory import MARGIN, BatchChoice, MemoryProbe, OutOfMemory, StepMemory, choose_batch_size, \
     format_bytes, free_memory, step_spec
 from cnnlab.training.optim import epoch_sizes
-from cnnlab.training.setup import build_model, decode_resolution, input_pipeline, loss_function, make_datasets, \
-    model_options, resolve_balance
+from cnnlab.training.setup import build_model, decode_resolution, environment, find_splits, input_pipeline, \
+    loss_function, make_datasets, model_options, resolve_balance
 
 # Distinct training files the speed is measured on: fewer than the cache's POOL_MIN_FILES, so they are decoded
 # in this process one after another and their time is the decoder's per file.
@@ -138,15 +137,10 @@ class TrainingPlan:
 def plan(config: TrainConfig | None = None, *, verbose: bool = True, **options) -> TrainingPlan:
     """Measure what training with `config` (or TrainConfig fields as keywords, as `train` takes them) needs."""
     config = config if config is not None else TrainConfig(**options)
-    if not config.data:
-        raise CnnlabError("no data folder given; pass --data DIR")
-    device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device, config.channels_last)
-    splits = find_samples(config.data, val_fraction=config.val_fraction, seed=config.seed)
-    if not splits.splits.get("val"):
-        raise CnnlabError(f"no validation images in {splits.root}; add a val/ folder or raise --val-fraction")
+    env = environment(config, join=False)  # the stages training runs first (cnnlab.training.setup)
+    device, precision, workers = env.device, env.precision, env.workers
+    splits = find_splits(config)
     train_images = len(splits.splits["train"])
-    workers = default_workers() if config.workers is None else config.workers
     model = build_model(config, len(splits.classes))  # the minimum-size check, one clear line
     cache = _cache_plan(config, splits)
     free = free_memory(device) - (cache.bytes if cache.mode == "ram" and device.type == "cpu" else 0)

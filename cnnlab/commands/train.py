@@ -32,6 +32,7 @@ from cnnlab.runs.inference import open_trained
 from cnnlab.runs.reader import read_run
 from cnnlab.runs.report import write_report
 from cnnlab.training import Run, distributed, prepare, train
+from cnnlab.training.record import discard_unstarted
 from cnnlab.training.setup import model_options
 from cnnlab.training.state import load_training_checkpoint
 
@@ -100,7 +101,12 @@ def fit(config: TrainConfig | None = None, *, resume: str | os.PathLike | None =
         raise CnnlabError(f"give the options either as a TrainConfig or as keywords, not both ({', '.join(options)})")
     run = prepare(config, checkpoint=checkpoint, overwrite=overwrite, verbose=verbose)
     try:
-        train(run)
+        try:
+            train(run)
+        except BaseException:
+            if checkpoint is None and run.world.is_main:  # failed before its first checkpoint: leave nothing
+                discard_unstarted(run.run_dir, run.created_folder)
+            raise
         result = finish(run) if run.world.is_main else _result(run)  # rank 0 evaluates, judges, reports
         distributed.barrier()  # the others wait for it, then all leave together
         return result

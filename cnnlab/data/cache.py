@@ -49,7 +49,6 @@ import PIL
 import platformdirs
 import torch
 import torchvision
-from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
 
 from cnnlab.data import images

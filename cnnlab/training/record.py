@@ -104,6 +104,17 @@ def new_run_dir(out: str | None, model: str, overwrite: bool = False) -> Path:
     return run_dir
 
 
+def discard_unstarted(run_dir: Path, created: bool) -> None:
+    """After a new run failed before its first checkpoint: remove the files it wrote (config.yaml, model.json...),
+    and its folder if the run created it and nothing else is in it, so that the same --out can be used again.
+    A run with a checkpoint is kept: --resume continues it."""
+    if (run_dir / CHECKPOINT).exists() or not run_dir.is_dir():
+        return
+    clear_run(run_dir)
+    if created and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+
+
 def write_metrics(run_dir: str | os.PathLike, history: list[dict]) -> None:
     """Rewrite metrics.csv from the whole history (small; keeps the file consistent after a resume)."""
     def write(tmp: str) -> None:

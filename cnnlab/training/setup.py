@@ -4,8 +4,18 @@
     train(run)              # the epoch loop (cnnlab.training.loop)
     finish(run)             # verdict, evaluation, report (cnnlab.commands.train)
 
-The pieces (seed_everything, build_model, make_datasets, make_loaders) are also what lr_find and the
-augmentation preview use, so they see exactly what training sees.
+prepare runs named stages, each a plain function of the config and the stages before it:
+
+    environment(config)                    process group, device, precision, loader workers
+    find_splits, prepare_data              splits, decode cache, datasets, tiles per image
+    prepare_model                          the model (pretrained or --weights), on its device and memory format
+    make_loaders                           this process's loaders (balance, shares of the batch)
+    run_folder                             the new run's folder (a run failing before its first checkpoint
+                                           leaves none behind: discard_unstarted)
+    prepare_optimisation                   learning rate, the --time plan, optimizer, schedule, weight average
+    restore                                --resume: the checkpoint's state
+
+plan, lr-find, augment-preview and the memory probe call the same stages, so they see what training sees.
 """
 
 from __future__ import annotations
@@ -51,7 +61,7 @@ from cnnlab.training.forward import InputPipeline, Logits
 from cnnlab.training.lr_find import suggest_lr_for_config
 from cnnlab.training.memory import MemoryProbe, choose_batch_size, step_spec
 from cnnlab.training.optim import DEFAULT_LR, build_optimizer, build_scheduler, epoch_sizes
-from cnnlab.training.record import CLASSES, CONFIG, DATASET, MODEL, model_metadata, new_run_dir
+from cnnlab.training.record import CLASSES, CONFIG, DATASET, MODEL, discard_unstarted, model_metadata, new_run_dir
 from cnnlab.training.state import LoopState, TrainingCheckpoint, restore_training
 
 
@@ -257,6 +267,8 @@ class Run:
     """With --time: the budget and its plan (None otherwise, and in a resumed run, which follows its plan)."""
     world: World = SINGLE
     """This process's place among the training processes (rank 0 writes the run folder)."""
+    created_folder: bool = False
+    """Whether this run made its folder (a run failing before its first checkpoint then removes it)."""
 
     @property
     def classes(self) -> list[str]:
@@ -334,92 +346,216 @@ def open_shared_cache(splits: DatasetSplits, config: TrainConfig, world: World, 
     return cache
 
 
-def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None, overwrite: bool = False,
-            verbose: bool = True) -> Run:
-    """Build a Run from `config` (a new run folder), or continue one from its `checkpoint` (--resume)."""
-    started = time.monotonic()  # a --time budget counts from here: scanning and caching are part of the run
-    if not config.data:
-        raise CnnlabError("no data folder given; pass --data DIR (make one with `cnnlab data synth DIR`)")
-    if config.weights and config.pretrained:
-        raise CnnlabError("--weights and --pretrained both say which weights to start from; give only one")
-    world, device_name = distributed.init(config.device)  # one process of several (torchrun, Slurm), or alone
-    verbose = verbose and world.is_main  # one process speaks and writes the run folder
-    if config.batch_size != "auto" and config.batch_size % world.world_size:
-        raise CnnlabError(f"--batch-size {config.batch_size} is the global batch, shared by {world.world_size} "
-                          f"processes: make it a multiple of {world.world_size}")
+@dataclass
+class Environment:
+    """Where and how a run computes: its place among the training processes, device, number format, workers."""
+
+    world: World
+    device: torch.device
+    precision: Precision
+    workers: int
+    """DataLoader worker processes of this process (the machine's cores shared by its training processes)."""
+
+
+def environment(config: TrainConfig, join: bool = True) -> Environment:
+    """Stage 1: the process group (torchrun, Slurm; `join` False: this process alone), device, precision and
+    loader workers."""
+    world, device_name = distributed.init(config.device) if join else (SINGLE, config.device)
     device = resolve_device(device_name)
     precision = resolve_precision(config.precision, device, config.channels_last)
+    workers = default_workers() if config.workers is None else config.workers
+    if world.distributed and config.workers is None:  # the machine's cores are shared by its processes
+        workers = max(0, workers // int(os.environ.get("LOCAL_WORLD_SIZE", world.world_size)))
+    return Environment(world, device, precision, workers)
+
+
+@dataclass
+class RunData:
+    """Stage 2's result: the splits, the decode cache over them, a dataset per split and the tiles an epoch
+    draws from each training image."""
+
+    splits: DatasetSplits
+    cache: CachedImages | None
+    datasets: dict[str, ImageDataset]
+    draws: torch.Tensor | None = None
+    """Tiled runs: tiles an epoch draws from each training image (None: one image each)."""
+
+    @property
+    def train_draws(self) -> int:
+        """Training samples an epoch draws: images, or with --tile the tiles their areas hold."""
+        return int(self.draws.sum()) if self.draws is not None else len(self.datasets["train"])
+
+    @property
+    def train_counts(self) -> list[int]:
+        """Training images per class, in class order."""
+        return list(self.splits.counts()["train"].values())
+
+
+def find_splits(config: TrainConfig, world: World = SINGLE, classes: list[str] | None = None) -> DatasetSplits:
+    """The data folder's splits, checked: every process sees the same, the classes are `classes` (a resumed
+    run's) when given, and there are validation images."""
+    if not config.data:
+        raise CnnlabError("no data folder given; pass --data DIR (make one with `cnnlab data synth DIR`)")
     splits = find_samples(config.data, val_fraction=config.val_fraction, seed=config.seed)
-    distributed.check_agree("classes and images per class of the data folder", splits.counts())
-    if checkpoint is not None and checkpoint.classes != splits.classes:
+    if world.distributed:
+        distributed.check_agree("classes and images per class of the data folder", splits.counts())
+    if classes is not None and classes != splits.classes:
         raise CnnlabError(f"the classes in {splits.root} ({', '.join(splits.classes)}) are not the ones the run "
-                          f"was trained on ({', '.join(checkpoint.classes)}); resume with the same data folder")
+                          f"was trained on ({', '.join(classes)}); resume with the same data folder")
     if not splits.splits.get("val"):
         raise CnnlabError(f"no validation images in {splits.root}; add a val/ folder or raise --val-fraction")
-    seed_everything(config.seed)
-    model = build_model(config, len(splits.classes)).to(device)
-    start_note = None
-    if config.weights and checkpoint is None:  # a resumed run's weights come from its checkpoint
-        start_note = load_start_weights(model, config.weights, config.model, len(splits.classes))
-    if precision.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    run_dir = Path(config.out) if checkpoint is not None else \
-        Path(distributed.broadcast(str(new_run_dir(config.out, config.model, overwrite)) if world.is_main else None))
+    return splits
 
-    workers = default_workers() if config.workers is None else config.workers
-    if world.distributed:  # the machine's cores are shared by its processes
-        workers = max(0, workers // int(os.environ.get("LOCAL_WORLD_SIZE", world.world_size))) \
-            if config.workers is None else workers
-    cache = open_shared_cache(splits, config, world, verbose)
+
+def prepare_data(config: TrainConfig, splits: DatasetSplits, world: World = SINGLE, verbose: bool = True,
+                 build_cache: bool = True) -> RunData:
+    """Stage 2: the decode cache (built once, by rank 0; `build_cache` False: a cache that exists is used, none is
+    built), the datasets of every split and, for tiled runs, the tiles each training image's area holds."""
+    if build_cache:
+        cache = open_shared_cache(splits, config, world, verbose)
+    else:
+        cache = open_training_cache(splits, config, one_pass=True, verbose=False)
     draws = None
     if config.tile:  # each training image as many tiles per epoch as its area holds
         draws = tile_draws_per_sample(splits.splits["train"], check_tiles_fit(splits, config, cache), config.tile)
-    datasets = make_datasets(splits, config, cache)
-    train_draws = int(draws.sum()) if draws is not None else len(datasets["train"])
-    if config.batch_size == "auto":  # measured now, with the image cache in memory, for the loaders below
-        config = dataclasses.replace(config, batch_size=shared_auto_batch_size(
-            config, len(splits.classes), device, precision, train_draws, workers, world, verbose))
-    pin = device.type == "cuda"
+    return RunData(splits, cache, make_datasets(splits, config, cache), draws)
+
+
+def make_loaders(config: TrainConfig, data: RunData, env: Environment, balance: "Balance") -> dict[str, DataLoader]:
+    """Stage 2, the loaders: this process's share of the global batch; with balance 'sampler', classes drawn
+    equally often; tiled runs validate whole images, one per batch (the window cuts each into tiles)."""
+    world = env.world
     batch = config.batch_size // world.world_size  # this process's share of the global batch
-    counts = [n for n in splits.counts()["train"].values()]
-    balance = resolve_balance(config.balance, counts)
+    counts = data.train_counts
     weights = None
     if balance.mode == "sampler":  # per-sample weights: 1 / (images of the sample's class)
-        weights = torch.tensor([1.0 / counts[sample.label] for sample in splits.splits["train"]])
-    loaders = {"train": make_loader(datasets["train"], batch, workers, train=True, seed=config.seed, pin_memory=pin,
-                                    rank=world.rank, world_size=world.world_size, sample_weights=weights,
-                                    draws=draws),
-               # tiled runs validate whole images, one per batch (the window cuts each into tiles)
-               "val": make_loader(datasets["val"], 1 if config.tile else batch * 2, workers, train=False,
-                                  seed=config.seed, pin_memory=pin, rank=world.rank, world_size=world.world_size)}
-    unreadable = UnreadableImages(loaders, config.max_bad, checkpoint.state.unreadable if checkpoint else None)
-    unreadable.known_in_advance()
-    pipeline = input_pipeline(config, device, precision)
+        weights = torch.tensor([1.0 / counts[sample.label] for sample in data.splits.splits["train"]])
+    pin = env.device.type == "cuda"
+    loaders = {"train": make_loader(data.datasets["train"], batch, env.workers, train=True, seed=config.seed,
+                                    pin_memory=pin, rank=world.rank, world_size=world.world_size,
+                                    sample_weights=weights, draws=data.draws)}
+    if "val" in data.datasets:  # lr-find reads the training split only
+        loaders["val"] = make_loader(data.datasets["val"], 1 if config.tile else batch * 2, env.workers, train=False,
+                                     seed=config.seed, pin_memory=pin, rank=world.rank, world_size=world.world_size)
+    return loaders
 
+
+def prepare_model(config: TrainConfig, num_classes: int, env: Environment, start_weights: bool = True
+                  ) -> tuple[nn.Module, str | None]:
+    """Stage 3: the model, seeded, built with the run's options (pretrained if asked), started from --weights when
+    `start_weights`, on the device in its memory format; and the note on where its weights came from."""
+    seed_everything(config.seed)
+    model = build_model(config, num_classes).to(env.device)
+    note = load_start_weights(model, config.weights, config.model, num_classes) \
+        if config.weights and start_weights else None
+    if env.precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, note
+
+
+@dataclass
+class Optimisation:
+    """Stage 4's result: the learning rate, the steps planned, optimizer, schedule, scaler and weight average."""
+
+    lr: float
+    total_steps: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    average: WeightAverage | None
+    budget: Budget | None = None
+
+
+def prepare_optimisation(config: TrainConfig, model: nn.Module, loaders: dict[str, DataLoader],
+                         pipeline: InputPipeline, loss_fn: nn.Module, env: Environment, run_dir: Path,
+                         checkpoint: TrainingCheckpoint | None, started: float, verbose: bool) -> Optimisation:
+    """Stage 4: the learning rate (--lr auto: the range test), the steps (--epochs, a --time plan, or a resumed
+    run's plan), the optimizer, its schedule, the fp16 scaler and the weight average."""
+    world = env.world
     lr = config.lr
     if lr == "auto":  # every process runs the test on its share; rank 0's suggestion is the run's
         lr = distributed.broadcast(suggest_lr_for_config(config, model, loaders["train"], pipeline, verbose=verbose,
                                                          run_dir=run_dir if world.is_main else None))
     lr = float(lr) if lr is not None else DEFAULT_LR[config.optimizer]
     steps_per_epoch = len(loaders["train"])  # the same on every process (EpochSampler evens the shares)
-    loss_fn = loss_function(config, balance, counts).to(device)
     total_steps, budget = steps_per_epoch * config.epochs, None
     if checkpoint is not None and checkpoint.state.planned_steps:
         total_steps = checkpoint.state.planned_steps  # a budgeted run resumes its plan, not a new one
     elif config.time and checkpoint is None:
-        budget = plan_budget(config, model, loaders["train"], pipeline, loss_fn, len(datasets["val"]), started, verbose)
+        budget = plan_budget(config, model, loaders["train"], pipeline, loss_fn, len(loaders["val"].dataset),
+                             started, verbose)
         budget.plan = distributed.broadcast(budget.plan)  # every process follows rank 0's plan
-        config = dataclasses.replace(config, epochs=budget.plan.epochs)
         total_steps = budget.plan.total_steps
     optimizer = build_optimizer(model, config.optimizer, lr, config.weight_decay)
     scheduler = build_scheduler(optimizer, config.schedule, total_steps, round(config.warmup_epochs * steps_per_epoch))
-    scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
+    scaler = torch.amp.GradScaler(env.device.type, enabled=env.precision.name == "fp16")
     average = WeightAverage(model, decay_for(total_steps)) if config.ema else None
+    return Optimisation(lr, total_steps, optimizer, scheduler, scaler, average, budget)
 
-    resolved = dataclasses.replace(config, data=splits.root, lr=lr, workers=workers, out=str(run_dir),
-                                   device=str(device), precision=precision.name,
-                                   channels_last=precision.channels_last,
-                                   cache=cache.mode if cache is not None else "off")
+
+def run_folder(config: TrainConfig, world: World, overwrite: bool) -> tuple[Path, bool]:
+    """Stage 5: a new run's folder, made by rank 0 and named to every process; and whether it was created here
+    (not there before), so that a run failing before its first checkpoint can leave nothing behind."""
+    created = None
+    if world.is_main:
+        existed = bool(config.out) and Path(config.out).expanduser().is_dir()
+        path = new_run_dir(config.out, config.model, overwrite)
+        created = str(path), not existed
+    path, made = distributed.broadcast(created)
+    return Path(path), made
+
+
+def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None, overwrite: bool = False,
+            verbose: bool = True) -> Run:
+    """Build a Run from `config` (a new run folder), or continue one from its `checkpoint` (--resume), in stages:
+    environment -> data -> model -> loaders -> run folder -> optimisation -> the run's files -> restore."""
+    started = time.monotonic()  # a --time budget counts from here: scanning and caching are part of the run
+    if config.weights and config.pretrained:
+        raise CnnlabError("--weights and --pretrained both say which weights to start from; give only one")
+    env = environment(config)
+    world = env.world
+    verbose = verbose and world.is_main  # one process speaks and writes the run folder
+    if config.batch_size != "auto" and config.batch_size % world.world_size:
+        raise CnnlabError(f"--batch-size {config.batch_size} is the global batch, shared by {world.world_size} "
+                          f"processes: make it a multiple of {world.world_size}")
+    splits = find_splits(config, world, checkpoint.classes if checkpoint is not None else None)
+    model, start_note = prepare_model(config, len(splits.classes), env, start_weights=checkpoint is None)
+    data = prepare_data(config, splits, world, verbose)
+    if config.batch_size == "auto":  # measured now, with the image cache in memory, for the loaders below
+        config = dataclasses.replace(config, batch_size=shared_auto_batch_size(
+            config, len(splits.classes), env.device, env.precision, data.train_draws, env.workers, world, verbose))
+    balance = resolve_balance(config.balance, data.train_counts)
+    loaders = make_loaders(config, data, env, balance)
+    if checkpoint is not None:
+        run_dir, created = Path(config.out), False
+    else:
+        run_dir, created = run_folder(config, world, overwrite)
+    try:
+        return _assemble(config, env, data, model, start_note, balance, loaders, run_dir, created, checkpoint,
+                         started, verbose)
+    except BaseException:
+        if checkpoint is None and world.is_main:
+            discard_unstarted(run_dir, created)
+        raise
+
+
+def _assemble(config: TrainConfig, env: Environment, data: RunData, model: nn.Module, start_note: str | None,
+              balance: "Balance", loaders: dict[str, DataLoader], run_dir: Path, created: bool,
+              checkpoint: TrainingCheckpoint | None, started: float, verbose: bool) -> Run:
+    """Stages 4 to 6 (inside the run folder): optimisation, the run's files, the wrapped model, restore."""
+    world, splits = env.world, data.splits
+    unreadable = UnreadableImages(loaders, config.max_bad, checkpoint.state.unreadable if checkpoint else None)
+    unreadable.known_in_advance()
+    pipeline = input_pipeline(config, env.device, env.precision)
+    loss_fn = loss_function(config, balance, data.train_counts).to(env.device)
+    optimisation = prepare_optimisation(config, model, loaders, pipeline, loss_fn, env, run_dir, checkpoint,
+                                        started, verbose)
+    if optimisation.budget is not None:
+        config = dataclasses.replace(config, epochs=optimisation.budget.plan.epochs)
+    resolved = dataclasses.replace(config, data=splits.root, lr=optimisation.lr, workers=env.workers,
+                                   out=str(run_dir), device=str(env.device), precision=env.precision.name,
+                                   channels_last=env.precision.channels_last,
+                                   cache=data.cache.mode if data.cache is not None else "off")
     preprocessing = preprocessing_of(config)
     metadata = model_metadata(config.model, model_options(config), splits.classes, config.img_size,
                               preprocessing.to_dict())
@@ -435,38 +571,52 @@ def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None
     # saved from `model`, whose state_dict keys carry neither wrapper's prefix.
     net = model
     if world.distributed:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
         torch.manual_seed(config.seed * 1_000_003 + world.rank)  # dropout: other masks on each process
     net = compile_model(net) if config.compile else net
-    parts = TrainingParts(model, net, optimizer, scheduler, scaler, loss_fn, pipeline, average,
-                          validation_net=model if world.distributed else net)
+    parts = TrainingParts(model, net, optimisation.optimizer, optimisation.scheduler, optimisation.scaler, loss_fn,
+                          pipeline, optimisation.average, validation_net=model if world.distributed else net)
     run = Run(resolved, run_dir, splits, metadata, preprocessing, parts, loaders["train"], loaders["val"],
-              unreadable, dataset_info, verbose=verbose, budget=budget, world=world)
-    if budget is not None:
-        run.state.planned_steps = total_steps
+              unreadable, dataset_info, verbose=verbose, budget=optimisation.budget, world=world,
+              created_folder=created)
+    if optimisation.budget is not None:
+        run.state.planned_steps = optimisation.total_steps
     run.write_dataset_info()
-    n_params = sum(p.numel() for p in model.parameters())
-    tiles = f" ({train_draws:,} tiles per epoch: the tiles each image's area holds)" if config.tile else ""
-    run.log(f"training {config.model} ({n_params:,} parameters) on {len(datasets['train'])} train{tiles} / "
-            f"{len(datasets['val'])} val images, {len(splits.classes)} classes, {config.img_size}px, "
-            f"{device} {precision.name}, {workers} workers -> {run_dir}")
-    if config.batch_size > train_draws:
+    _log_start(run, data, env, start_note, balance)
+    if checkpoint is not None:
+        restore(run, checkpoint)
+    return run
+
+
+def _log_start(run: Run, data: RunData, env: Environment, start_note: str | None, balance: "Balance") -> None:
+    """What the run is about to do, in a few lines."""
+    config = run.config
+    n_params = sum(p.numel() for p in run.parts.model.parameters())
+    tiles = f" ({data.train_draws:,} tiles per epoch: the tiles each image's area holds)" if config.tile else ""
+    run.log(f"training {config.model} ({n_params:,} parameters) on {len(data.datasets['train'])} train{tiles} / "
+            f"{len(data.datasets['val'])} val images, {len(run.classes)} classes, {config.img_size}px, "
+            f"{env.device} {env.precision.name}, {env.workers} workers -> {run.run_dir}")
+    if config.batch_size > data.train_draws:
         what = "tiles an epoch draws" if config.tile else "training images"
-        run.log(f"note: --batch-size {config.batch_size} is larger than the {train_draws} {what}, so every epoch "
-                "is a single step; a smaller batch takes more steps per epoch")
+        run.log(f"note: --batch-size {config.batch_size} is larger than the {data.train_draws} {what}, so every "
+                "epoch is a single step; a smaller batch takes more steps per epoch")
     if start_note:
         run.log(start_note)
     if balance.mode != "off":
         run.log(balance.note)
-    if checkpoint is not None:
-        run.state = checkpoint.state
-        extra = checkpoint.extra()
-        if "val.logits" in extra:
-            run.best_val = Logits(extra["val.logits"], extra["val.labels"], extra["val.indices"])
-        if average is not None:
-            average.load({name[len("ema."):]: t for name, t in extra.items() if name.startswith("ema.")},
-                         checkpoint.state.ema_steps)
-        run.log(f"resuming {run_dir} from {checkpoint.state.position()}, to epoch {config.epochs}")
-        restore_training(checkpoint, model, optimizer, scheduler, scaler, device, world.rank,
-                         world.world_size)  # last: it sets the RNGs
-    return run
+
+
+def restore(run: Run, checkpoint: TrainingCheckpoint) -> None:
+    """Stage 6 (--resume): the loop state, the best epoch's validation logits, the weight average, then the weights,
+    optimizer, schedule, scaler and every random-number generator (last: it sets the RNGs)."""
+    parts = run.parts
+    run.state = checkpoint.state
+    extra = checkpoint.extra()
+    if "val.logits" in extra:
+        run.best_val = Logits(extra["val.logits"], extra["val.labels"], extra["val.indices"])
+    if parts.average is not None:
+        parts.average.load({name[len("ema."):]: t for name, t in extra.items() if name.startswith("ema.")},
+                           checkpoint.state.ema_steps)
+    run.log(f"resuming {run.run_dir} from {checkpoint.state.position()}, to epoch {run.config.epochs}")
+    restore_training(checkpoint, parts.model, parts.optimizer, parts.scheduler, parts.scaler, parts.device,
+                     run.world.rank, run.world.world_size)

@@ -18,7 +18,7 @@ from cnnlab.data.cache import choose_mode, open_cache
 from cnnlab.data.dataset import ImageDataset
 from cnnlab.data.folders import Sample
 from cnnlab.errors import CnnlabError
-from cnnlab.data.images import read_image, save_image
+from cnnlab.data.images import read_at, read_image, save_image
 from cnnlab.data.loaders import make_loader, skip_sampler
 from cnnlab.data.transforms import train_transform
 
@@ -66,11 +66,11 @@ def _expected(path: str, size: int = SIZE) -> torch.Tensor:
 def _count_decodes(monkeypatch) -> list[str]:
     calls: list[str] = []
 
-    def counting_read_image(path, *args, **kwargs):
+    def counting_read_at(path, *args, **kwargs):
         calls.append(str(path))
-        return read_image(path, *args, **kwargs)
+        return read_at(path, *args, **kwargs)
 
-    monkeypatch.setattr(cache_module, "read_image", counting_read_image)
+    monkeypatch.setattr(cache_module, "read_at", counting_read_at)
     return calls
 
 

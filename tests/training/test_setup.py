@@ -1,0 +1,94 @@
+"""prepare() in stages: a run that fails before its first checkpoint leaves no run folder behind (nor its files in a
+folder of the user's), a stopped run with a checkpoint is kept, and Ctrl-C while the cache is built is one line."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from cnnlab.cli import main
+from cnnlab.commands.train import fit
+from cnnlab.errors import CnnlabError
+from cnnlab.training import loop, setup
+
+TINY = dict(img_size=32, epochs=1, batch_size=8, workers=0, model="simple_cnn", model_options={"widths": [8, 16]},
+            cache="off", verbose=False)
+
+
+def test_a_run_failing_in_its_data_stage_makes_no_folder(tiny_data, tmp_path):
+    out = tmp_path / "runs" / "too-big-tiles"
+    with pytest.raises(CnnlabError, match="smaller than one 128 px tile"):
+        fit(data=str(tiny_data), out=str(out), **(TINY | {"img_size": 128}), tile=128)
+    assert not out.exists()
+
+
+def test_a_run_failing_after_its_folder_was_made_removes_it(tiny_data, tmp_path):
+    out = tmp_path / "short"
+    with pytest.raises(CnnlabError, match="--time 1s is too short"):
+        fit(data=str(tiny_data), out=str(out), time="1s", **TINY)
+    assert not out.exists()
+    assert fit(data=str(tiny_data), out=str(out), **TINY).run_dir == out  # the same --out works at once
+
+
+def test_a_folder_of_the_users_is_kept_with_its_files(tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+
+    def failing(run, epoch, stop=None):
+        raise CnnlabError("the first epoch failed")
+
+    monkeypatch.setattr(loop, "train_one_epoch", failing)
+    with pytest.raises(CnnlabError, match="the first epoch failed"):
+        fit(data=str(tiny_data), out=str(out), **TINY)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # config.yaml, model.json... are gone
+
+
+def test_a_run_with_a_checkpoint_is_kept(tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "two-epochs"
+    real = loop._train_epoch
+
+    def second_fails(run, epoch, stop):
+        if epoch == 2:
+            raise CnnlabError("the second epoch failed")
+        real(run, epoch, stop)
+
+    monkeypatch.setattr(loop, "_train_epoch", second_fails)
+    with pytest.raises(CnnlabError, match="the second epoch failed"):
+        fit(data=str(tiny_data), out=str(out), **(TINY | {"epochs": 2}))
+    assert (out / "checkpoint.safetensors").exists() and (out / "best.safetensors").exists()
+
+
+def test_ctrl_c_while_the_cache_is_built_is_one_line(tiny_data, tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+        yield  # a generator, as decode_all is
+
+    from cnnlab.data import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "decode_all", interrupted)
+    out = tmp_path / "interrupted"
+    monkeypatch.setattr(sys, "argv", ["cnnlab", "train", "--data", str(tiny_data), "--img-size", "32", "--workers", "0",
+                                      "--cache", "disk", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 130
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines()[-1] == "SIGINT: stopped (Ctrl-C)"
+    assert "Traceback" not in captured.err and not out.exists()
+
+
+def test_the_stages_are_what_prepare_runs(tiny_data):
+    """lr-find, plan and augment-preview build from the same stages: the datasets of one config are equal."""
+    from cnnlab.config import TrainConfig
+
+    config = TrainConfig(data=str(tiny_data), img_size=32, cache="off", workers=0)
+    env = setup.environment(config, join=False)
+    assert env.world.world_size == 1 and env.workers == 0
+    splits = setup.find_splits(config)
+    data = setup.prepare_data(config, splits, verbose=False)
+    assert data.train_draws == len(splits.splits["train"]) == 36 and data.train_counts == [12, 12, 12]
+    loaders = setup.make_loaders(config, data, env, setup.resolve_balance("auto", data.train_counts))
+    assert len(loaders["train"]) == 36 // config.batch_size + (36 % config.batch_size > 0)
+    assert loaders["val"].dataset is data.datasets["val"]
