@@ -45,7 +45,7 @@ METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc
 RUN_FILE_PATTERNS = (CONFIG, CLASSES, DATASET, MODEL, METRICS, CURVES, BEST, LAST, CHECKPOINT, "diagnosis.json",
                      "summary.json", "report.html", "augment_preview.png", "lr_find.png", "lr_find.json",
                      "image_sizes.png", "eval_*.json", "confusion_matrix_*.png", "top_losses_*.png",
-                     "reliability_*.png", "gradcam_*", "heatmaps_*")
+                     "reliability_*.png", "gradcam", "inspect", "model.onnx", "model.onnx.json")
 RUN_MARKERS = (CONFIG, MODEL, METRICS, CHECKPOINT, BEST, LAST)
 
 
