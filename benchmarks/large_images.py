@@ -60,8 +60,7 @@ from cnnlab.data.folders import Sample, find_samples
 from cnnlab.data.images import save_image
 from cnnlab.data.loaders import make_loader
 from cnnlab.data.synth import SHAPE_NAMES, render
-from cnnlab.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, Preprocessing, decode_size, eval_transform,
-                                    train_transform)
+from cnnlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, decode_size, train_transform
 from cnnlab.models import create_model
 from cnnlab.training.device import cpu_has_fast_bf16, default_workers, resolve_precision
 from cnnlab.training.forward import InputPipeline
@@ -262,7 +261,7 @@ def section_loading(sets: list[tuple[str, Path, list[Sample]]], workers: int, sc
         del lecture, ours  # stop their workers
         uncached = one_epoch(cnnlab_loader(samples, workers, "off", None)[0], 1)
         crop_loader = cnnlab_loader(samples, workers, "disk", str(cache_dir),
-                                    eval_transform(Preprocessing.for_size(IMG_SIZE)))[0]
+                                    Preprocessing.for_size(IMG_SIZE).eval_transform())[0]
         crop_only = min(one_epoch(crop_loader, epoch, pipeline=device_pipeline(augment=False)) for epoch in (1, 2))
         del crop_loader
         row = {"data": name, "images": n,

@@ -229,7 +229,7 @@ def train(ctx: typer.Context, **values: Any) -> None:
     current step, saves a checkpoint and prints how to resume.
     """
     if values["nproc"] > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command
-        from cnnlab.commands.launch import launch
+        from cnnlab.training.distributed import launch
 
         raise typer.Exit(launch(values["nproc"], _without_nproc(sys.argv[1:])))
     from cnnlab.commands.train import fit

@@ -1,6 +1,10 @@
 """The architecture, checked: imports go one way through the layers, and no module imports itself back.
 
-    base (errors, config, files, plots, signals) -> scratch -> data -> models -> training -> runs -> commands -> cli
+    base (errors, config, files, plots, signals) -> scratch -> data -> models -> training -> runs -> serve -> commands
+    -> cli
+
+and commands are leaves: a command module imports no other command, except those that run a training (compare,
+sweep and demo call `train`'s fit).
 
 Every `import` and `from ... import` in cnnlab is read from the source with ast, including those inside
 functions (a lazy import is still a dependency). TYPE_CHECKING-only imports would count too.
@@ -14,7 +18,9 @@ from pathlib import Path
 import cnnlab
 
 PACKAGE = Path(cnnlab.__file__).parent
-LAYERS = ["base", "scratch", "data", "models", "training", "runs", "commands", "cli"]
+LAYERS = ["base", "scratch", "data", "models", "training", "runs", "serve", "commands", "cli"]
+# the commands that run a training, and so may call `cnnlab.commands.train.fit`
+TRAINING_COMMANDS = {"cnnlab.commands.compare", "cnnlab.commands.sweep", "cnnlab.commands.demo"}
 BASE = {"cnnlab", "cnnlab.errors", "cnnlab.config", "cnnlab.files", "cnnlab.plots", "cnnlab.signals"}
 
 
@@ -79,6 +85,15 @@ def test_scratch_is_pure_numpy():
     for path in (PACKAGE / "scratch").rglob("*.py"):
         text = path.read_text(encoding="utf-8")
         assert "import torch" not in text and "from torch" not in text, path
+
+
+def test_commands_are_leaves():
+    """No command imports another's internals: engines live below cnnlab.commands (runs, serve, training)."""
+    crossing = sorted(f"{module} imports {target}" for module, targets in graph().items()
+                      if layer_of(module) == "commands" for target in targets
+                      if layer_of(target) == "commands" and target != module
+                      and not (module in TRAINING_COMMANDS and target == "cnnlab.commands.train"))
+    assert not crossing, "commands importing other commands:\n" + "\n".join(crossing)
 
 
 def test_no_import_cycles():

@@ -2,7 +2,7 @@
 
     1. the model (best weights, float32, CPU) is exported by torch's current exporter: torch.export traces it
        (dynamo), onnxscript translates the graph; the batch axis is dynamic;
-    2. the run's classes and preprocessing go into the file's metadata_props (see cnnlab.commands.onnx_file);
+    2. the run's classes and preprocessing go into the file's metadata_props (see cnnlab.runs.exported);
     3. onnxruntime runs the serialized file on real images from the run's data, prepared exactly as predict
        prepares them, at batch sizes 1, 2 and 5, and its logits are compared with PyTorch's;
     4. only when every difference is within TOLERANCE is the file written (atomically, with <file>.json), so a
@@ -39,8 +39,9 @@ import onnxscript
 import torch
 
 from cnnlab import __version__
-from cnnlab.commands.evaluate import split_samples
-from cnnlab.commands.onnx_file import (FORMAT_VERSION, INPUT_NAME, METADATA_KEY, OUTPUT_NAME, describe_input,
+from cnnlab.runs.evaluation import split_samples
+from cnnlab.training.record import ONNX
+from cnnlab.runs.exported import (FORMAT_VERSION, INPUT_NAME, METADATA_KEY, OUTPUT_NAME, describe_input,
                                        open_session, sidecar_path)
 from cnnlab.config import check_choice
 from cnnlab.data.folders import Sample
@@ -121,7 +122,7 @@ def export(run_dir: str | os.PathLike, format: str = "onnx", out: str | os.PathL
     graph = to_onnx(model, images[:2], trained.record.model)
     differences = compare(model, open_session(graph, f"the exported {trained.record.model}"), images)
     worst = max(differences, key=lambda d: d.relative)
-    path = Path(out) if out is not None else Path(run_dir) / "model.onnx"
+    path = Path(out) if out is not None else Path(run_dir) / ONNX
     if worst.relative > tolerance:
         raise CnnlabError(
             f"refused: onnxruntime's logits differ from PyTorch's by {worst.max_abs:.3g} at batch size "

@@ -21,8 +21,9 @@ from torch import nn
 
 from cnnlab import plots
 from cnnlab.data.images import DEFAULT_MAX_PIXELS, read_at, save_image
-from cnnlab.data.transforms import eval_transform, normalize
+from cnnlab.data.transforms import normalize
 from cnnlab.errors import CnnlabError
+from cnnlab.training.record import INSPECT
 from cnnlab.runs.reader import load_model
 
 FILTER_PIXELS = 8  # each filter tap becomes an 8x8 block, so a 3x3 filter is 24 px wide and visible
@@ -94,14 +95,14 @@ def inspect_run(run_dir: str | os.PathLike, image: str | os.PathLike, out: str |
         raise CnnlabError(f"max_maps={max_maps}: show at least 1 feature map per stage")
     model, record = load_model(run_dir, which)
     conv = first_conv(model)
-    out_dir = Path(out) if out is not None else Path(run_dir) / "inspect" / Path(image).stem
+    out_dir = Path(out) if out is not None else Path(run_dir) / INSPECT / Path(image).stem
     result = InspectResult(out_dir=out_dir, filter_shape=tuple(conv.weight.shape))
 
     # The prediction-time view, as the run recorded it: decode reduced, resize + center crop, normalise.
     preprocessing = record.preprocessing
     cap = record.config.max_pixels if record.config else DEFAULT_MAX_PIXELS
-    pixels = read_at(image, preprocessing.decode_size, max_pixels=cap)  # (3, H, W) uint8, as predict reads it
-    seen = eval_transform(preprocessing)(pixels)  # (3, S, S) uint8, what the network sees
+    pixels = read_at(image, preprocessing.resolution, max_pixels=cap)  # (3, H, W) uint8, as predict reads it
+    seen = preprocessing.one_input(pixels)  # (3, S, S) uint8, what the network sees (tiled runs: the central window)
     x = normalize(seen[None], preprocessing.mean, preprocessing.std)  # (1, 3, S, S)
     save_image(seen, out_dir / "input.png")
     result.files.append(out_dir / "input.png")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cnnlab import plots
 from cnnlab.config import TrainConfig
-from cnnlab.files import write_json
+from cnnlab.training.record import LR_FIND_PNG, write_lr_find
 from cnnlab.training.lr_find import LRFindResult, as_json, run_for_config
 from cnnlab.training.setup import (environment, find_splits, input_pipeline, make_loaders, prepare_data,
                                    prepare_model, resolve_balance)
@@ -30,10 +30,10 @@ def find_lr(data: str, steps: int = 200, out: str | Path | None = None, run: str
     prepared = prepare_data(config, splits, verbose=verbose)
     loader = make_loaders(config, prepared, env, resolve_balance(config.balance, prepared.train_counts))["train"]
     result = run_for_config(config, model, loader, input_pipeline(config, env.device, env.precision), num_steps=steps)
-    path = Path(run) / "lr_find.png" if run else Path(out) if out else default_plot_path(data, config.model)
+    path = Path(run) / LR_FIND_PNG if run else Path(out) if out else default_plot_path(data, config.model)
     plots.lr_find_curve(result.lrs, result.losses, result.smoothed, result.suggestion, path,
                         title=f"LR range test: {config.model}, {config.optimizer}, {config.img_size}px, "
                               f"batch {config.batch_size}")
     if run:
-        write_json(Path(run) / "lr_find.json", as_json(result))
+        write_lr_find(Path(run), as_json(result))
     return result, path

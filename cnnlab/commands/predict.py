@@ -11,16 +11,15 @@ import os
 from pathlib import Path
 
 import torch
-from torchvision.transforms.v2 import functional as F
 
 from cnnlab import plots
 from cnnlab.data.dataset import ImageDataset
 from cnnlab.data.folders import Sample, expand_inputs
 from cnnlab.data.tiles import aggregate
-from cnnlab.commands.onnx_file import is_onnx_file, open_onnx
-from cnnlab.data.tiles import heatmap as tiles_heatmap
 from cnnlab.errors import CnnlabError, ImageReadError
 from cnnlab.config import TrainConfig
+from cnnlab.runs.display import window_heatmap
+from cnnlab.runs.exported import is_onnx_file, open_onnx
 from cnnlab.runs.inference import open_trained
 from cnnlab.runs.reader import read_run
 
@@ -73,7 +72,7 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike], top_k: 
         if workers is None:  # decoding in worker processes pays for their start-up from the second batch on
             workers = 0 if len(readable) <= batch_size else None
         outputs = trained.logits(trained.loader(dataset, batch_size, workers), "predict", show_progress=verbose,
-                                 tta=tta, batch_size=batch_size, on_image=on_image)
+                                 tta=tta, on_image=on_image)
         probabilities = torch.softmax(outputs.logits, dim=1) if len(outputs.indices) else None
         done = set()
         if probabilities is not None:
@@ -92,28 +91,20 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike], top_k: 
     return rows
 
 
-DISPLAY_SIDE = 1024  # heatmaps are drawn over the image shrunk to at most this long side
-
-
 def write_heatmap(dataset: ImageDataset, index: int, positions: list[tuple[int, int]], tile_logits: torch.Tensor,
                   trained, folder: Path, class_index: int | None = None) -> Path:
     """folder/<image name>.heatmap.png: the probability of one class (the image's predicted class by default)
     for every window position, over the image."""
     pre = trained.preprocessing
     image = dataset.load(index)                                              # (3, H, W) at the run's scale
-    height, width = image.shape[1:]
-    stride = max(1, round(pre.tile * (1 - pre.overlap)))
-    grid = tiles_heatmap(torch.softmax(tile_logits, 1), positions, pre.tile, height, width, stride)  # (K, h, w)
+    picture, heat, shown = window_heatmap(image, positions, tile_logits, pre, class_index)
     predicted = int(aggregate(tile_logits, pre.aggregate).argmax())
-    shown = predicted if class_index is None else class_index
-    factor = min(1.0, DISPLAY_SIDE / max(height, width))
-    picture = F.resize(image, [max(1, round(height * factor)), max(1, round(width * factor))], antialias=True)
-    name = trained.record.classes[shown]
     folder.mkdir(parents=True, exist_ok=True)
+    name = Path(dataset.samples[index].path).name
     path = folder / f"{Path(dataset.samples[index].path).stem}.heatmap.png"
-    return plots.heatmap_overlay(picture.permute(1, 2, 0).numpy(), grid[shown].numpy(), path,
-                                 title=f"{Path(dataset.samples[index].path).name}: p({name}) per {pre.tile} px window "
-                                       f"at scale {pre.scale:g} (predicted: {trained.record.classes[predicted]})")
+    return plots.heatmap_overlay(picture, heat, path,
+                                 title=f"{name}: p({trained.record.classes[shown]}) per {pre.tile} px window at scale "
+                                       f"{pre.scale:g} (predicted: {trained.record.classes[predicted]})")
 
 
 # A share of failures is judged over at least this many inputs: with fewer, one failure is already over a 5%

@@ -20,19 +20,18 @@ from typing import Any
 from torch import nn
 
 from cnnlab import plots
-from cnnlab.commands.augment_preview import PreviewParts, write_run_preview
-from cnnlab.commands.evaluate import EvalResult, write_evaluation
 from cnnlab.config import TrainConfig
 from cnnlab.data.check import size_summary
 from cnnlab.errors import CnnlabError
-from cnnlab.files import write_json
 from cnnlab.models.summary import summarize_model
 from cnnlab.runs.diagnosis import Diagnosis, diagnose
+from cnnlab.runs.evaluation import EvalResult, write_evaluation
 from cnnlab.runs.inference import open_trained
+from cnnlab.runs.preview import PreviewParts, write_run_preview
 from cnnlab.runs.reader import read_run
 from cnnlab.runs.report import write_report
 from cnnlab.training import Run, distributed, prepare, train
-from cnnlab.training.record import discard_unstarted
+from cnnlab.training.record import IMAGE_SIZES, discard_unstarted, write_diagnosis, write_summary
 from cnnlab.training.setup import model_options
 from cnnlab.training.state import load_training_checkpoint
 
@@ -190,12 +189,12 @@ def finish(run: Run) -> TrainResult:
     val_size = len(run.best_val.labels) if run.best_val is not None else len(run.splits.splits["val"])
     inputs = {"val_size": val_size, "num_classes": len(run.classes), "time_budget": run.config.time}
     diagnosis = diagnose(state.history, **inputs)
-    write_json(run_dir / "diagnosis.json", diagnosis.to_dict() | {"inputs": inputs})
+    write_diagnosis(run_dir, diagnosis.to_dict(), inputs)
     sizes = size_summary([sample.path for samples in run.splits.splits.values() for sample in samples])
     run.dataset_info["image_sizes"] = sizes
     run.write_dataset_info()
     if "megapixel_histogram" in sizes:
-        plots.image_sizes(sizes, run_dir / "image_sizes.png", img_size=run.config.img_size)
+        plots.image_sizes(sizes, run_dir / IMAGE_SIZES, img_size=run.config.img_size)
     _write_layer_table(run)
     parts = PreviewParts(run.train_loader.dataset, run.parts.pipeline, run.classes,
                          frozenset(run.unreadable.found["train"]))
@@ -220,4 +219,4 @@ def _write_layer_table(run: Run) -> None:
     except (CnnlabError, TypeError, ValueError, RuntimeError, NotImplementedError) as error:
         run.log(f"warning: no layer table for the report ({error})")
         return
-    write_json(run.run_dir / "summary.json", summary.to_dict())
+    write_summary(run.run_dir, summary.to_dict())

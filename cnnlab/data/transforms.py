@@ -79,8 +79,42 @@ class Preprocessing:
 
     @property
     def decode_size(self) -> int:
-        """Short side to decode (and cache) at."""
+        """Short side to decode (and cache) at, for whole-image runs."""
         return decode_size(self.center_crop, self.decode_ratio)
+
+    # --- the view of an image this record describes: whole (resized, centre-cropped) or tiles at a scale ---------
+    # Every reader asks these instead of branching on `tile` itself.
+
+    @property
+    def tiled(self) -> bool:
+        """Whether the network sees tiles of the whole image at `scale` (else the whole image, resized)."""
+        return self.tile is not None
+
+    @property
+    def resolution(self) -> int | float:
+        """What images are read (and cached) at, read_at's argument: the short side the crop starts from (int), or
+        for tiles the pixel scale (float)."""
+        return float(self.scale) if self.tiled else self.decode_size
+
+    def eval_transform(self) -> v2.Compose:
+        """uint8 in and out, deterministic: the resize and centre crop of a whole image; for tiles the whole image
+        at its scale as it is (the sliding window cuts it)."""
+        if self.tiled:
+            return v2.Compose([v2.Identity()])
+        return v2.Compose([v2.Resize(self.resize_short_side, antialias=True), v2.CenterCrop(self.center_crop)])
+
+    def one_input(self, image: torch.Tensor) -> torch.Tensor:
+        """One input (3, S, S) uint8 of the network from an image read at `resolution`: the evaluation view of a
+        whole image, or the central window of a tiled one (what `cnnlab inspect` shows the network looking at)."""
+        if not self.tiled:
+            return self.eval_transform()(image)
+        height, width = image.shape[1:]
+        top, left = max(0, (height - self.tile) // 2), max(0, (width - self.tile) // 2)
+        return image[:, top:top + self.tile, left:left + self.tile]
+
+    def images_per_batch(self, batch_size: int) -> int:
+        """Images per evaluation batch: `batch_size` crops, or one whole image (its windows are batched instead)."""
+        return 1 if self.tiled else batch_size
 
     def to_dict(self) -> dict:
         """JSON-ready dict (lists, not tuples)."""
@@ -94,18 +128,12 @@ class Preprocessing:
         return cls(**{"resize_short_side": img_size, "center_crop": img_size} | kept)
 
 
-def eval_transform(preprocessing: Preprocessing) -> v2.Compose:
-    """Deterministic, uint8 in and out: resize the short side, center crop."""
-    return v2.Compose([v2.Resize(preprocessing.resize_short_side, antialias=True),
-                       v2.CenterCrop(preprocessing.center_crop)])
-
-
 def train_transform(preset: str, img_size: int, augment_on: str = "workers") -> v2.Compose:
     """The per-image part of a preset (uint8 in and out); random parameters drawn anew for every read."""
     check_choice("augment", preset, AUGMENT_PRESETS)
     check_choice("augment_on", augment_on, AUGMENT_ON)
     if preset == "none":
-        return eval_transform(Preprocessing.for_size(img_size))
+        return Preprocessing.for_size(img_size).eval_transform()
     if augment_on == "device":  # the rest of the preset runs on the batch (cnnlab.data.augment)
         return v2.Compose([v2.Resize(decode_size(img_size), antialias=True),
                            v2.RandomResizedCrop(img_size, scale=CROP_SCALE, antialias=True)])
@@ -129,9 +157,12 @@ def tile_train_transform(preset: str, tile: int, augment_on: str = "workers") ->
     return v2.Compose(steps)
 
 
-def whole_image_transform() -> v2.Compose:
-    """Tiled runs, evaluation: the whole scaled image as it is (the sliding window cuts it into tiles)."""
-    return v2.Compose([v2.Identity()])
+def training_transform(preprocessing: Preprocessing, preset: str, augment_on: str) -> v2.Compose:
+    """The per-image transform training reads images through: a random tile of the scaled image (tiled runs), or
+    the preset's crop of the whole image; the one place the view of an image decides how it is trained on."""
+    if preprocessing.tiled:
+        return tile_train_transform(preset, preprocessing.tile, augment_on)
+    return train_transform(preset, preprocessing.center_crop, augment_on)
 
 
 def normalize(images: torch.Tensor, mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD,

@@ -18,9 +18,9 @@ from cnnlab.data.dataset import ImageDataset
 from cnnlab.data.folders import Sample
 from cnnlab.data.images import DEFAULT_MAX_PIXELS
 from cnnlab.data.loaders import make_loader
-from cnnlab.data.transforms import Preprocessing, eval_transform, whole_image_transform
+from cnnlab.data.transforms import Preprocessing
 from cnnlab.training.device import default_workers, resolve_device, resolve_precision
-from cnnlab.training.forward import InputPipeline, Logits, collect_logits, collect_tiled_logits
+from cnnlab.training.forward import InputPipeline, Logits, view_logits
 from cnnlab.runs.reader import RunRecord, load_model
 
 
@@ -54,32 +54,27 @@ class TrainedModel:
         """The samples with the run's evaluation preprocessing (tiled runs: the whole image at the run's scale);
         decoded images come from the run's disk cache when one covers them (`cache`: auto, disk, ram, off;
         None = the run's setting). `warn`: one line per unreadable file (off where the caller reports each)."""
-        preprocessing = self.preprocessing
+        view = self.preprocessing
         config = self.record.config
         mode = cache or (config.cache if config else "auto")
-        resolution = float(preprocessing.scale) if preprocessing.tile else preprocessing.decode_size
-        source = open_cache([sample.path for sample in samples], resolution, mode,
+        source = open_cache([sample.path for sample in samples], view.resolution, mode,
                             cache_dir=config.cache_dir if config else None, max_pixels=self.max_pixels,
                             one_pass=True, verbose=verbose)
-        transform = whole_image_transform() if preprocessing.tile else eval_transform(preprocessing)
-        return ImageDataset(samples, transform, resolution, max_pixels=self.max_pixels, source=source, warn=warn)
+        return ImageDataset(samples, view.eval_transform(), view.resolution, max_pixels=self.max_pixels,
+                            source=source, warn=warn)
 
     def loader(self, dataset: ImageDataset, batch_size: int = 64, workers: int | None = None) -> DataLoader:
         """An evaluation loader (file order) over `dataset`; one whole image per batch for tiled prediction."""
-        return make_loader(dataset, 1 if self.preprocessing.tile else batch_size,
+        return make_loader(dataset, self.preprocessing.images_per_batch(batch_size),
                            default_workers() if workers is None else workers, train=False,
                            pin_memory=self.pipeline.device.type == "cuda")
 
     def logits(self, loader: DataLoader, description: str = "eval", show_progress: bool = False,
-               tta: bool = False, batch_size: int = 64, on_image=None) -> Logits:
-        """Logits of every readable image of the loader (flip-averaged with `tta`); tiled: the sliding window's
-        aggregate, `on_image(index, positions, tile_logits)` seeing each image's tiles."""
-        pre = self.preprocessing
-        if pre.tile:
-            return collect_tiled_logits(self.model, loader, self.pipeline, pre.tile, pre.overlap, pre.aggregate,
-                                        batch_size, description, show_progress=show_progress, tta=tta,
-                                        on_image=on_image)
-        return collect_logits(self.model, loader, self.pipeline, description, show_progress=show_progress, tta=tta)
+               tta: bool = False, on_image=None) -> Logits:
+        """Logits of every readable image of the loader (flip-averaged with `tta`), as the view scores it (tiled:
+        the sliding window's aggregate, `on_image(index, positions, tile_logits)` seeing each image's windows)."""
+        return view_logits(self.model, loader, self.pipeline, self.preprocessing, description,
+                           show_progress=show_progress, tta=tta, on_image=on_image)
 
     def with_tiles(self, scale: float | None = None, overlap: float | None = None,
                    aggregate: str | None = None) -> "TrainedModel":

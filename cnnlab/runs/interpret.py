@@ -7,7 +7,7 @@ Three questions after "what is the accuracy?":
     error (ECE) and the bins of a reliability diagram.
 
 Arrays: probabilities (N, K) softmax outputs, rows sum to 1; labels (N,) int class indices; matrix (K, K)
-counts with rows = true class, columns = predicted class (as cnnlab.commands.evaluate.confusion_matrix).
+counts with rows = true class, columns = predicted class (as cnnlab.runs.evaluation.confusion_matrix).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from cnnlab.files import read_json, read_yaml
 from cnnlab.models import create_model
 from cnnlab.models.weights import load_weights
 from cnnlab.runs.diagnosis import Diagnosis, diagnose
-from cnnlab.training.record import BEST, CLASSES, CONFIG, DATASET, LAST, METRICS, MODEL
+from cnnlab.training.record import BEST, CLASSES, CONFIG, DATASET, DIAGNOSIS, LAST, METRICS, MODEL
 
 
 @dataclass
@@ -136,7 +136,7 @@ def diagnose_run(run_dir: str | os.PathLike) -> Diagnosis:
     """The verdict on a run, from its files: the same call finish() made (its learning curves, the number
     of validation images that were read, the number of classes), so it reproduces diagnosis.json."""
     record = read_run(run_dir)
-    inputs = (read_optional_json(Path(run_dir) / "diagnosis.json") or {}).get("inputs", {})
+    inputs = (read_optional_json(Path(run_dir) / DIAGNOSIS) or {}).get("inputs", {})
     val_size = inputs.get("val_size")
     if val_size is None:
         counts = record.dataset.get("counts", {}).get("val", {})

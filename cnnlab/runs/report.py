@@ -32,6 +32,7 @@ from cnnlab.runs.html import page
 from cnnlab.runs.html import percent as _pct
 from cnnlab.runs.html import table as _table
 from cnnlab.runs.reader import read_metrics, read_optional_json, read_run
+from cnnlab.training.record import AUGMENT_PREVIEW, CURVES, DIAGNOSIS, IMAGE_SIZES, MODEL, REPORT, SUMMARY
 
 # Every section of the page in page order, id -> its link in the navigation bar; each is <section id> with an <h2>.
 SECTIONS = {"overview": "Overview", "verdict": "Verdict", "curves": "Learning curves", "confusion": "Confusion",
@@ -45,10 +46,10 @@ VERDICT_NAMES = {verdict.value: verdict.label for verdict in Verdict}
 def write_report(run_dir: str | os.PathLike) -> Path:
     """Build RUN/report.html from the run folder's files; returns its path."""
     run_dir = Path(run_dir)
-    if not (run_dir / "model.json").is_file():
+    if not (run_dir / MODEL).is_file():
         raise CnnlabError(f"{run_dir} is not a cnnlab run folder (no model.json); "
                           "give the --out folder of a `cnnlab train` run")
-    path = run_dir / "report.html"
+    path = run_dir / REPORT
     write_text(path, build_report(run_dir))
     return path
 
@@ -91,8 +92,8 @@ class _RunFiles:
             history = read_metrics(run_dir)
         except (OSError, ValueError, KeyError):
             history = []
-        diagnosis = read_optional_json(run_dir / "diagnosis.json")
-        summary = read_optional_json(run_dir / "summary.json")
+        diagnosis = read_optional_json(run_dir / DIAGNOSIS)
+        summary = read_optional_json(run_dir / SUMMARY)
         order = {"val": 0, "test": 1}
         evaluations = [e for e in (read_optional_json(p) for p in run_dir.glob("eval_*.json")) if isinstance(e, dict)]
         evaluations.sort(key=lambda e: (order.get(e.get("split"), 2), str(e.get("split"))))
@@ -165,7 +166,7 @@ def _verdict(run: _RunFiles) -> tuple[str, str, str]:
 
 
 def _curves(run: _RunFiles) -> tuple[str, str, str]:
-    figure = _figure(run.run_dir / "learning_curves.png", "learning curves",
+    figure = _figure(run.run_dir / CURVES, "learning curves",
                      "Loss and accuracy per epoch on the training and validation images; the dashed line marks "
                      "the best epoch (lowest validation loss), whose weights best.safetensors keeps.")
     if not run.history:
@@ -285,7 +286,7 @@ def _calibration(run: _RunFiles) -> tuple[str, str, str]:
 def _augmentation(run: _RunFiles) -> tuple[str, str, str]:
     preset = run.config.get("augment", "?")
     intro = f"<p>Augmentation preset: <code>{_e(preset)}</code>.</p>"
-    path = run.run_dir / "augment_preview.png"
+    path = run.run_dir / AUGMENT_PREVIEW
     if path.is_file():
         body = _figure(path, "augmentation preview", "Training images as the augmentation presents them.")
     else:
@@ -336,8 +337,8 @@ def _sizes_html(run: _RunFiles) -> str:
     caption = (f"<p>Sizes of all {_e(sizes.get('files', sizes.get('of', '?')))} files, from their headers{unreadable}"
                f"{'; formats: ' + formats if formats else ''}. The network sees "
                f"{_e(run.model.get('img_size', '?'))} px crops.</p>")
-    figure = _figure(run.run_dir / "image_sizes.png", "image sizes", "Files per megapixel range.") \
-        if (run.run_dir / "image_sizes.png").is_file() else ""
+    figure = _figure(run.run_dir / IMAGE_SIZES, "image sizes", "Files per megapixel range.") \
+        if (run.run_dir / IMAGE_SIZES).is_file() else ""
     return caption + _table(["", *[names.get(k, k) for k in stats]], rows, numeric=set(range(1, len(stats) + 1))) \
         + figure
 

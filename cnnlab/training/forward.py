@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cnnlab.data.tiles import aggregate, cut_tiles, tile_positions
-from cnnlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from cnnlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, normalize
 from cnnlab.training.device import Precision
 from cnnlab.training.progress import Progress
 
@@ -90,34 +90,50 @@ def collect_logits(model: nn.Module, loader: DataLoader, pipeline: InputPipeline
 # Tiles per forward pass of the sliding window: at most this many pixels (16 tiles of 256 px, 4 of 512 px).
 # Inference memory grows with the pixels of a batch (activations) on top of torch's own ~0.5-0.7 GB; this
 # keeps a whole tiled prediction under 1 GB whatever the tile size, at no cost in speed on a CPU (a batch of
-# 16 tiles already fills its matrix units).
+# 16 tiles already fills its matrix units). Grad-CAM's windows (a backward pass each) use the same rule.
 TILE_BATCH_PIXELS = 16 * 256 * 256
+
+
+def window_batch(tile: int, requested: int | None = None) -> int:
+    """Windows per forward pass: the one batching rule of the sliding window (at most TILE_BATCH_PIXELS, and at
+    most `requested` when given)."""
+    most = max(1, TILE_BATCH_PIXELS // (tile * tile))
+    return most if requested is None else max(1, min(requested, most))
+
+
+@torch.no_grad()
+def window_logits(model: nn.Module, image: torch.Tensor, pipeline: InputPipeline, tile: int, overlap: float,
+                  tta: bool = False, batch_size: int | None = None) -> tuple[list[tuple[int, int]], torch.Tensor]:
+    """The sliding window over one whole uint8 image (3, H, W) at its scale: every window's (top, left) and its
+    logits (n, K) float32 on the CPU (flip-averaged with `tta`), in batches of window_batch(tile, batch_size).
+    Prediction, evaluation, validation, serve and Grad-CAM all slide through here."""
+    model.eval()
+    positions = tile_positions(image.shape[1], image.shape[2], tile, overlap)
+    step = window_batch(tile, batch_size)
+    outputs = []
+    for start in range(0, len(positions), step):
+        tiles = pipeline(cut_tiles(image, positions[start:start + step], tile))      # (n, 3, tile, tile)
+        with pipeline.precision.autocast(pipeline.device):
+            logits = model(tiles).float()                                            # (n, K)
+            if tta:
+                logits = (logits + model(tiles.flip(-1)).float()) / 2
+        outputs.append(logits.cpu())
+    return positions, torch.cat(outputs)
 
 
 @torch.no_grad()
 def collect_tiled_logits(model: nn.Module, loader: DataLoader, pipeline: InputPipeline, tile: int, overlap: float,
-                         how: str = "mean", batch_size: int = 64, description: str = "eval", show_progress: bool = True,
-                         tta: bool = False, on_image: Callable | None = None) -> Logits:
-    """Slide a `tile` window over every whole image of `loader` (one scaled uint8 image per batch), run the
-    tiles through `model` in batches of `batch_size` and aggregate each image's tile logits (mean or max).
+                         how: str = "mean", batch_size: int | None = None, description: str = "eval",
+                         show_progress: bool = True, tta: bool = False, on_image: Callable | None = None) -> Logits:
+    """Slide a `tile` window over every whole image of `loader` (one scaled uint8 image per batch) and aggregate
+    each image's window logits (mean or max).
 
-    `on_image(index, positions, tile_logits (n, K))`, if given, sees every image's tiles (heatmaps)."""
-    model.eval()
-    batch_size = max(1, min(batch_size, TILE_BATCH_PIXELS // (tile * tile)))
+    `on_image(index, positions, tile_logits (n, K))`, if given, sees every image's windows (heatmaps)."""
     all_logits, all_labels, all_indices = [], [], []
     with Progress(len(loader.dataset), description, enabled=show_progress, show_loss=False) as progress:
         for batch in loader:
             for image, label, index in zip(batch.images, batch.labels, batch.indices):
-                positions = tile_positions(image.shape[1], image.shape[2], tile, overlap)
-                tile_logits = []
-                for start in range(0, len(positions), batch_size):
-                    tiles = pipeline(cut_tiles(image, positions[start:start + batch_size], tile))
-                    with pipeline.precision.autocast(pipeline.device):
-                        logits = model(tiles).float()                                    # (n, K)
-                        if tta:
-                            logits = (logits + model(tiles.flip(-1)).float()) / 2
-                    tile_logits.append(logits.cpu())
-                tile_logits = torch.cat(tile_logits)
+                positions, tile_logits = window_logits(model, image, pipeline, tile, overlap, tta, batch_size)
                 if on_image is not None:
                     on_image(int(index), positions, tile_logits)
                 all_logits.append(aggregate(tile_logits, how)[None])
@@ -128,6 +144,17 @@ def collect_tiled_logits(model: nn.Module, loader: DataLoader, pipeline: InputPi
         empty = torch.empty(0, dtype=torch.long)
         return Logits(torch.empty(0, 0), empty, empty)
     return Logits(torch.cat(all_logits), torch.cat(all_labels), torch.cat(all_indices))
+
+
+def view_logits(model: nn.Module, loader: DataLoader, pipeline: InputPipeline, view: Preprocessing,
+                description: str = "eval", show_progress: bool = True, tta: bool = False,
+                on_image: Callable | None = None) -> Logits:
+    """Logits of every readable image of `loader` as the run's view scores it: crops in batches, or whole images by
+    the sliding window, aggregated as the record says (`on_image` sees each whole image's windows)."""
+    if view.tiled:
+        return collect_tiled_logits(model, loader, pipeline, view.tile, view.overlap, view.aggregate,
+                                    description=description, show_progress=show_progress, tta=tta, on_image=on_image)
+    return collect_logits(model, loader, pipeline, description, show_progress=show_progress, tta=tta)
 
 
 def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:

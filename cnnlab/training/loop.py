@@ -25,7 +25,7 @@ from cnnlab.data.loaders import samples_per_epoch, skip_sampler
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_yaml
 from cnnlab.models.weights import save_weights
-from cnnlab.training.forward import Logits, collect_logits, collect_tiled_logits, smaller_side
+from cnnlab.training.forward import Logits, smaller_side, view_logits
 from cnnlab.training.budget import CHECK_AFTER_EPOCH, corrected_speed, epoch_seconds, plan, replan_needed
 from cnnlab.training.ema import decay_for
 from cnnlab.training.optim import epoch_sizes, set_schedule_length
@@ -177,14 +177,9 @@ def train_one_epoch(run: Run, epoch: int, stop: StopOnSignal | None = None) -> b
 def validate(run: Run, epoch: int) -> Logits:
     """Logits of every readable validation image with the current weights."""
     run.unreadable.begin_pass("val", epoch)
-    config = run.config
-    if config.tile:  # whole images, scored the way prediction scores them
-        result = collect_tiled_logits(run.parts.evaluated, run.val_loader, run.parts.pipeline, config.tile,
-                                      config.tile_overlap, config.aggregate, config.batch_size * 2,
-                                      f"epoch {epoch} val", show_progress=run.verbose)
-    else:
-        result = collect_logits(run.parts.evaluated, run.val_loader, run.parts.pipeline, f"epoch {epoch} val",
-                                show_progress=run.verbose)
+    # scored the way prediction scores them (tiled runs: whole images by the sliding window)
+    result = view_logits(run.parts.evaluated, run.val_loader, run.parts.pipeline, run.preprocessing,
+                         f"epoch {epoch} val", show_progress=run.verbose)
     run.unreadable.record_pass("val", result.indices, epoch)
     if run.world.distributed:  # each process scored its share: every image once, put together in file order
         shares = [share for share in distributed.gather_objects((result.logits, result.labels, result.indices))

@@ -41,9 +41,9 @@ from cnnlab import plots
 from cnnlab.config import TrainConfig, default
 from cnnlab.data.loaders import skip_sampler
 from cnnlab.errors import CnnlabError
-from cnnlab.files import write_json
 from cnnlab.training.forward import InputPipeline
 from cnnlab.training.optim import DEFAULT_LR, build_optimizer
+from cnnlab.training.record import LR_FIND_PNG, write_lr_find
 
 MIN_STEPS = 100  # fastai's default length; fewer steps resolve the curve too coarsely over 8 decades
 MAX_PASSES = 10  # beyond ~10 passes over a small training set the test measures memorisation, not the LR
@@ -263,9 +263,9 @@ def suggest_lr_for_config(config: TrainConfig, model: nn.Module, train_loader, p
     if verbose:
         print(f"lr finder: {result.describe()}", file=sys.stderr, flush=True)
     if run_dir is not None:
-        write_json(Path(run_dir) / "lr_find.json", as_json(result))
+        write_lr_find(Path(run_dir), as_json(result))
         plots.lr_find_curve(result.lrs, result.losses, result.smoothed, result.suggestion,
-                            Path(run_dir) / "lr_find.png", title=f"LR range test: {config.model}")
+                            Path(run_dir) / LR_FIND_PNG, title=f"LR range test: {config.model}")
     return result.suggestion
 
 

@@ -1,17 +1,28 @@
-"""The run folder's writer during training: what a run folder holds, and the files training writes.
+"""The run folder's schema: every file a run folder holds, by name, and the functions that write them. A file is
+written by one owner and read through one reader (cnnlab.runs.reader); nothing else spells a file name.
 
     RUN/config.yaml          every training option, resolved (read back as a TrainConfig)
     RUN/classes.json         class names, index order = model output order
-    RUN/dataset.json         where the data came from: split sizes, per-class counts, unreadable files
+    RUN/dataset.json         where the data came from: split sizes, per-class counts, unreadable files, image sizes
     RUN/model.json           model name, options, classes, preprocessing: enough to rebuild and predict
     RUN/metrics.csv          one row per epoch (METRIC_COLUMNS)
     RUN/learning_curves.png  loss and accuracy, train vs val (rewritten each epoch)
     RUN/best.safetensors     weights with the lowest validation loss
     RUN/last.safetensors     weights after the last finished epoch
     RUN/checkpoint.safetensors  the full training state for --resume (cnnlab.training.state)
-
-The end of a run (cnnlab.commands.train.finish) adds diagnosis.json, eval_val.json and its plots,
-summary.json, augment_preview.png and report.html. cnnlab.runs.reader is the one reader of all of them.
+    RUN/lr_find.json, .png   with --lr auto, or `cnnlab lr-find --run RUN`
+    -- the end of a run (cnnlab.commands.train.finish) --
+    RUN/diagnosis.json       the verdict, its evidence and advice, and the inputs it was judged on
+    RUN/summary.json         the layer table at the training size
+    RUN/image_sizes.png      the data's image sizes
+    RUN/augment_preview.png  training images as the augmentation presents them
+    RUN/eval_<split>.json    and confusion_matrix_<split>.png, top_losses_<split>.png, top_losses_<split>_gradcam.png,
+                             reliability_<split>.png: the evaluation (train writes val; `cnnlab eval` any split)
+    RUN/report.html          one self-contained page of all of the above
+    -- written on request --
+    RUN/gradcam/             `cnnlab explain`
+    RUN/inspect/             `cnnlab inspect`
+    RUN/model.onnx, model.onnx.json  `cnnlab export`
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.errors import CnnlabError
-from cnnlab.files import atomic_write, remove_stale_temporaries
+from cnnlab.files import atomic_write, remove_stale_temporaries, write_json, write_yaml
 
 CONFIG = "config.yaml"
 CLASSES = "classes.json"
@@ -35,6 +46,30 @@ CURVES = "learning_curves.png"
 BEST = "best.safetensors"
 LAST = "last.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
+LR_FIND_JSON = "lr_find.json"
+LR_FIND_PNG = "lr_find.png"
+DIAGNOSIS = "diagnosis.json"
+SUMMARY = "summary.json"
+IMAGE_SIZES = "image_sizes.png"
+AUGMENT_PREVIEW = "augment_preview.png"
+REPORT = "report.html"
+GRADCAM = "gradcam"
+INSPECT = "inspect"
+ONNX = "model.onnx"
+ONNX_METADATA = "model.onnx.json"
+
+
+def eval_json(split: str) -> str:
+    """eval_<split>.json: the evaluation of a split."""
+    return f"eval_{split}.json"
+
+
+def evaluation_figures(split: str) -> dict[str, str]:
+    """The figures of a split's evaluation, by what they show."""
+    return {"confusion_matrix": f"confusion_matrix_{split}.png", "top_losses": f"top_losses_{split}.png",
+            "top_losses_gradcam": f"top_losses_{split}_gradcam.png", "reliability": f"reliability_{split}.png"}
+
+
 # skipped_steps: steps whose loss was not finite (nan/inf), so the weights were not updated from them;
 # side: the image (or tile) side the epoch trained at (progressive resizing starts smaller);
 # fraction: the share of the epoch's batches trained (below 1 only where a --time budget ended the run mid-epoch)
@@ -42,11 +77,52 @@ METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc
                   "side", "fraction")
 # Files (and patterns) a run writes anywhere in its life: what --overwrite removes, and what marks a
 # folder as holding a run. Anything else in the folder is the user's and is left alone.
-RUN_FILE_PATTERNS = (CONFIG, CLASSES, DATASET, MODEL, METRICS, CURVES, BEST, LAST, CHECKPOINT, "diagnosis.json",
-                     "summary.json", "report.html", "augment_preview.png", "lr_find.png", "lr_find.json",
-                     "image_sizes.png", "eval_*.json", "confusion_matrix_*.png", "top_losses_*.png",
-                     "reliability_*.png", "gradcam", "inspect", "model.onnx", "model.onnx.json")
+RUN_FILE_PATTERNS = (CONFIG, CLASSES, DATASET, MODEL, METRICS, CURVES, BEST, LAST, CHECKPOINT, DIAGNOSIS, SUMMARY,
+                     REPORT, AUGMENT_PREVIEW, LR_FIND_PNG, LR_FIND_JSON, IMAGE_SIZES, eval_json("*"),
+                     *evaluation_figures("*").values(), GRADCAM, INSPECT, ONNX, ONNX_METADATA)
 RUN_MARKERS = (CONFIG, MODEL, METRICS, CHECKPOINT, BEST, LAST)
+
+
+# --- writers: one per file ---------------------------------------------------------------------------------------------
+def write_config(run_dir: Path, config: dict) -> None:
+    """config.yaml: the resolved options."""
+    write_yaml(Path(run_dir) / CONFIG, config)
+
+
+def write_classes(run_dir: Path, classes: list[str]) -> None:
+    """classes.json."""
+    write_json(Path(run_dir) / CLASSES, classes)
+
+
+def write_model(run_dir: Path, metadata: dict) -> None:
+    """model.json: what model_metadata returns."""
+    write_json(Path(run_dir) / MODEL, metadata)
+
+
+def write_dataset(run_dir: Path, info: dict) -> None:
+    """dataset.json."""
+    write_json(Path(run_dir) / DATASET, info)
+
+
+def write_diagnosis(run_dir: Path, diagnosis: dict, inputs: dict) -> None:
+    """diagnosis.json: the verdict (Diagnosis.to_dict()) and the inputs it was judged on, so that it can be judged
+    again from the folder alone."""
+    write_json(Path(run_dir) / DIAGNOSIS, diagnosis | {"inputs": inputs})
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    """summary.json: the layer table."""
+    write_json(Path(run_dir) / SUMMARY, summary)
+
+
+def write_evaluation(run_dir: Path, split: str, evaluation: dict) -> None:
+    """eval_<split>.json."""
+    write_json(Path(run_dir) / eval_json(split), evaluation)
+
+
+def write_lr_find(run_dir: Path, result: dict) -> None:
+    """lr_find.json: the range test's curve and suggestion."""
+    write_json(Path(run_dir) / LR_FIND_JSON, result)
 
 
 def model_metadata(model_name: str, model_options: dict, classes: list[str], img_size: int,

@@ -44,11 +44,9 @@ from cnnlab.data.findings import IMBALANCE_RATIO
 from cnnlab.data.loaders import make_loader, samples_per_epoch
 from cnnlab.data.images import image_size
 from cnnlab.data.tiles import check_fits, tile_draws
-from cnnlab.data.transforms import (Preprocessing, decode_size, eval_transform, tile_train_transform, train_transform,
-                                    whole_image_transform)
+from cnnlab.data.transforms import Preprocessing, training_transform
 from cnnlab.data.unreadable import UnreadableImages
 from cnnlab.errors import CnnlabError
-from cnnlab.files import write_json, write_yaml
 from cnnlab.models import create_model, tiled_options
 from cnnlab.models.weights import load_start_weights
 from cnnlab.training import distributed
@@ -61,7 +59,8 @@ from cnnlab.training.forward import InputPipeline, Logits
 from cnnlab.training.lr_find import suggest_lr_for_config
 from cnnlab.training.memory import MemoryProbe, choose_batch_size, step_spec
 from cnnlab.training.optim import DEFAULT_LR, build_optimizer, build_scheduler, epoch_sizes
-from cnnlab.training.record import CLASSES, CONFIG, DATASET, MODEL, discard_unstarted, model_metadata, new_run_dir
+from cnnlab.training.record import (discard_unstarted, model_metadata, new_run_dir, write_classes, write_config,
+                                   write_dataset, write_model)
 from cnnlab.training.state import LoopState, TrainingCheckpoint, restore_training
 
 
@@ -95,27 +94,23 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
 
 def make_datasets(splits: DatasetSplits, config: TrainConfig, cache: CachedImages | None = None
                   ) -> dict[str, ImageDataset]:
-    """Training set with the preset's per-image transform; val/test with the deterministic eval transform.
-
-    With `cache` (open_cache over every split's files), images come from it instead of the files.
-    """
+    """Training set with the preset's per-image transform; val/test with the run's evaluation view (resized and
+    cropped, or whole images at the tiles' scale). With `cache` (open_cache over every split's files), images come
+    from it instead of the files."""
+    view = preprocessing_of(config)
     datasets = {}
     for split, samples in splits.splits.items():
-        if config.tile:  # random tiles to train on, whole scaled images to slide over
-            transform = tile_train_transform(config.augment, config.tile, config.augment_on) if split == "train" \
-                else whole_image_transform()
-        else:
-            transform = train_transform(config.augment, config.img_size, config.augment_on) if split == "train" \
-                else eval_transform(Preprocessing.for_size(config.img_size))
+        transform = training_transform(view, config.augment, config.augment_on) if split == "train" \
+            else view.eval_transform()
         source = cache.select([sample.path for sample in samples]) if cache is not None else None
-        datasets[split] = ImageDataset(samples, transform, decode_resolution(config), max_pixels=config.max_pixels,
+        datasets[split] = ImageDataset(samples, transform, view.resolution, max_pixels=config.max_pixels,
                                        source=source)
     return datasets
 
 
 def decode_resolution(config: TrainConfig) -> int | float:
     """What the cache stores: the short side the crops start from, or for tiled runs the pixel scale."""
-    return float(config.scale) if config.tile else decode_size(config.img_size)
+    return preprocessing_of(config).resolution
 
 
 def preprocessing_of(config: TrainConfig) -> Preprocessing:
@@ -284,7 +279,7 @@ class Run:
         if not self.world.is_main:
             return
         report = self.unreadable.report()
-        write_json(self.run_dir / DATASET, self.dataset_info | ({"unreadable": report} if report else {}))
+        write_dataset(self.run_dir, self.dataset_info | ({"unreadable": report} if report else {}))
         self.reported_unreadable = self.unreadable.count()
 
 
@@ -435,7 +430,8 @@ def make_loaders(config: TrainConfig, data: RunData, env: Environment, balance: 
                                     pin_memory=pin, rank=world.rank, world_size=world.world_size,
                                     sample_weights=weights, draws=data.draws)}
     if "val" in data.datasets:  # lr-find reads the training split only
-        loaders["val"] = make_loader(data.datasets["val"], 1 if config.tile else batch * 2, env.workers, train=False,
+        loaders["val"] = make_loader(data.datasets["val"], preprocessing_of(config).images_per_batch(batch * 2),
+                                     env.workers, train=False,
                                      seed=config.seed, pin_memory=pin, rank=world.rank, world_size=world.world_size)
     return loaders
 
@@ -563,9 +559,9 @@ def _assemble(config: TrainConfig, env: Environment, data: RunData, model: nn.Mo
                     "ignored_files": len(splits.ignored),
                     "balance": {"requested": config.balance, "mode": balance.mode, "ratio": round(balance.ratio, 3)}}
     if world.is_main:
-        write_yaml(run_dir / CONFIG, resolved.to_dict())
-        write_json(run_dir / CLASSES, splits.classes)
-        write_json(run_dir / MODEL, metadata)
+        write_config(run_dir, resolved.to_dict())
+        write_classes(run_dir, splits.classes)
+        write_model(run_dir, metadata)
 
     # Forward passes go through `net` (DDP-wrapped with several processes, compiled if asked); weights are
     # saved from `model`, whose state_dict keys carry neither wrapper's prefix.

@@ -32,8 +32,9 @@ from torch import nn
 from cnnlab.files import atomic_write
 from cnnlab.models.weights import load_weights, state_dict_for_saving
 from cnnlab.errors import CnnlabError
+from cnnlab.training.record import CHECKPOINT
 
-CHECKPOINT_NAME = "checkpoint.safetensors"
+CHECKPOINT_NAME = CHECKPOINT  # the run folder's name for it (cnnlab.training.record)
 FORMAT = "cnnlab-training-1"
 
 

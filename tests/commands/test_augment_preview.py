@@ -7,7 +7,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cnnlab.commands.augment_preview import augment_preview, pick_images, preview_tensors, write_run_preview
+from cnnlab.commands.augment_preview import augment_preview
+from cnnlab.runs.preview import pick_images, preview_tensors, write_run_preview
 from cnnlab.cli import app
 from cnnlab.config import TrainConfig
 from cnnlab.errors import CnnlabError

@@ -18,7 +18,7 @@ import torch
 from cnnlab.cli import main
 from cnnlab.commands import export as export_module
 from cnnlab.commands.export import BATCH_SIZES, TOLERANCE, compare, export, to_onnx
-from cnnlab.commands.onnx_file import METADATA_KEY, open_onnx, open_session, read_metadata
+from cnnlab.runs.exported import METADATA_KEY, open_onnx, open_session, read_metadata
 from cnnlab.commands.predict import predict
 from cnnlab.commands.train import fit
 from cnnlab.errors import CnnlabError

@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from cnnlab.errors import CnnlabError
-from cnnlab.data.images import read_image
+from cnnlab.data.images import read_at, read_image
 from cnnlab.commands.inspect import FILTER_PIXELS, filter_images, first_conv, inspect_run
 from cnnlab.models import create_model
 
@@ -21,7 +21,7 @@ def an_image(tiny_data):
 def test_files_shapes_and_pictures(tiny_run, an_image, tmp_path, monkeypatch):
     from cnnlab import plots
     from cnnlab.runs.reader import load_model
-    from cnnlab.data.transforms import eval_transform, normalize
+    from cnnlab.data.transforms import normalize
 
     shown = {}  # what each stage picture was given, to compare with the stages' real outputs
     real_feature_maps = plots.feature_maps
@@ -44,7 +44,7 @@ def test_files_shapes_and_pictures(tiny_run, an_image, tmp_path, monkeypatch):
     # the maps shown are the stage outputs for the preprocessed image, most active channels first
     model, info = load_model(tiny_run.run_dir)
     pre = info.preprocessing
-    x = normalize(eval_transform(pre)(read_image(an_image, min_size=pre.decode_size))[None])
+    x = normalize(pre.eval_transform()(read_at(an_image, pre.resolution))[None])  # the one decode path
     with torch.no_grad():
         stage_1 = model.stages[0](x)[0]  # (8, 16, 16)
         stage_2 = model.stages[1](model.stages[0](x))[0]  # (16, 8, 8)

@@ -25,9 +25,9 @@ from starlette.requests import Request
 from starlette.testclient import TestClient
 
 from cnnlab.commands.predict import predict
-from cnnlab.commands.serve import (RequestError, allowed_hosts, bind, check_host, create_app, host_name, read_body,
-                                   serve)
-from cnnlab.data.images import read_image, save_image
+from cnnlab.commands.serve import serve
+from cnnlab.serve.app import RequestError, allowed_hosts, bind, check_host, create_app, host_name, read_body
+from cnnlab.data.images import read_at, read_image, save_image
 from cnnlab.errors import CnnlabError
 
 BASE = "http://127.0.0.1:8000"
@@ -321,8 +321,7 @@ def test_a_model_without_feature_maps_answers_without_overlay(tiny_run, tiny_dat
 
     import torch
 
-    from cnnlab.commands.upload_predictor import UploadPredictor
-    from cnnlab.data.transforms import eval_transform
+    from cnnlab.serve.predictor import UploadPredictor
     from cnnlab.models import create_model
     from cnnlab.runs.inference import open_trained
 
@@ -333,8 +332,8 @@ def test_a_model_without_feature_maps_answers_without_overlay(tiny_run, tiny_dat
     prediction = UploadPredictor(trained).predict(path.read_bytes(), path.name, top_k=3)
     assert prediction.overlay_png is None and prediction.overlay_kind is None
     with torch.no_grad():
-        expected = torch.softmax(trained.model(trained.pipeline(eval_transform(trained.preprocessing)(
-            read_image(path, min_size=trained.preprocessing.decode_size))[None]))[0], 0)
+        expected = torch.softmax(trained.model(trained.pipeline(trained.preprocessing.eval_transform()(
+            read_at(path, trained.preprocessing.resolution))[None]))[0], 0)
     got = {t["class"]: t["probability"] for t in prediction.top}
     assert [got[c] for c in trained.record.classes] == pytest.approx(expected.tolist(), abs=1e-6)
 

@@ -17,7 +17,7 @@ from cnnlab.data.images import read_image
 from cnnlab.commands.predict import predict
 from cnnlab.runs.reader import load_model, read_metrics
 from cnnlab.commands.train import fit
-from cnnlab.data.transforms import Preprocessing, eval_transform, normalize
+from cnnlab.data.transforms import Preprocessing, normalize
 
 RUN_FILES = ["config.yaml", "classes.json", "dataset.json", "metrics.csv", "learning_curves.png",
              "best.safetensors", "last.safetensors", "model.json"]
@@ -47,7 +47,7 @@ def test_weights_are_plain_safetensors_and_reload_to_identical_predictions(tiny_
     assert "stages.0.0.weight" in state and state["stages.0.0.weight"].shape == (8, 3, 3, 3)
     reloaded, info = load_model(tiny_run.run_dir, "last")
     trained = tiny_run.model.float().to(memory_format=torch.contiguous_format).eval()
-    image = normalize(eval_transform(Preprocessing.for_size(32))(read_image(next((tiny_data / "val" / "circle").iterdir())))[None])
+    image = normalize(Preprocessing.for_size(32).eval_transform()(read_image(next((tiny_data / "val" / "circle").iterdir())))[None])
     with torch.no_grad():
         assert torch.equal(reloaded(image), trained(image))
     assert info.classes == ["circle", "square", "triangle"]

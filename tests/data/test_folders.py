@@ -11,7 +11,7 @@ from cnnlab.data.folders import Sample, find_samples, stratified_split
 from cnnlab.errors import CnnlabError
 from cnnlab.data.images import save_image
 from cnnlab.data.loaders import EpochSampler
-from cnnlab.data.transforms import Preprocessing, eval_transform, normalize, train_transform
+from cnnlab.data.transforms import Preprocessing, normalize, train_transform
 
 
 def _make_folder(root, counts: dict[str, int], size=(20, 30)):
@@ -103,9 +103,9 @@ def test_augmentation_is_random_per_read_but_reproducible_per_seed(tiny_data):
 def test_eval_transform_is_deterministic_resize_and_center_crop():
     image = torch.zeros(3, 60, 90, dtype=torch.uint8)
     image[:, :, 45:] = 255  # right half white
-    out = eval_transform(Preprocessing.for_size(32))(image)
+    out = Preprocessing.for_size(32).eval_transform()(image)
     assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
-    assert torch.equal(out, eval_transform(Preprocessing.for_size(32))(image))
+    assert torch.equal(out, Preprocessing.for_size(32).eval_transform()(image))
     # normalised on the device: the left columns are black (-mean/std), the right ones white
     normalised = normalize(out[None])[0]
     assert normalised[0, 0, 0].item() == pytest.approx(-0.485 / 0.229, abs=1e-4)

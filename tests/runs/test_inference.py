@@ -4,8 +4,6 @@ whatever precision the machine would train in."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -14,7 +12,7 @@ from cnnlab.commands.evaluate import evaluate
 from cnnlab.commands.export import export
 from cnnlab.commands.predict import predict
 from cnnlab.commands.train import fit
-from cnnlab.commands.upload_predictor import UploadPredictor
+from cnnlab.serve.predictor import UploadPredictor
 from cnnlab.data.cache import open_cache
 from cnnlab.data.images import read_at, read_image
 from cnnlab.runs.inference import open_trained

@@ -23,7 +23,7 @@ from cnnlab.data.images import image_size
 from cnnlab.data.dataset import ImageDataset
 from cnnlab.data.folders import Sample
 from cnnlab.data.loaders import make_loader, skip_sampler
-from cnnlab.data.transforms import Preprocessing, eval_transform
+from cnnlab.data.transforms import Preprocessing
 from cnnlab.training.forward import InputPipeline
 from cnnlab.commands.lr_find import find_lr
 from cnnlab.training.lr_find import LRFindResult, lr_find, planned_steps, suggest_lr
@@ -167,7 +167,7 @@ def test_cli_help_bad_range_and_unreadable_data(tmp_path):
     with pytest.raises(CnnlabError, match="start_lr < end_lr"):
         lr_find(torch.nn.Linear(1, 1), [], "adamw", PIPE, start_lr=1.0, end_lr=0.1)
     (tmp_path / "broken.jpg").write_text("not an image")
-    dataset = ImageDataset([Sample(str(tmp_path / "broken.jpg"), 0)] * 2, eval_transform(Preprocessing.for_size(8)), 10)
+    dataset = ImageDataset([Sample(str(tmp_path / "broken.jpg"), 0)] * 2, Preprocessing.for_size(8).eval_transform(), 10)
     unreadable_only = make_loader(dataset, 1, workers=0, train=True)
     with pytest.raises(CnnlabError, match="no readable images"):
         lr_find(torch.nn.Linear(1, 1), unreadable_only, "adamw", PIPE)

@@ -20,18 +20,15 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torchvision.transforms.v2 import functional as F
 
 from cnnlab import plots
-from cnnlab.commands.explain import DISPLAY_SIDE, explain_image, overlay_image
 from cnnlab.data.images import encode_png, image_header, read_at
-from cnnlab.data.tiles import aggregate, cut_tiles, tile_positions
-from cnnlab.data.tiles import heatmap as tiles_heatmap
-from cnnlab.data.transforms import eval_transform
+from cnnlab.data.tiles import aggregate
 from cnnlab.errors import CnnlabError
+from cnnlab.runs.display import window_heatmap
+from cnnlab.runs.explain import explain_image, overlay_image
 from cnnlab.runs.inference import TrainedModel
-
-TILE_BATCH = 64  # tiles per forward pass, as predict's sliding window
+from cnnlab.training.forward import window_logits
 
 
 @dataclass
@@ -72,7 +69,7 @@ class UploadPredictor:
         trained, pre = self.trained, self.trained.preprocessing
         width, height, kind = image_header(name, trained.max_pixels, data)  # the cap, from the header only
         if pre.tile:
-            image = read_at(name, float(pre.scale), max_pixels=trained.max_pixels, data=data)  # (3, H, W)
+            image = read_at(name, pre.resolution, max_pixels=trained.max_pixels, data=data)  # (3, H, W) at its scale
             if min(image.shape[1:]) < pre.tile:
                 raise CnnlabError(f"{name} is {image.shape[2]}x{image.shape[1]} px at this run's pixel scale "
                                   f"{pre.scale:g}, smaller than one of its {pre.tile} px windows; send a larger image")
@@ -80,8 +77,8 @@ class UploadPredictor:
                 probabilities, overlay = self._tiled(image)
             kind_of_overlay = "heatmap"
         else:
-            image = eval_transform(pre)(read_at(name, pre.decode_size, max_pixels=trained.max_pixels,
-                                                data=data))                             # (3, S, S) uint8
+            image = pre.eval_transform()(read_at(name, pre.resolution, max_pixels=trained.max_pixels,
+                                                 data=data))                            # (3, S, S) uint8
             with self._model_lock:
                 probabilities, overlay = self._whole(image, name)
             kind_of_overlay = "grad-cam" if overlay is not None else None
@@ -101,26 +98,11 @@ class UploadPredictor:
         explanation = explain_image(self.trained, image, name)
         return explanation.probabilities, overlay_image(explanation)
 
-    @torch.no_grad()
     def _tiled(self, image: torch.Tensor):
         """(K,) probabilities by the run's sliding window, and the predicted class's probability per window over
         the image (h, w, 3) uint8."""
         trained, pre = self.trained, self.trained.preprocessing
-        height, width = image.shape[1:]
-        positions = tile_positions(height, width, pre.tile, pre.overlap)
-        tile_logits = []
-        for start in range(0, len(positions), TILE_BATCH):
-            tiles = trained.pipeline(cut_tiles(image, positions[start:start + TILE_BATCH], pre.tile))
-            with trained.pipeline.precision.autocast(trained.pipeline.device):
-                tile_logits.append(trained.model(tiles).float().cpu())                  # (n, K)
-        tile_logits = torch.cat(tile_logits)
+        positions, tile_logits = window_logits(trained.model, image, trained.pipeline, pre.tile, pre.overlap)
         probabilities = torch.softmax(aggregate(tile_logits, pre.aggregate), 0)
-        stride = max(1, round(pre.tile * (1 - pre.overlap)))
-        grid = tiles_heatmap(torch.softmax(tile_logits, 1), positions, pre.tile, height, width, stride)  # (K, h, w)
-        factor = min(1.0, DISPLAY_SIDE / max(height, width))
-        size = [max(1, round(height * factor)), max(1, round(width * factor))]
-        picture = F.resize(image, size, antialias=True).permute(1, 2, 0).numpy()       # (h, w, 3)
-        # nearest: each cell is one window position's probability, not a smooth field
-        heat = F.resize(grid[int(probabilities.argmax())][None], size,
-                        interpolation=F.InterpolationMode.NEAREST)[0].numpy()           # (h, w) in 0..1
+        picture, heat, _ = window_heatmap(image, positions, tile_logits, pre)
         return probabilities, plots.blend_map(picture, heat)
