@@ -5,12 +5,13 @@
 
 The files are those training reads (cnnlab.data.folders.walk_images, the one folder walk, whose notes
 say what it left out). Every image is decoded in parallel through cnnlab.data.images (the reader
-training uses), hashed (bytes and a perceptual dHash) and measured; cnnlab.data.findings turns the
-facts into findings. Severities: fatal (the layout cannot be trained), error (a file cannot be read),
-warning (duplicates and near-duplicates, label conflicts, train/val/test leakage, format and size
-outliers, blank images, class imbalance, empty classes, ignored hidden files, symlink loops, non-UTF-8
-names) and info (read fine after a conversion: CMYK, 16-bit, palette, alpha, grayscale, EXIF turn,
-multi-frame). Nothing is ever deleted or rewritten; with `quarantine`, unreadable files are moved aside.
+training uses), hashed (its bytes), shrunk to a grey thumbnail (on which near-duplicates are found) and
+measured; cnnlab.data.findings turns the facts into findings. Severities: fatal (the layout cannot be
+trained), error (a file cannot be read), warning (duplicates and near-duplicates, label conflicts,
+train/val/test leakage, format and size outliers, blank images, class imbalance, empty classes, ignored
+hidden files, symlink loops, non-UTF-8 names) and info (read fine after a conversion: CMYK, 16-bit,
+palette, alpha, grayscale, EXIF turn, multi-frame). Nothing is ever deleted or rewritten; with
+`quarantine`, unreadable files are moved aside.
 """
 
 from __future__ import annotations
@@ -27,14 +28,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cnnlab.data.findings import FileFacts, duplicate_findings, imbalance_finding, outlier_findings
+from cnnlab.data.findings import (COPY_PROBLEMS, FileFacts, duplicate_findings, imbalance_finding,
+                                  outlier_findings)
 from cnnlab.data.folders import SPLIT_FOLDERS, _is_hidden, find_samples, safe_path, walk_images
 from cnnlab.data.images import DEFAULT_MAX_PIXELS, ImageInfo, image_header, inspect_image
 from cnnlab.errors import CnnlabError
 
 SEVERITIES = ("fatal", "error", "warning", "info")
 CSV_COLUMNS = ("path", "split", "class", "severity", "problem", "detail")
-_SHOWN_PER_PROBLEM = 8  # describe() lists this many files per problem kind; the CSV has them all
+_SHOWN_PER_PROBLEM = 8  # describe() lists this many files (or copy findings) per problem kind; the CSV has them all
 
 
 @dataclass(frozen=True)
@@ -112,12 +114,12 @@ class DataReport:
         lines.append("  problems: " + ", ".join(f"{counts[s]} {s}" for s in SEVERITIES))
         leaks = [p for p in self.problems if p.problem in ("split-leakage", "near-duplicate-leakage")]
         if leaks:
-            lines.append(f"  !!! LEAKAGE: {len(leaks)} files have copies in another split; validation/test "
-                         "scores will be too good. Remove the copies from val/test. !!!")
+            lines.append(f"  !!! LEAKAGE: {_files_in_findings(leaks)} have copies in another split; "
+                         "validation/test scores will be too good. Remove the copies from val/test. !!!")
         conflicts = [p for p in self.problems if p.problem == "label-conflict"]
         if conflicts:
-            lines.append(f"  !!! LABEL CONFLICT: {len(conflicts)} files show a picture that is also filed "
-                         "under another class; keep each picture in its one right class. !!!")
+            lines.append(f"  !!! LABEL CONFLICT: {_files_in_findings(conflicts)} show a picture that is also "
+                         "filed under another class; keep each picture in its one right class. !!!")
         lines.extend(self._problem_lines())
         if self.quarantined:
             lines.append(f"  moved {len(self.quarantined)} unreadable file(s) aside (nothing deleted):")
@@ -135,12 +137,22 @@ class DataReport:
         for p in self.problems:
             kinds.setdefault((p.severity, p.problem), []).append(p)
         for (severity, problem), items in kinds.items():
-            lines.append(f"  {severity.upper()} {problem} ({len(items)}):")
-            for p in items[:_SHOWN_PER_PROBLEM]:
-                lines.append(f"    {p.path}: {p.detail}")
-            if len(items) > _SHOWN_PER_PROBLEM:
-                lines.append(f"    ... and {len(items) - _SHOWN_PER_PROBLEM} more (all in --fix-report CSV)")
+            if problem in COPY_PROBLEMS:  # the rows of one finding share its detail, which names every file
+                shown = list(dict.fromkeys(p.detail for p in items))
+                lines.append(f"  {severity.upper()} {problem} ({_files_in_findings(items)}):")
+            else:
+                shown = [f"{p.path}: {p.detail}" for p in items]
+                lines.append(f"  {severity.upper()} {problem} ({len(items)}):")
+            lines.extend(f"    {line}" for line in shown[:_SHOWN_PER_PROBLEM])
+            if len(shown) > _SHOWN_PER_PROBLEM:
+                lines.append(f"    ... and {len(shown) - _SHOWN_PER_PROBLEM} more (all in --fix-report CSV)")
         return lines
+
+
+def _files_in_findings(rows: list[Problem]) -> str:
+    """'5 files in 2 findings' for the rows of findings about several files (a file may be in several)."""
+    files, findings = len({p.path for p in rows}), len({(p.problem, p.detail) for p in rows})
+    return f"{files} file{'s' if files != 1 else ''} in {findings} finding{'s' if findings != 1 else ''}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,8 +326,8 @@ def check_dataset(root: str | os.PathLike, fix_report: str | os.PathLike | None 
         notes += [(path, split, name, p.severity, p.problem, p.detail) for p in info.problems]
         if info.readable:
             report.counts[split][name] += 1
-            facts.append(FileFacts(path, split, name, info.format or "unknown", info.width, info.height, digest,
-                                   info.dhash, info.grey_std))
+            facts.append(FileFacts(safe_path(path), split, name, info.format or "unknown", info.width, info.height,
+                                   digest, info.grey_std, info.thumbnail))
         else:
             report.unreadable[split][name] += 1
     notes += duplicate_findings(facts, flat="all" in folders)

@@ -2,20 +2,44 @@
 label conflicts, leakage across splits, odd files within a class, class imbalance. Pure: no I/O.
 
 Each finding is a row (path, split, class, severity, problem, detail), the shape of cnnlab.data.check's
-report. Every threshold is a named constant with its reason.
+report. A finding about several files (COPY_PROBLEMS) gives one row per file, all with the same detail,
+which names every file of it. Every threshold is a named constant with its reason.
+
+Near-duplicates are judged on each image's grey thumbnail (cnnlab.data.images.THUMBNAIL_SIZE, 32x32) by its
+edges: the differences between neighbouring pixels. A plain background has none, so two different objects
+photographed on one background share nothing but the parts of their outlines that coincide, while a copy keeps
+every edge where it was, whatever its size, codec or brightness. Two steps keep this cheap on thousands of
+images: every pair's coarse edges (the thumbnail pooled to 8x8) are compared at once by one matrix product,
+and the pairs that agree there (CANDIDATE_SIMILARITY) are compared on the full thumbnail (SAME_PICTURE).
+Pictures are put together only when every two of them are the same picture: A like B and B like C does not
+make A like C (chained, near matches joined a bottle, a jar and a flat sheet shot on one white background).
+A perceptual hash (dHash: the signs of 8x8 neighbour differences) was the first step before: on a plain
+background those signs are coin tosses or the same for every photo, so copies of one photo on an evenly lit
+background came out more than 4 of 64 bits apart, while different products on a background lit with a falloff
+agreed within 4 (tests/data/test_check.py builds both).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
+
 Row = tuple[str, str, str, str, str, str]  # path, split, class, severity, problem, detail
 
-NEAR_DUPLICATE_BITS = 4  # dHash bits two copies of one picture may differ in (re-encoded, resized, recoloured):
-#                          unrelated photos differ in ~32 of 64, and even similar product shots in 10+
-HASH_BANDS = 5  # split the 64 bits into 5 bands: two hashes within 4 bits agree on at least one band (pigeonhole)
+CANDIDATE_SIMILARITY = 0.85  # edge similarity of the 8x8-pooled thumbnails from which a pair is compared in full.
+#                              Pooling averages away what re-encoding and resizing change: copies score >= 0.99
+#                              there, brightened by 30% (highlights clipped) >= 0.92, so 0.85 drops no pair that
+#                              SAME_PICTURE would accept, and passes ~1 in 1,000 pairs of different photos (more on
+#                              one plain background: the full comparison is there for them)
+SAME_PICTURE = 0.90  # edge similarity of the full thumbnails from which two images are one picture. A copy keeps
+#                      every edge where it was: re-encoded at quality 30, resized to 1/4, re-saved as PNG, it scores
+#                      >= 0.97 on real photos; different objects share at most parts of an outline: different shirts
+#                      laid on one sheet score <= 0.79 (benchmarks/results/near_duplicates.md), look-alike products on
+#                      one white background <= 0.81 (the set of tests/data/test_check.py); 0.90 is between, with room
 FORMAT_OUTLIER_SHARE = 0.05  # a format making up at most 5% of a class (1 GIF among 400 JPEGs) is a stray file
 MIN_CLASS_FOR_OUTLIERS = 10  # below 10 images a class has no "usual" format or size to stand out from
 TINY_SIDE = 32  # a short side under 32 px holds almost nothing a CNN can use (most models need >= 32)
@@ -23,6 +47,11 @@ EXTREME_ASPECT = 4.0  # longer than 4:1: a square centre crop keeps under a quar
 SIZE_OUTLIER_AREA = 1 / 16  # 4x smaller on each side than the class's median image: probably not the same kind
 NEAR_UNIFORM_STD = 3.0  # grey levels varying by under 3 of 255: a blank, black or white frame
 IMBALANCE_RATIO = 3.0  # largest class >= 3x the smallest: accuracy is then dominated by the large classes
+
+COPY_PROBLEMS = ("duplicate", "near-duplicate", "split-leakage", "near-duplicate-leakage", "label-conflict")
+_SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+_COARSE_POOL = 4  # thumbnail pixels averaged per side for the candidate step: 32x32 -> 8x8
+_ROWS_PER_BLOCK = 512  # images compared with others in one matrix product: (512, N) floats, 40 MB at N = 20,000
 
 
 @dataclass(frozen=True)
@@ -36,45 +65,38 @@ class FileFacts:
     width: int
     height: int
     sha256: str | None
-    dhash: int | None
     grey_std: float | None
+    thumbnail: bytes | None  # square grey thumbnail, uint8 row-major (cnnlab.data.images.THUMBNAIL_SIZE)
 
 
-def _others(members: list[FileFacts], path: str, limit: int = 3) -> str:
-    rest = [m.path for m in members if m.path != path]
-    shown = ", ".join(rest[:limit])
-    return shown + (f" and {len(rest) - limit} more" if len(rest) > limit else "")
-
-
-def _group_rows(members: list[FileFacts], kind: str, flat: bool) -> list[Row]:
-    """Rows for one group of identical ("same bytes") or near-identical ("nearly the same picture") files."""
-    splits = sorted({m.split for m in members}, key=lambda s: {"train": 0, "val": 1, "test": 2}.get(s, 3))
+def _finding_rows(members: list[FileFacts], what: str, flat: bool) -> list[Row]:
+    """One row per file of one finding (files with the same bytes, or pictures confirmed pairwise), each with
+    the same detail naming every file: a label conflict when they are filed under several classes, leakage
+    when under one class in several splits, else a duplicate."""
+    members = sorted(members, key=lambda m: (_SPLIT_ORDER.get(m.split, 3), m.path))
+    splits = sorted({m.split for m in members}, key=lambda s: _SPLIT_ORDER.get(s, 3))
     classes = sorted({m.class_name for m in members})
-    rows = []
-    for m in members:
-        others = _others(members, m.path)
-        if len(classes) > 1:
-            row = ("label-conflict", f"{kind} as {others}, under class{'es' if len(classes) > 1 else ''} "
-                   f"{', '.join(classes)}: one picture with {len(classes)} labels; at most one is right")
-        elif len(splits) > 1:
-            row = ("split-leakage" if kind == "same bytes" else "near-duplicate-leakage",
-                   f"LEAKAGE: {kind} in {' and '.join(splits)} ({others}); the model is scored on an image it "
-                   "trained on")
-        else:
-            note = "; the seeded train/val split may put copies on both sides" if flat else ""
-            row = ("duplicate" if kind == "same bytes" else "near-duplicate",
-                   f"{kind} as {others} ({len(members)} copies){note}")
-        rows.append((m.path, m.split, m.class_name, "warning", *row))
-    return rows
+    paths = [m.path for m in members]
+    files = " and ".join(paths) if len(paths) == 2 else ", ".join(paths)
+    exact = what == "same bytes"
+    if len(classes) > 1:
+        problem = "label-conflict"
+        detail = (f"{what}: {files}; one picture with {len(classes)} labels ({', '.join(classes)}), "
+                  "at most one is right")
+    elif len(splits) > 1:
+        problem = "split-leakage" if exact else "near-duplicate-leakage"
+        detail = (f"LEAKAGE: {what} in {' and '.join(splits)}: {files}; the model is scored on an image it "
+                  "trained on")
+    else:
+        problem = "duplicate" if exact else "near-duplicate"
+        note = "; the seeded train/val split may put copies on both sides" if flat else ""
+        detail = f"{what}: {files}{note}"
+    return [(m.path, m.split, m.class_name, "warning", problem, detail) for m in members]
 
 
 def duplicate_findings(facts: list[FileFacts], flat: bool) -> list[Row]:
-    """Exact copies (same bytes) and near copies (dHash within NEAR_DUPLICATE_BITS), as groups.
-
-    A group under more than one class is a label conflict (whatever the splits); one class over several
-    splits is leakage; otherwise a duplicate. Near copies are grouped transitively (A~B, B~C: one group),
-    and exact copies are not reported again as near copies.
-    """
+    """Exact copies (same bytes) as groups, and near copies (see the module doc) as pairs, or as one group
+    when every two of its pictures are the same picture. Exact copies are not reported again as near copies."""
     rows: list[Row] = []
     by_digest: dict[str, list[FileFacts]] = {}
     for f in facts:
@@ -82,45 +104,133 @@ def duplicate_findings(facts: list[FileFacts], flat: bool) -> list[Row]:
             by_digest.setdefault(f.sha256, []).append(f)
     for members in by_digest.values():
         if len(members) > 1:
-            rows += _group_rows(members, "same bytes", flat)
-    # one representative per distinct content, then near copies among those; a flat image's dHash is all
-    # zeros whatever its colour, so blank frames are left to outlier_findings ("near-uniform")
-    distinct = [members[0] for members in by_digest.values() if members[0].dhash is not None
+            rows += _finding_rows(members, "same bytes", flat)
+    # one representative per distinct content, then near copies among those; a blank frame has no edges to
+    # compare (only noise), so blank frames are left to outlier_findings ("near-uniform")
+    distinct = [members[0] for members in by_digest.values() if members[0].thumbnail is not None
                 and (members[0].grey_std is None or members[0].grey_std >= NEAR_UNIFORM_STD)]
-    for group in _near_groups(distinct):
-        members = [m for rep in group for m in by_digest[rep.sha256]]
-        rows += _group_rows(members, "nearly the same picture", flat)
+    for group, similarities in same_pictures(distinct):
+        low, high = min(similarities), max(similarities)
+        what = (f"nearly the same picture (similarity {low:.3f})" if len(group) == 2 else
+                f"{len(group)} pictures, every two nearly the same (similarity {low:.3f}..{high:.3f})")
+        rows += _finding_rows([m for rep in group for m in by_digest[rep.sha256]], what, flat)
     return rows
 
 
-def _near_groups(items: list[FileFacts]) -> list[list[FileFacts]]:
-    """Groups of items whose dHashes are within NEAR_DUPLICATE_BITS of another member's (union-find).
+def same_pictures(items: list[FileFacts]) -> list[tuple[list[FileFacts], list[float]]]:
+    """Groups of items that are pairwise the same picture, with their pairwise edge similarities.
 
-    Candidate pairs share one of HASH_BANDS bit bands exactly, so the work grows with the number of
-    similar pairs, not with the square of the number of files.
+    Candidates: pairs whose 8x8-pooled thumbnails' edges agree (CANDIDATE_SIMILARITY); the same picture:
+    edge_similarity >= SAME_PICTURE. Confirmed pairs that link into a set where every two are confirmed
+    are one group; otherwise each confirmed pair is its own group of two (never joined through a third).
     """
-    parent = list(range(len(items)))
+    if len(items) < 2:
+        return []
+    side = math.isqrt(len(items[0].thumbnail))
+    thumbnails = np.frombuffer(b"".join(item.thumbnail for item in items), dtype=np.uint8)
+    thumbnails = thumbnails.reshape(len(items), side, side).astype(np.float32)  # (N, S, S)
+    first, second = _candidate_pairs(_edge_vectors(_pooled(thumbnails, _COARSE_POOL)))
+    similarity = _confirm(thumbnails, first, second)
+    confirmed = similarity >= SAME_PICTURE
+    pairs = list(zip(first[confirmed].tolist(), second[confirmed].tolist(), similarity[confirmed].tolist()))
+    return [([items[i] for i in members], sims) for members, sims in _cliques_or_pairs(pairs)]
+
+
+def edge_similarity(a: bytes, b: bytes) -> float:
+    """How alike two square grey thumbnails' edges are: the cosine of their neighbour-difference fields (1: the same).
+
+    A plain background has no differences, so it adds nothing: the score is made by the objects' outlines and
+    inner edges (a correlation of the pixels themselves is dominated by object against background, so different
+    shirts laid on one sheet correlate almost like copies). Brightness and contrast cancel out.
+    """
+    side = math.isqrt(len(a))
+    pair = np.frombuffer(a + b, dtype=np.uint8).reshape(2, side, side).astype(np.float32)
+    vectors = _edge_vectors(pair)
+    return float(vectors[0] @ vectors[1])
+
+
+def _pooled(thumbnails: np.ndarray, pool: int) -> np.ndarray:
+    """(N, S, S) -> (N, S / pool, S / pool): the mean of each pool x pool block."""
+    n, side, _ = thumbnails.shape
+    return thumbnails.reshape(n, side // pool, pool, side // pool, pool).mean(axis=(2, 4))
+
+
+def _edge_vectors(thumbnails: np.ndarray) -> np.ndarray:
+    """(N, S, S) -> (N, 2 S (S - 1)): horizontal then vertical neighbour differences, each row of unit length
+    (all zeros for a flat thumbnail, which is then like nothing)."""
+    n = len(thumbnails)
+    edges = np.concatenate([np.diff(thumbnails, axis=2).reshape(n, -1), np.diff(thumbnails, axis=1).reshape(n, -1)],
+                           axis=1)
+    norms = np.linalg.norm(edges, axis=1, keepdims=True)
+    return edges / np.where(norms > 0, norms, 1)
+
+
+def _candidate_pairs(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i < j) of unit rows whose cosine is >= CANDIDATE_SIMILARITY.
+
+    Every pair is compared, a block of rows at a time, by a matrix product of short (8x8-pooled) edge vectors:
+    N^2 / 2 dot products of 112 numbers, cheap next to decoding the N images, and no pair is missed.
+    """
+    firsts, seconds = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    for start in range(0, len(vectors), _ROWS_PER_BLOCK):
+        cosines = vectors[start:start + _ROWS_PER_BLOCK] @ vectors[start:].T  # (B, N - start)
+        i, j = np.nonzero(cosines >= CANDIDATE_SIMILARITY)
+        keep = j > i  # the block's columns start at its first row: j > i is the upper triangle
+        firsts.append(i[keep] + start)
+        seconds.append(j[keep] + start)
+    return np.concatenate(firsts), np.concatenate(seconds)
+
+
+def _confirm(thumbnails: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Edge similarity of the full thumbnails of each candidate pair (first[k], second[k]): (K,).
+
+    A block of images at a time, as one matrix product with the images it has candidates among: few products
+    when candidates are few, and no worse than all pairs' when a plain background makes most pairs candidates.
+    """
+    similarity = np.zeros(len(first), dtype=np.float32)
+    if not len(first):
+        return similarity
+    used, position = np.unique(np.concatenate([first, second]), return_inverse=True)
+    vectors = _edge_vectors(thumbnails[used])  # (U, D): only the images in some candidate pair
+    rows, columns = position[:len(first)], position[len(first):]
+    order = np.argsort(rows, kind="stable")
+    bounds = np.searchsorted(rows[order], np.arange(0, len(used) + _ROWS_PER_BLOCK, _ROWS_PER_BLOCK))
+    for block, (begin, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+        pairs = order[begin:end]
+        if not len(pairs):
+            continue
+        others, column = np.unique(columns[pairs], return_inverse=True)
+        start = block * _ROWS_PER_BLOCK
+        products = vectors[start:start + _ROWS_PER_BLOCK] @ vectors[others].T  # (B, C)
+        similarity[pairs] = products[rows[pairs] - start, column]
+    return similarity
+
+
+def _cliques_or_pairs(pairs: list[tuple[int, int, float]]) -> list[tuple[list[int], list[float]]]:
+    """Confirmed pairs (i, j, similarity) as groups: a connected set in which every two are confirmed is one
+    group; in any other connected set each pair stays a group of its own."""
+    parent: dict[int, int] = {}
 
     def root(i: int) -> int:
+        parent.setdefault(i, i)
         while parent[i] != i:
             parent[i] = parent[parent[i]]
             i = parent[i]
         return i
 
-    width = 64 // HASH_BANDS + 1
-    for band in range(HASH_BANDS):
-        buckets: dict[int, list[int]] = {}
-        for i, item in enumerate(items):
-            buckets.setdefault((item.dhash >> (band * width)) & ((1 << width) - 1), []).append(i)
-        for members in buckets.values():
-            for a_pos, a in enumerate(members):
-                for b in members[a_pos + 1:]:
-                    if root(a) != root(b) and bin(items[a].dhash ^ items[b].dhash).count("1") <= NEAR_DUPLICATE_BITS:
-                        parent[root(a)] = root(b)
-    groups: dict[int, list[FileFacts]] = {}
-    for i, item in enumerate(items):
-        groups.setdefault(root(i), []).append(item)
-    return [group for group in groups.values() if len(group) > 1]
+    for i, j, _ in pairs:
+        parent[root(i)] = root(j)
+    connected: dict[int, list[tuple[int, int, float]]] = {}
+    for pair in pairs:
+        connected.setdefault(root(pair[0]), []).append(pair)
+    groups = []
+    for edges in connected.values():
+        members = sorted({i for i, j, _ in edges} | {j for i, j, _ in edges})
+        if len(edges) == len(members) * (len(members) - 1) // 2:  # every two confirmed
+            groups.append((members, [s for _, _, s in edges]))
+        else:
+            groups += [([i, j], [s]) for i, j, s in edges]
+    return groups
 
 
 def outlier_findings(facts: list[FileFacts]) -> list[Row]:

@@ -59,6 +59,12 @@ _INT_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 # and corruption are found) at a fraction of the cost of a full decode.
 _CHECK_DECODE_SIZE = 64
 
+# Side of the grey thumbnail the data check compares images on (near-duplicates): half the short side it
+# decodes to, so an image of 64 px or more reaches it by shrinking at least 2x and the thumbnail hardly depends
+# on the file's size or the decoder's path (JPEG DCT scaling or box reduction); 32x32 still holds an object's
+# outline and inner edges, in 1 KB per image.
+THUMBNAIL_SIZE = _CHECK_DECODE_SIZE // 2
+
 # PIL.Image.MAX_IMAGE_PIXELS is process-wide; this lock makes our brief change of it safe across threads.
 _PIL_LIMIT_LOCK = threading.Lock()
 
@@ -84,8 +90,8 @@ class ImageInfo:
     orientation: int = 1  # EXIF orientation tag, 1 = upright
     frames: int = 1
     problems: list[ImageProblem] = field(default_factory=list)
-    dhash: int | None = None  # 64-bit difference hash of the decoded pixels: near-duplicates differ in few bits
     grey_std: float | None = None  # standard deviation of the grey levels (0..255): ~0 for a blank image
+    thumbnail: bytes | None = None  # THUMBNAIL_SIZE^2 grey levels (uint8, row-major): finds near-duplicates
 
     @property
     def readable(self) -> bool:
@@ -98,8 +104,8 @@ class ImageInfo:
         return self.width * self.height / 1e6
 
     def to_dict(self) -> dict:
-        """Plain JSON-able dict."""
-        return {**asdict(self), "readable": self.readable}
+        """Plain JSON-able dict (facts only: the thumbnail's pixels are left out)."""
+        return {**asdict(self), "readable": self.readable, "thumbnail": None}
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -377,7 +383,7 @@ def inspect_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
             except ImageReadError as error:
                 info.problems.append(ImageProblem("error", error.problem, error.reason))
                 return info
-            info.dhash, info.grey_std = _fingerprint(rgb)
+            info.grey_std, info.thumbnail = _fingerprint(rgb)
         info.orientation = _orientation(image, header_only=not decode)
         info.width, info.height = (height, width) if info.orientation in (5, 6, 7, 8) else (width, height)
         try:
@@ -397,19 +403,13 @@ def inspect_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
     return info
 
 
-def _fingerprint(rgb: Image.Image) -> tuple[int, float]:
-    """(difference hash, grey-level standard deviation) of a decoded image.
-
-    dHash (Krawetz): the grey image shrunk to 9x8, one bit per pair of horizontal neighbours (is the left
-    one brighter?). Re-encoding, resizing and mild colour changes flip few of the 64 bits, so copies of
-    one picture (a placeholder saved many times) have hashes a few bits apart; different photos differ
-    in about half of them.
-    """
+def _fingerprint(rgb: Image.Image) -> tuple[float, bytes]:
+    """(grey-level standard deviation, THUMBNAIL_SIZE^2 grey thumbnail) of a decoded image."""
     grey = rgb.convert("L")
-    small = np.asarray(grey.resize((9, 8), Image.Resampling.BOX), dtype=np.int16)  # (8, 9)
-    bits = (small[:, :-1] > small[:, 1:]).flatten()                                 # (64,)
-    value = int(np.packbits(bits).view(">u8")[0])
-    return value, float(np.asarray(grey, dtype=np.float32).std())
+    # Lanczos, not a box average: a box filter aliases fine texture differently from each source size, so a
+    # photo and its half-size copy would differ in their edges; Lanczos's low-pass keeps them alike.
+    thumbnail = grey.resize((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.LANCZOS).tobytes()
+    return float(np.asarray(grey, dtype=np.float32).std()), thumbnail
 
 
 def encode_png(array: np.ndarray) -> bytes:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from cnnlab.cli import app
 from cnnlab.data.check import CSV_COLUMNS, check_dataset, safe_path
+from cnnlab.data.findings import COPY_PROBLEMS, SAME_PICTURE, FileFacts, duplicate_findings, edge_similarity
 from cnnlab.errors import CnnlabError
 from .test_images import (write_16bit_png, write_animated_gif, write_cmyk_jpeg, write_exif6_jpeg, write_good_jpeg,
                          write_palette_png, write_png_bomb, write_rgba_png, write_text_as_jpeg,
@@ -228,7 +232,7 @@ def test_what_a_person_would_spot(tmp_path):
     write_good_jpeg(root / "train" / "dogs" / "strip.jpg", height=40, width=400, seed=400)
     found = _found(check_dataset(root, workers=2), root)
     assert ("train/dogs/missing.gif", "warning", "format-outlier") in found
-    # the placeholder and its re-encoded, re-drawn copies: one near-duplicate group across the classes
+    # the placeholder and its re-encoded, re-drawn copies: every two the same picture, so one group across classes
     assert {("train/dogs/missing.gif", "warning", "label-conflict"),
             ("train/cats/missing2.jpg", "warning", "label-conflict"),
             ("train/cats/missing3.png", "warning", "label-conflict")} <= found
@@ -239,6 +243,145 @@ def test_what_a_person_would_spot(tmp_path):
     # and nothing else: 22 different photos are not near-duplicates of each other
     assert not any(path.startswith("train/dogs/d") and problem.startswith("near")
                    for path, _, problem in found)
+
+
+# --------------------------------------------------------------------------------------------
+# near-duplicates: a fingerprint proposes, the thumbnails' edges confirm, and only pairs are joined
+# --------------------------------------------------------------------------------------------
+
+SHAPES = ("bottle", "jar", "sheet", "box", "ball", "cone")
+
+
+def _product_photo(path: Path, shape: str, size: float, x: float, seed: int, falloff: float = 45) -> Path:
+    """A product shot: one object (`size`: share of the height, centred at `x`: share of the width) on a studio-white
+    background, `falloff` grey levels darker in the corners than in the middle, with sensor noise, as JPEG."""
+    from PIL import Image, ImageDraw
+
+    width, height = 240, 180
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    light = 248 - 2 * falloff * (((xx - width / 2) / width) ** 2 + ((yy - height / 2) / height) ** 2)  # (H, W)
+    image = Image.fromarray(np.repeat(light[..., None], 3, axis=2).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    s, cx, cy = size * height, x * width, height / 2
+    colour = tuple(int(c) for c in rng.integers(30, 180, 3))
+    if shape == "bottle":
+        draw.rectangle((cx - 0.3 * s, cy - 0.3 * s, cx + 0.3 * s, cy + s), fill=colour)
+        draw.rectangle((cx - 0.1 * s, cy - s, cx + 0.1 * s, cy - 0.3 * s), fill=colour)
+    elif shape == "jar":
+        draw.rounded_rectangle((cx - 0.6 * s, cy - 0.5 * s, cx + 0.6 * s, cy + 0.7 * s), radius=0.2 * s, fill=colour)
+    elif shape == "sheet":
+        draw.polygon([(cx - 1.3 * s, cy + 0.3 * s), (cx + s, cy + 0.4 * s), (cx + 1.3 * s, cy - 0.2 * s),
+                      (cx - 0.9 * s, cy - 0.3 * s)], fill=colour)
+    elif shape == "box":
+        draw.rectangle((cx - 0.8 * s, cy - 0.6 * s, cx + 0.8 * s, cy + 0.6 * s), fill=colour)
+    elif shape == "ball":
+        draw.ellipse((cx - 0.7 * s, cy - 0.7 * s, cx + 0.7 * s, cy + 0.7 * s), fill=colour)
+    else:
+        draw.polygon([(cx, cy - s), (cx + 0.8 * s, cy + 0.8 * s), (cx - 0.8 * s, cy + 0.8 * s)], fill=colour)
+    if seed % 2:  # a label on every other product
+        label = tuple(int(c) for c in rng.integers(150, 255, 3))
+        draw.rectangle((cx - 0.25 * s, cy, cx + 0.25 * s, cy + 0.3 * s), fill=label)
+    pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, 2.0, (height, width, 3))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
+    return path
+
+
+def _dhash(path: Path) -> int:
+    """The 64-bit difference hash the check once grouped near-duplicates by: signs of 8x9 neighbour differences."""
+    from PIL import Image
+
+    small = np.asarray(Image.open(path).convert("L").resize((9, 8), Image.Resampling.BOX), dtype=np.int16)
+    return int(np.packbits((small[:, :-1] > small[:, 1:]).ravel()).view(">u8")[0])
+
+
+def _copy_findings(report, root: Path) -> dict[frozenset, tuple[str, float | None]]:
+    """{files of a finding: (problem, lowest similarity)} for the duplicate-like findings, each once."""
+    found = {}
+    for p in report.problems:
+        if p.problem in COPY_PROBLEMS:
+            files = frozenset(os.path.relpath(q.path, safe_path(root)) for q in report.problems
+                              if q.problem == p.problem and q.detail == p.detail)
+            match = re.search(r"similarity (\d\.\d+)", p.detail)
+            found[files] = (p.problem, float(match.group(1)) if match else None)
+    return found
+
+
+@pytest.mark.parametrize("falloff", [45, 0])
+def test_different_products_on_one_background_are_not_copies_and_real_copies_are(tmp_path, falloff):
+    """36 different objects on one white background (lit with a falloff to the corners, or evenly): none is a copy
+    of another. Copies placed in other splits and classes (re-encoded, half size, both) are each found as one
+    pair, with its similarity. With a falloff the objects' dHashes chain into one group across the classes (what
+    the check once reported as one picture with many labels); lit evenly the copies' dHashes are far apart."""
+    from PIL import Image
+
+    root = tmp_path / "products"
+    photos = {}
+    for k, (shape, size, x) in enumerate(itertools.product(SHAPES, (0.15, 0.22, 0.3), (0.4, 0.6))):
+        split = "val" if k % 3 == 0 else "train"
+        photos[shape, size, x] = _product_photo(root / split / shape / f"{shape}-{size}-{x}.jpg", shape, size, x, k,
+                                                falloff)
+    assert _copy_findings(check_dataset(root, workers=2), root) == {}
+
+    bottle, jar, ball = photos["bottle", 0.3, 0.4], photos["jar", 0.22, 0.6], photos["ball", 0.3, 0.6]
+    for folder in ("bottle", "jar"):
+        (root / "test" / folder).mkdir(parents=True)
+    Image.open(bottle).save(root / "test" / "bottle" / "again.jpg", quality=50)  # re-encoded, in another split
+    half = (120, 90)
+    Image.open(jar).resize(half, Image.Resampling.LANCZOS).save(root / "test" / "jar" / "half.png")  # half size
+    Image.open(ball).resize(half, Image.Resampling.BILINEAR).save(root / "train" / "cone" / "ball.jpg", quality=60)
+    report = check_dataset(root, workers=2)
+    found = _copy_findings(report, root)
+    rel = lambda path: os.path.relpath(path, root)  # noqa: E731
+    copies = {frozenset({rel(bottle), "test/bottle/again.jpg"}): "near-duplicate-leakage",
+              frozenset({rel(jar), "test/jar/half.png"}): "near-duplicate-leakage",
+              frozenset({rel(ball), "train/cone/ball.jpg"}): "label-conflict"}
+    assert {files: problem for files, (problem, _) in found.items()} == copies
+    assert all(SAME_PICTURE <= similarity <= 1 for _, similarity in found.values())
+    text = report.describe()  # each pair once, with its similarity
+    assert text.count("test/bottle/again.jpg") == 1 and text.count("similarity") == 3
+    assert "LEAKAGE: 4 files in 2 findings" in text and "LABEL CONFLICT: 2 files in 1 finding" in text
+
+    # what a dHash (the check's first step before) makes of the same files
+    hashes = {rel(path): _dhash(path) for path in root.rglob("*.*")}
+    bits = lambda a, b: bin(hashes[a] ^ hashes[b]).count("1")  # noqa: E731
+    if falloff:  # different products within 4 bits, chained across the classes
+        close = [(a, b) for a, b in itertools.combinations(map(rel, photos.values()), 2) if bits(a, b) <= 4]
+        assert len(close) >= 20 and len({Path(path).parent.name for pair in close for path in pair}) == 6
+    else:  # copies more than 4 bits apart
+        assert all(bits(*sorted(files)) > 4 for files in copies)
+
+
+def _thumbnail(weight: float) -> bytes:
+    """A 32x32 grey thumbnail: one smooth pattern plus `weight` times another (the edges change linearly)."""
+    y, x = np.mgrid[0:32, 0:32] / 32
+    first = np.sin(3.5 * x + 4.7 * y + 1.0) + np.cos(2.6 * x - 5.1 * y + 4.0)
+    second = np.sin(5.3 * x + 2.2 * y + 2.5) + np.cos(4.4 * x - 3.0 * y + 0.5)
+    return np.clip(128 + 30 * first + 30 * weight * second, 0, 255).round().astype(np.uint8).tobytes()
+
+
+def _facts(name: str, thumbnail: bytes, class_name: str = "a") -> FileFacts:
+    return FileFacts(f"train/{class_name}/{name}.png", "train", class_name, "PNG", 320, 240, name, 40.0, thumbnail)
+
+
+def test_near_copies_are_joined_only_when_every_two_are_the_same_picture():
+    """A like B and B like C while A is not like C: two pairs, never one group of three. Six pictures that are all
+    alike: one group, whose every row names all six files (the --fix-report CSV holds the rows as they are)."""
+    a, b, c = (_facts(name, _thumbnail(0.4 * k)) for k, name in enumerate("ABC"))
+    assert edge_similarity(a.thumbnail, b.thumbnail) >= SAME_PICTURE
+    assert edge_similarity(b.thumbnail, c.thumbnail) >= SAME_PICTURE
+    assert edge_similarity(a.thumbnail, c.thumbnail) < SAME_PICTURE
+    rows = duplicate_findings([a, b, c], flat=False)
+    findings = {frozenset(row[0] for row in rows if row[5] == detail) for detail in {row[5] for row in rows}}
+    assert findings == {frozenset({a.path, b.path}), frozenset({b.path, c.path})}
+    assert {row[4] for row in rows} == {"near-duplicate"} and len(rows) == 4  # B is in two findings
+
+    alike = [_facts(f"p{k}", _thumbnail(0.05 * k), class_name="ab"[k % 2]) for k in range(6)]
+    rows = duplicate_findings(alike, flat=False)
+    assert len(rows) == 6 and len({row[5] for row in rows}) == 1 and {row[4] for row in rows} == {"label-conflict"}
+    assert all(f.path in rows[0][5] for f in alike) and "more" not in rows[0][5]
+    assert rows[0][5].startswith("6 pictures, every two nearly the same (similarity 0.9")
 
 
 @pytest.mark.parametrize("make, message", [

@@ -455,3 +455,25 @@ def test_inspect_reports_problems(tmp_path, writer, name, expected, detail):
     assert _problems(info) == expected
     assert any(detail in p.detail for p in info.problems)
     assert info.readable == all(severity != "error" for severity, _ in expected)
+
+
+def test_inspect_thumbnail_is_grey_levels_and_does_not_depend_on_the_file_size(tmp_path):
+    """The near-duplicate check compares these thumbnails, so a resized copy must give (almost) the same one."""
+    from cnnlab.data.images import THUMBNAIL_SIZE
+    y, x = np.mgrid[0:240, 0:320]
+    picture = np.where((x > 100) & (x < 220) & (y > 60) & (y < 180), 40, 230).astype(np.uint8)  # dark box on light
+    picture = np.repeat(picture[..., None], 3, axis=2)
+    save_image(picture, tmp_path / "full.png")
+    half_size = Image.fromarray(picture).resize((160, 120), Image.Resampling.LANCZOS)
+    save_image(np.asarray(half_size), tmp_path / "half.jpg")
+    full, half = inspect_image(tmp_path / "full.png"), inspect_image(tmp_path / "half.jpg")
+    side = THUMBNAIL_SIZE
+    a = np.frombuffer(full.thumbnail, dtype=np.uint8).reshape(side, side).astype(int)
+    b = np.frombuffer(half.thumbnail, dtype=np.uint8).reshape(side, side).astype(int)
+    # (side, side) grey levels of the image squeezed to a square; the box spans x 101..219 of 320, so along the
+    # middle row: light, the edge in the column holding x = 100..110, dark (Lanczos rings by a few levels), light
+    row, start, end = a[side // 2], side * 100 // 320, side * 220 // 320
+    assert np.abs(row[:start - 1] - 230).max() <= 8 and np.abs(row[start + 1:end - 1] - 40).max() <= 8
+    assert 40 < row[start] < 230 and np.abs(row[end + 1:] - 230).max() <= 8 and a[2, 2] == 230
+    assert np.abs(a - b).mean() < 2 and np.abs(a - b).max() < 25  # another file size, another codec: same thumbnail
+    assert inspect_image(tmp_path / "full.png").to_dict()["thumbnail"] is None  # facts only in the JSON-able dict
