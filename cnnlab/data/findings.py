@@ -25,6 +25,7 @@ import math
 import statistics
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -282,3 +283,34 @@ def imbalance_finding(counts: dict[str, int], where: str) -> list[Row]:
              f"class {large} has {present[large]} images, {small} only {present[small]} ({ratio:.1f}x): accuracy "
              "will be dominated by the large classes; `cnnlab train --balance auto` (the default) reweights the "
              "loss, and the per-class table shows how each class fares")]
+
+
+# What a suffix says a file is: the format a run can see without opening the file.
+SUFFIX_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".gif": "GIF", ".bmp": "BMP", ".webp": "WEBP",
+                  ".tif": "TIFF", ".tiff": "TIFF"}
+# The outliers a training run can tell from what it has in hand (suffixes, and the decoded sizes its cache keeps):
+# a stray format, a tiny image (kept at its own size by the cache), an extreme aspect ratio (kept by the resize).
+QUICK_OUTLIERS = ("format-outlier", "tiny-image", "extreme-aspect")
+
+
+def quick_outliers(samples: list[tuple[str, str, str]], sizes: dict[str, tuple[int, int]] | None = None) -> list[Row]:
+    """The outlier rows data check would give that need no extra reading: `samples` (path, split, class) and, where
+    known, each file's decoded (height, width) at any scale (the cache's). A placeholder GIF among a class's JPEGs
+    becomes a training example otherwise, unnoticed."""
+    facts = []
+    for path, split, class_name in samples:
+        height, width = (sizes or {}).get(path, (0, 0))
+        facts.append(FileFacts(path, split, class_name, SUFFIX_FORMATS.get(Path(path).suffix.lower(), "?"),
+                               width, height, None, None, None))
+    return [row for row in outlier_findings(facts) if row[4] in QUICK_OUTLIERS and (row[4] == "format-outlier"
+                                                                                     or row[0] in (sizes or {}))]
+
+
+def describe_outliers(rows: list[Row], data: str) -> str | None:
+    """One line for a training run: how many files look out of place, one example, and the command that lists them."""
+    if not rows:
+        return None
+    files = sorted({row[0] for row in rows})
+    example = rows[0]
+    return (f"warning: {len(files)} file{'s' if len(files) != 1 else ''} look{'s' if len(files) == 1 else ''} out "
+            f"of place (e.g. {example[0]}: {example[5]}); `cnnlab data check {data}` lists them")

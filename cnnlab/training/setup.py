@@ -40,7 +40,7 @@ from cnnlab.data.cache import CachedImages, open_cache
 from cnnlab.data.dataset import ImageDataset
 from cnnlab.data.folders import DatasetSplits, find_samples
 from cnnlab.data.augment import for_preset
-from cnnlab.data.findings import IMBALANCE_RATIO
+from cnnlab.data.findings import IMBALANCE_RATIO, describe_outliers, quick_outliers
 from cnnlab.data.loaders import make_loader, samples_per_epoch
 from cnnlab.data.images import image_size
 from cnnlab.data.tiles import check_fits, tile_draws
@@ -600,6 +600,23 @@ def _log_start(run: Run, data: RunData, env: Environment, start_note: str | None
         run.log(start_note)
     if balance.mode != "off":
         run.log(balance.note)
+    outliers = describe_outliers(quick_outliers_of(data, config), data.splits.root)
+    if outliers:
+        run.log(outliers)
+
+
+def quick_outliers_of(data: RunData, config: TrainConfig) -> list:
+    """The files data check would call out of place that a run can tell without reading more: a stray format (by
+    suffix), and for whole-image runs with a cache, tiny images and extreme aspect ratios (from the cached sizes)."""
+    splits = data.splits
+    samples = [(sample.path, split, splits.classes[sample.label]) for split, members in splits.splits.items()
+               for sample in members]
+    sizes = None
+    if data.cache is not None and not preprocessing_of(config).tiled:  # tiles are at a scale: sizes would mislead
+        view = data.cache.select([path for path, _, _ in samples])
+        sizes = {path: tuple(int(v) for v in view.shapes[i]) for i, (path, _, _) in enumerate(samples)
+                 if i not in view.problems}
+    return quick_outliers(samples, sizes)
 
 
 def restore(run: Run, checkpoint: TrainingCheckpoint) -> None:

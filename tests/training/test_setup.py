@@ -92,3 +92,30 @@ def test_the_stages_are_what_prepare_runs(tiny_data):
     loaders = setup.make_loaders(config, data, env, setup.resolve_balance("auto", data.train_counts))
     assert len(loaders["train"]) == 36 // config.batch_size + (36 % config.batch_size > 0)
     assert loaders["val"].dataset is data.datasets["val"]
+
+
+def test_train_warns_in_one_line_about_files_data_check_calls_out_of_place(tiny_data, tmp_path, capsys):
+    """A placeholder GIF among a class's JPEGs: data check flags it, and train says so once instead of training on it
+    silently."""
+    import shutil
+
+    import numpy as np
+
+    from cnnlab.data.check import check_dataset
+    from cnnlab.data.images import save_image
+
+    data = tmp_path / "photos"
+    for split in ("train", "val"):
+        shutil.copytree(tiny_data / split, data / split)
+    for path in sorted((data / "train").rglob("*.jpg")):  # 24 JPEGs per class: one GIF is then under 5% of it
+        shutil.copy(path, path.with_name(f"copy_{path.name}"))
+    placeholder = data / "train" / "circle" / "placeholder.gif"
+    save_image(np.full((16, 16, 3), 200, dtype=np.uint8), placeholder)
+    assert str(placeholder) in {p.path for p in check_dataset(data, workers=1).problems if p.problem == "format-outlier"}
+
+    fit(data=str(data), out=str(tmp_path / "run"), **(TINY | {"verbose": True, "cache": "disk"}),
+        cache_dir=str(tmp_path / "cache"))
+    lines = [line for line in capsys.readouterr().err.splitlines() if "out of place" in line]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("warning: 1 file looks out of place (e.g. ") and "placeholder.gif: GIF among 24 JPEG" \
+        in lines[0] and lines[0].endswith(f"`cnnlab data check {data}` lists them")
