@@ -155,7 +155,7 @@ class TrainConfig:
     max_bad: float = 0.05
     """Stop if more than this share of a split is unreadable."""
     pretrained: bool = False
-    """Start torchvision models from their ImageNet weights (from torch's hub cache, $TORCH_HOME/hub/checkpoints, else downloaded once)."""
+    """Start from ImageNet weights: efficientnet_lite0's come installed with cnnlab (offline, checksum verified); torchvision models' from torch's hub cache ($TORCH_HOME/hub/checkpoints), else downloaded once."""
     weights: str | None = None
     """Start from these weights: a run's .safetensors, or a .pt/.pth state dict (torchvision's official files included) read as tensors only; a classifier for another number of classes starts fresh."""
     freeze: int = 0

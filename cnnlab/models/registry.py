@@ -9,39 +9,76 @@ Every registered model has (a test checks each one):
     min_input_size     the smallest image side it accepts
     fixed_input_size   the one side it accepts (an MLP), or None for any size >= min_input_size
 Callers ask the model through these; none matches on layer names or model names.
+
+What the registry knows of a model besides its factory is one record (ModelEntry, like timm's pretrained_cfg):
+the options tiled runs use, the input normalisation its weights expect (a run stores it in its preprocessing,
+so training, eval, predict, export and serve all apply it), and where --pretrained finds ImageNet weights.
 """
 
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass, field
 from typing import Callable
 
 from torch import nn
 
+from cnnlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from cnnlab.errors import CnnlabError
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-_TILED: dict[str, dict] = {}  # name -> factory options that tiled runs use unless the user gives them
+# Where --pretrained finds a model's ImageNet weights
+OFFLINE = "offline"  # in a package installed with cnnlab: no network, ever
+HUB = "hub"  # torch's hub cache ($TORCH_HOME/hub/checkpoints), else downloaded once by torchvision
 
 
-def register_model(name: str, tiled: dict | None = None):
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its factory and what callers need to know before building it."""
+
+    factory: Callable[..., nn.Module]
+    tiled: dict = field(default_factory=dict)
+    """Factory options a run that trains on tiles uses by default (the user's --model-option wins)."""
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    """Per-channel mean the input is normalised with (RGB, pixels scaled to 0..1)."""
+    std: tuple[float, float, float] = IMAGENET_STD
+    """Per-channel standard deviation the input is divided by."""
+    pretrained: str | None = None
+    """Where --pretrained finds ImageNet weights: OFFLINE, HUB, or None (the model has none)."""
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, tiled: dict | None = None, mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD,
+                   pretrained: str | None = None):
     """Decorator: make a factory available to create_model under `name`; `tiled`: the factory options a run that
-    trains on tiles uses by default (the user's --model-option wins)."""
+    trains on tiles uses by default; `mean`/`std`: the input normalisation; `pretrained`: OFFLINE, HUB or None."""
     def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _REGISTRY[name] = factory
-        _TILED[name] = dict(tiled or {})
+        _REGISTRY[name] = ModelEntry(factory, dict(tiled or {}), tuple(mean), tuple(std), pretrained)
         return factory
     return wrap
 
 
 def tiled_options(name: str) -> dict:
     """The factory options model `name` takes by default in a tiled run ({} for most models)."""
-    return dict(_TILED.get(name, {}))
+    entry = _REGISTRY.get(name)
+    return dict(entry.tiled) if entry else {}
+
+
+def input_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) model `name`'s input is normalised with; ImageNet's for a name not registered."""
+    entry = _REGISTRY.get(name)
+    return (entry.mean, entry.std) if entry else (IMAGENET_MEAN, IMAGENET_STD)
 
 
 def list_models() -> list[str]:
     """Names create_model accepts, sorted."""
     return sorted(_REGISTRY)
+
+
+def pretrained_models(where: str = OFFLINE) -> list[str]:
+    """Names whose ImageNet weights --pretrained finds `where` (OFFLINE: installed with cnnlab), sorted."""
+    return sorted(name for name, entry in _REGISTRY.items() if entry.pretrained == where)
 
 
 def create_model(name: str, num_classes: int, **options) -> nn.Module:
@@ -52,7 +89,14 @@ def create_model(name: str, num_classes: int, **options) -> nn.Module:
         raise CnnlabError(f"unknown model '{name}'; {hint}available: {', '.join(list_models())}")
     if num_classes < 2:
         raise CnnlabError(f"--num-classes {num_classes}: a classifier needs at least 2 classes")
+    entry = _REGISTRY[name]
+    if entry.pretrained is None and "pretrained" in options:
+        if options.pop("pretrained"):
+            raise CnnlabError(f"model '{name}' has no pretrained weights; --pretrained works offline with "
+                              f"{', '.join(pretrained_models(OFFLINE))} (weights installed with cnnlab), and with "
+                              f"the torchvision models ({', '.join(pretrained_models(HUB)[:3])}, ...) once their "
+                              "ImageNet file is in torch's hub cache")
     try:
-        return _REGISTRY[name](num_classes=num_classes, **options)
+        return entry.factory(num_classes=num_classes, **options)
     except (TypeError, ValueError) as error:  # an unknown option, or a known one with a value it cannot take
         raise CnnlabError(f"bad option for model '{name}': {error}") from None

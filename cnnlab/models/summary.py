@@ -155,6 +155,8 @@ def _window_geometry(module: nn.Module) -> dict | None:
     padding = module.padding
     if padding == "valid":
         padding = 0
+    if isinstance(module, nn.Conv2d) and type(module).forward is not nn.Conv2d.forward:
+        padding = "same"  # it pads in its own forward (timm's Conv2dSame: TensorFlow's "same"), not by .padding
     return {
         "kernel_size": as_pair(module.kernel_size, "kernel_size"),
         "stride": as_pair(module.stride if module.stride is not None else module.kernel_size, "stride"),

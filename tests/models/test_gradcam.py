@@ -13,7 +13,8 @@ from cnnlab.models.gradcam import cam_layer, grad_cam
 captum_attr = pytest.importorskip("captum.attr", reason="captum is a test dependency (pip install captum)")
 
 
-@pytest.mark.parametrize("name, size", [("simple_cnn", 64), ("resnet18", 64), ("resnet9", 64)])
+@pytest.mark.parametrize("name, size", [("simple_cnn", 64), ("resnet18", 64), ("resnet9", 64),
+                                        ("efficientnet_lite0", 64)])
 def test_grad_cam_equals_captums(name, size):
     torch.manual_seed(0)
     model = create_model(name, 5).eval()

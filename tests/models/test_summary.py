@@ -57,6 +57,17 @@ def test_torchvision_shapes_equal_a_real_forward_pass(name, shape):
     assert all(row["computed"] for row in result.rows)  # every row's shape came from a formula, then was checked
 
 
+@pytest.mark.parametrize("shape", [(3, 64, 64), (3, 67, 45)])
+def test_efficientnet_lite_shapes_equal_a_real_forward_pass(shape):
+    """timm's TensorFlow-'same' convolutions pad in their own forward: shown as p=same, shapes from the forward pass."""
+    result = summarize_model("efficientnet_lite0", shape)
+    model = create_model("efficientnet_lite0", 10)
+    assert [tuple(row["output_shape"]) for row in result.rows] == _real_leaf_shapes(model, shape)
+    same = [row for row in result.rows if row["type"] == "Conv2dSame"]  # the stem and four stride-2 depthwise convs
+    assert len(same) == 5 and all(row["padding"] == "same" and not row["computed"] for row in same)
+    assert tuple(same[0]["output_shape"]) == (32, -(-shape[1] // 2), -(-shape[2] // 2))  # ceil(side / 2)
+
+
 def test_flags_are_exactly_the_layers_that_drop_input_rows():
     # simple_cnn at 1001x999: every MaxPool2d(2) meets an odd side somewhere (hand computation):
     # 1001x999 -> 500x499 -> 250x249 -> 125x124 -> 62x62
