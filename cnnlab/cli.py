@@ -1,29 +1,87 @@
-"""Command-line interface: a thin layer that parses options, calls one library function, prints.
+"""Command-line interface: a table from command name to the library function it runs, and one builder that makes
+each command's flags from that function's signature (and, for commands that take training options, from
+TrainConfig's fields). A flag's default is the function's, its help the parameter's `Help` (cnnlab.config), a
+shared help by name (SHARED_HELP) or the TrainConfig field's docstring: nothing is typed twice, and the CLI cannot
+drift from the Python API (tests/test_cli.py checks every command).
 
-Every command has a Python twin with the same arguments (see cnnlab/__init__.py). `train`'s options are
-built from TrainConfig's fields: the flag, its default and its help all come from cnnlab/config.py, so
-the two cannot drift (tests/test_cli.py checks it). Library modules are imported inside the commands so
-that `--help` stays fast and does not import torch.
+What a command prints and its exit code come from the command module's `show` function. Library modules are
+imported when a command runs, so `cnnlab --help` does not import torch.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import ast
+import functools
+import importlib
 import inspect
-import json
 import os
 import sys
-import typing
-from typing import Any, Optional
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from cnnlab import __version__
-from cnnlab.config import TrainConfig, config_from_file, default, field_docs
+from cnnlab import config as config_module
+from cnnlab.config import SHARED_HELP, Help, TrainConfig, default, field_docs
 from cnnlab.errors import CnnlabError
 from cnnlab.signals import Terminated, TrainingInterrupted, end_children, raise_on_sigterm, terminated
 
+
+@dataclass(frozen=True)
+class Cmd:
+    """One command: the library function it runs and how its result is shown."""
+
+    name: str
+    function: str
+    """module:function of the library function (imported when the command runs)."""
+    show: str | None = None
+    """module:function(result, **cli_only) -> exit code (None: 0), printing the result; None prints nothing."""
+    arguments: tuple[str, ...] = ()
+    """Parameters given by position (RUN_DIR IMAGE...), in order."""
+    config: bool = False
+    """Whether the command takes every training option (TrainConfig's fields) as flags."""
+    cli_only: tuple[str, ...] = ()
+    """Parameters of `show` that are flags too (e.g. --json), not the function's."""
+    group: str | None = None
+
+
+C = "cnnlab.commands."
+COMMANDS = [
+    # name               library function                          how it is shown                      by position
+    Cmd("synth",         "cnnlab.data.synth:synthesize",           C + "data:show_synth",               ("out_dir",), group="data"),
+    Cmd("check",         "cnnlab.data.check:check_dataset",        C + "data:show_check",               ("root",), group="data"),
+    Cmd("list",          "cnnlab.data.cache:list_stores",          C + "data:show_stores",              group="cache"),
+    Cmd("clear",         "cnnlab.data.cache:clear_stores",         C + "data:show_cleared",             ("names",), group="cache"),
+    Cmd("train",         C + "train:train_command",                C + "train:show",                    config=True),
+    Cmd("plan",          C + "plan:plan",                          C + "plan:show",                     config=True),
+    Cmd("eval",          C + "evaluate:evaluate",                  C + "evaluate:show",                 ("run_dir",)),
+    Cmd("predict",       C + "predict:predict",                    C + "predict:show",                  ("run_dir", "inputs"),
+        cli_only=("as_json", "max_bad")),
+    Cmd("export",        C + "export:export",                      C + "export:show",                   ("run_dir",)),
+    Cmd("serve",         C + "serve:serve",                        None,                                ("run_dir",)),
+    Cmd("demo",          C + "demo:demo",                          C + "demo:show"),
+    Cmd("models",        "cnnlab.models.registry:list_models",              C + "data:show_lines"),
+    Cmd("lr-find",       C + "lr_find:find_lr",                    C + "lr_find:show",                  config=True),
+    Cmd("augment-preview", C + "augment_preview:augment_preview",  C + "augment_preview:show",          config=True),
+    Cmd("compare",       C + "compare:compare",                    C + "compare:show",                  config=True),
+    Cmd("sweep",         C + "sweep:sweep",                        C + "sweep:show",                    config=True),
+    Cmd("report",        "cnnlab.runs.report:write_report",        C + "data:show_written",             ("run_dir",)),
+    Cmd("summary",       "cnnlab.models.summary:summarize_model",  C + "filters:show_summary",          cli_only=("as_json",)),
+    Cmd("filter",        C + "filters:filter_image",               C + "filters:show",                  ("image_path",)),
+    Cmd("explain",       C + "explain:explain",                    C + "explain:show",                  ("run_dir", "images")),
+    Cmd("inspect",       C + "inspect:inspect_run",                C + "inspect:show",                  ("run_dir", "image")),
+]
+GROUPS = {"data": "Make or check image datasets.", "cache": "See or clear the decoded-image cache."}
+# parameters no command shows as a flag: the API's own (progress output, a config object)
+NOT_FLAGS = ("verbose", "config", "log_level", "per_model_options")
+
+
+# --------------------------------------------------------------------------------------------
+# help that reads like the command line
+# --------------------------------------------------------------------------------------------
 
 class _ReadableHelp:
     """Help that reads like the command line: flags without a `<bool>` type, arguments as NAME."""
@@ -33,8 +91,8 @@ class _ReadableHelp:
         for param in params:
             if isinstance(param, TyperOption) and param.is_flag:
                 param.metavar = ""  # a flag takes no value: `--json`, not `--json <bool>`
-            elif isinstance(param, TyperArgument) and param.metavar is None:
-                param.metavar = param.name.upper()
+            elif isinstance(param, TyperArgument):
+                param.metavar = param.name.upper()  # RUN_DIR, INPUTS..., not <list[str]>
         return params
 
     def collect_usage_pieces(self, ctx) -> list[str]:
@@ -56,12 +114,261 @@ class Group(_ReadableHelp, TyperGroup):
     """A command group whose help reads like the command line."""
 
 
+# --------------------------------------------------------------------------------------------
+# flags from a signature, read from the source (so that `cnnlab --help` imports no torch)
+# --------------------------------------------------------------------------------------------
+
+PACKAGE = Path(__file__).resolve().parent
+
+
+def resolve(target: str) -> Callable:
+    """'module:function' -> the function (imports its module: done when the command runs)."""
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _source_file(module: str) -> Path:
+    """The .py file of a cnnlab module, found without importing it (or its package)."""
+    parts = module.split(".")[1:]
+    path = PACKAGE.joinpath(*parts)
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+@functools.cache
+def _module_tree(module: str) -> ast.Module:
+    return ast.parse(_source_file(module).read_text(encoding="utf-8"))
+
+
+def _constant(module: str, name: str, seen: frozenset = frozenset()) -> Any:
+    """The literal value of NAME in a cnnlab module (a default like DEFAULT_PORT), following `from cnnlab.x import
+    NAME` to where it is assigned; inspect.Parameter.empty when it is not a literal."""
+    if (module, name) in seen or not _source_file(module).is_file():
+        return inspect.Parameter.empty
+    tree = _module_tree(module)
+    found = _constants(tree)
+    if name in found:
+        return found[name]
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cnnlab.") and node.level == 0:
+            for alias in node.names:
+                if (alias.asname or alias.name) == name:
+                    return _constant(node.module, alias.name, seen | {(module, name)})
+    return inspect.Parameter.empty
+
+
+def _constants(tree: ast.Module) -> dict[str, Any]:
+    """Module-level NAME = <literal> assignments."""
+    found = {}
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) \
+            else []
+        for target in targets:
+            if isinstance(target, ast.Name) and node.value is not None:
+                try:
+                    found[target.id] = ast.literal_eval(node.value)
+                except ValueError:
+                    pass
+    return found
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One parameter as the source declares it: the type typer parses, its default, its Help."""
+
+    name: str
+    type: Any
+    default: Any
+    help: Help | None
+
+
+def _help_in(node: ast.AST) -> Help | None:
+    """Help("text", flag=...) inside an Annotated[...] annotation, or a Help constant of cnnlab.config named there."""
+    if not (isinstance(node, ast.Subscript) and getattr(node.value, "id", None) == "Annotated"):
+        return None
+    for item in node.slice.elts[1:]:
+        if isinstance(item, ast.Call) and getattr(item.func, "id", None) == "Help":
+            args = [ast.literal_eval(a) for a in item.args]
+            keywords = {k.arg: ast.literal_eval(k.value) for k in item.keywords}
+            return Help(*args, **keywords)
+        if isinstance(item, ast.Name) and isinstance(getattr(config_module, item.id, None), Help):
+            return getattr(config_module, item.id)
+    return None
+
+
+def cli_type(node: ast.AST | None) -> Any:
+    """The type typer parses a parameter as, from its annotation: paths and 'number or text' as text, sequences as
+    repeated text (typer needs plain types; the library converts)."""
+    if node is None:
+        return str
+    if isinstance(node, ast.Subscript) and getattr(node.value, "id", None) == "Annotated":
+        return cli_type(node.slice.elts[0])
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):  # X | Y | None
+        parts, stack = [], [node]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, ast.BinOp) and isinstance(item.op, ast.BitOr):
+                stack += [item.right, item.left]
+            else:
+                parts.append(item)
+        optional = any(isinstance(p, ast.Constant) and p.value is None for p in parts)
+        parts = [p for p in parts if not (isinstance(p, ast.Constant) and p.value is None)]
+        kinds = [cli_type(p) for p in parts]
+        if list[str] in kinds and str not in kinds:
+            inner = list[str]
+        else:
+            inner = kinds[0] if len(kinds) == 1 else str
+        return Optional[inner] if optional else inner
+    if isinstance(node, ast.Subscript) and getattr(node.value, "id", None) in ("list", "tuple", "dict"):
+        return list[str]
+    return {"bool": bool, "int": int, "float": float, "str": str}.get(getattr(node, "id", None), str)
+
+
+@functools.cache
+def source_signature(target: str) -> tuple[Spec, ...]:
+    """The keyword parameters of 'module:function' as its source declares them (nothing imported)."""
+    module, name = target.split(":")
+    tree = _module_tree(module)
+    function = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == name)
+    args = function.args
+    positional = args.posonlyargs + args.args
+    defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
+    specs = []
+    for arg, node in [*zip(positional, defaults), *zip(args.kwonlyargs, args.kw_defaults)]:
+        if node is None:
+            value = inspect.Parameter.empty
+        elif isinstance(node, ast.Name):
+            value = _constant(module, node.id)
+        else:
+            value = ast.literal_eval(node)
+        specs.append(Spec(arg.arg, cli_type(arg.annotation), value, _help_in(arg.annotation)
+                          if arg.annotation is not None else None))
+    return tuple(specs)
+
+
+def _help_of(spec: Spec) -> Help | None:
+    """A parameter's Help: its annotation's, else the shared one of its name, else its TrainConfig field's."""
+    if spec.help is not None:
+        return spec.help
+    if spec.name in SHARED_HELP:
+        return SHARED_HELP[spec.name]
+    docs = field_docs(TrainConfig)
+    return Help(docs[spec.name]) if spec.name in docs else None
+
+
+def flag_of(spec: Spec) -> str:
+    """--name, or the flag its Help names."""
+    help_ = _help_of(spec)
+    return help_.flag if help_ is not None and help_.flag else "--" + spec.name.replace("_", "-")
+
+
+def _parameter(spec: Spec, argument: bool) -> inspect.Parameter:
+    """One typer parameter for a function parameter."""
+    help_ = _help_of(spec)
+    text = help_.text if help_ is not None else ""
+    value = ... if spec.default is inspect.Parameter.empty else spec.default
+    if argument:
+        option = typer.Argument(value, help=text, show_default=False)
+    else:
+        flag = flag_of(spec)
+        if spec.type is bool or spec.type == Optional[bool]:  # on (or decided) by default: --no-ema as well
+            flag = flag if spec.default is False else f"{flag}/--no-{flag[2:]}"
+        option = typer.Option(value, flag, help=text)
+    return inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=spec.type)
+
+
+def config_specs() -> list[Spec]:
+    """A Spec per TrainConfig field (model_options as the repeatable --model-option NAME=VALUE)."""
+    tree = ast.parse(inspect.getsource(TrainConfig))
+    docs = field_docs(TrainConfig)
+    specs = []
+    for node in tree.body[0].body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            name = node.target.id
+            if name == "model_options":
+                specs.append(Spec("model_option", list[str], [], Help(docs[name])))
+                continue
+            value = None if name == "data" else default(TrainConfig, name)  # data: not needed with --resume
+            specs.append(Spec(name, cli_type(node.annotation), value, Help(docs[name])))
+    return specs
+
+
+def specs_of(cmd: Cmd) -> tuple[list[Spec], list[Spec], list[Spec]]:
+    """(the function's parameters shown as flags or arguments, the show function's CLI-only ones, the training
+    options whose flags the function does not declare itself)."""
+    own = [spec for spec in source_signature(cmd.function) if spec.name not in NOT_FLAGS
+           and spec.name not in ("options", "train_options")]
+    extra = [spec for spec in source_signature(cmd.show) if spec.name in cmd.cli_only] if cmd.cli_only else []
+    fields = []
+    if cmd.config:  # every training option, except those the command declares or sets itself (SETS_ITSELF)
+        taken = {flag_of(spec) for spec in own + extra}
+        declared = _constant(cmd.function.split(":")[0], "SETS_ITSELF")
+        sets_itself = {"model_option" if name == "model_options" else name
+                       for name in (declared if isinstance(declared, tuple) else ())}
+        fields = [spec for spec in config_specs() if flag_of(spec) not in taken and spec.name not in sets_itself]
+    return own, extra, fields
+
+
+def build(cmd: Cmd, parent: typer.Typer) -> None:
+    """Register `cmd` on `parent`, its flags made from its function's source (and TrainConfig's fields)."""
+    own, extra, fields = specs_of(cmd)
+
+    def run(ctx: typer.Context, **values: Any) -> None:
+        kwargs = {spec.name: values[spec.name] for spec in own}
+        if "model_options" in kwargs:  # a function's own repeatable NAME=VALUE flag (summary)
+            kwargs["model_options"] = parse_model_options(kwargs["model_options"])
+        for spec in fields:  # training options: only those typed (the function's own defaults apply)
+            if ctx.get_parameter_source(spec.name).name != "DEFAULT":
+                value = values[spec.name]
+                if spec.name == "model_option":
+                    kwargs["model_options"] = parse_model_options(value)
+                else:
+                    kwargs[spec.name] = value
+        result = resolve(cmd.function)(**kwargs)
+        if cmd.show:  # the result, and the flags the show function names (its own, or the function's)
+            wanted = {spec.name for spec in source_signature(cmd.show)}
+            code = resolve(cmd.show)(result, **{spec.name: values[spec.name] for spec in own + extra
+                                                 if spec.name in wanted})
+            if code:
+                raise typer.Exit(code)
+
+    params = [_parameter(spec, spec.name in cmd.arguments) for spec in own + extra + fields]
+    params.sort(key=lambda p: cmd.arguments.index(p.name) if p.name in cmd.arguments else len(cmd.arguments))
+    run.__signature__ = inspect.Signature([inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                             annotation=typer.Context), *params])
+    parent.command(cmd.name, cls=Command, help=_docstring(cmd.function))(run)
+
+
+def _docstring(target: str) -> str:
+    """A command's help: its function's docstring (read from the source) up to the paragraphs for Python callers,
+    those that start with "Returns" or name a parameter in `backticks`; each paragraph on one line (the terminal
+    wraps it)."""
+    module, name = target.split(":")
+    function = next(node for node in _module_tree(module).body if isinstance(node, ast.FunctionDef)
+                    and node.name == name)
+    parameters = {arg.arg for arg in function.args.args + function.args.kwonlyargs}
+    shown = []
+    for paragraph in inspect.cleandoc(ast.get_docstring(function) or "").split("\n\n"):
+        if shown and (paragraph.startswith("Returns") or any(f"`{p}`" in paragraph for p in parameters)):
+            break
+        shown.append(" ".join(paragraph.split()))
+    return "\n\n".join(shown)
+
+
+def parse_model_options(items: list[str]) -> dict:
+    """['widths=[16,32]', 'hidden=256'] -> {'widths': [16, 32], 'hidden': 256} (YAML values, never eval)."""
+    import yaml
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CnnlabError(f"--model-option {item!r} must look like NAME=VALUE, e.g. widths=[16,32,64]")
+        options[key.strip()] = yaml.safe_load(value)
+    return options
+
+
 app = typer.Typer(cls=Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="cnnlab: train, understand and trust CNNs on your own images.")
-data_app = typer.Typer(cls=Group, no_args_is_help=True, help="Make or check image datasets.")
-cache_app = typer.Typer(cls=Group, no_args_is_help=True, help="See or clear the decoded-image cache.")
-app.add_typer(data_app, name="data")
-app.add_typer(cache_app, name="cache")
 
 
 def _version(value: bool) -> None:
@@ -76,577 +383,16 @@ def main_options(version: bool = typer.Option(False, "--version", callback=_vers
     """cnnlab: train, understand and trust CNNs on your own images."""
 
 
-def _d(name: str):
-    """Default of a TrainConfig field (defaults live in cnnlab.config only)."""
-    return default(TrainConfig, name)
-
-
-def _help(name: str) -> str:
-    """Help text of a TrainConfig field: its docstring."""
-    return field_docs(TrainConfig)[name]
+_groups = {name: typer.Typer(cls=Group, no_args_is_help=True, help=text) for name, text in GROUPS.items()}
+for _name, _group in _groups.items():
+    app.add_typer(_group, name=_name)
+for _cmd in COMMANDS:
+    build(_cmd, _groups[_cmd.group] if _cmd.group else app)
 
 
 # --------------------------------------------------------------------------------------------
-# data, cache
+# the entry point: errors and signals
 # --------------------------------------------------------------------------------------------
-
-@data_app.command("synth", cls=Command)
-def data_synth(
-    out_dir: str = typer.Argument(..., help="Folder to write train/<class>/ and val/<class>/ into."),
-    classes: int = typer.Option(6, help="Number of shape classes."),
-    per_class: int = typer.Option(100, help="Images per class (train + val)."),
-    size: int = typer.Option(1024, help="Image side in pixels."),
-    seed: int = typer.Option(0, help="Same seed, byte-identical files."),
-    val_fraction: float = typer.Option(0.2, help="Share of each class written to val/."),
-    kind: str = typer.Option("shapes", help="shapes (one large shape per image) or objects (many small copies "
-                             "of the class's shape on a large cluttered image: for tiled training; use --size 3000)."),
-    workers: int = typer.Option(1, help="Processes writing images (same bytes whatever the number)."),
-) -> None:
-    """Write a built-in large-image dataset: shapes on a cluttered, textured background."""
-    from cnnlab.data.synth import synthesize
-
-    summary = synthesize(out_dir, classes=classes, per_class=per_class, size=size, seed=seed,
-                         val_fraction=val_fraction, kind=kind, workers=workers)
-    typer.echo(summary.describe())
-
-
-@data_app.command("check", cls=Command)
-def data_check(
-    data_dir: str = typer.Argument(..., help="Image folder: <class>/ folders, or train/ val/ test/ holding them."),
-    fix_report: Optional[str] = typer.Option(None, help="Write every problem to this CSV "
-                                             "(path, split, class, severity, problem, detail)."),
-    quarantine: Optional[str] = typer.Option(None, help="Move unreadable files into this folder, keeping "
-                                             "their relative paths (nothing is deleted or rewritten)."),
-    max_pixels: int = typer.Option(_d("max_pixels"), help="Images with more pixels are errors (read from the header)."),
-    workers: Optional[int] = typer.Option(None, help="Parallel readers; default: the number of CPU cores."),
-) -> None:
-    """Check an image folder before training: unreadable files, duplicates, leakage, outliers, imbalance.
-    Exit 1 if not trainable."""
-    from cnnlab.data.check import check_dataset
-
-    report = check_dataset(data_dir, fix_report=fix_report, quarantine=quarantine, max_pixels=max_pixels,
-                           workers=workers)
-    typer.echo(report.describe())
-    raise typer.Exit(report.exit_code)
-
-
-@cache_app.command("list", cls=Command)
-def cache_list(cache_dir: Optional[str] = typer.Option(None, help="Cache folder (default: CNNLAB_CACHE or "
-                                                       "the user cache folder).")) -> None:
-    """List the decoded-image stores: the data folder each caches, its size on disk and its images."""
-    from cnnlab.data.cache import cache_root, list_stores
-
-    stores = list_stores(cache_dir)
-    typer.echo(f"image cache in {cache_root(cache_dir)}: {len(stores)} store(s), "
-               f"{sum(s.bytes for s in stores) / 1e6:,.1f} MB")
-    for store in stores:
-        size = store.size or "?"
-        where = f"short side {size[1:]}" if size.startswith("s") else f"scale {size[1:]}"
-        typer.echo(f"  {store.path.name}  {store.bytes / 1e6:,.1f} MB  {store.images} images at {where}  from "
-                   f"{store.source}")
-
-
-@cache_app.command("clear", cls=Command)
-def cache_clear(
-    names: Optional[list[str]] = typer.Argument(None, help="Stores to delete, as `cnnlab cache list` names them "
-                                                "(default: all)."),
-    cache_dir: Optional[str] = typer.Option(None, help="Cache folder (default: CNNLAB_CACHE or the user cache folder)."),
-) -> None:
-    """Delete decoded-image stores (they are rebuilt from the images when needed)."""
-    from cnnlab.data.cache import clear_stores
-
-    gone = clear_stores(cache_dir, names or None)
-    typer.echo(f"deleted {len(gone)} store(s), {sum(s.bytes for s in gone) / 1e6:,.1f} MB freed")
-
-
-# --------------------------------------------------------------------------------------------
-# train: every TrainConfig field is a flag
-# --------------------------------------------------------------------------------------------
-
-def _parse_model_options(items: list[str]) -> dict:
-    """['widths=[16,32]', 'hidden=256'] -> {'widths': [16, 32], 'hidden': 256} (YAML values, never eval)."""
-    import yaml
-
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise CnnlabError(f"--model-option {item!r} must look like NAME=VALUE, e.g. widths=[16,32,64]")
-        options[key.strip()] = yaml.safe_load(value)
-    return options
-
-
-# TrainConfig fields whose flag differs from the field: name -> (flag name, CLI type)
-_FLAG_NAMES = {"model_options": "model_option"}
-
-
-def _cli_annotation(name: str, hint: Any) -> Any:
-    """The CLI type of a field: numbers and text as they are, 'number or auto' as text, a dict as repeatable text."""
-    if name == "model_options":
-        return list[str]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if len(args) > 1:  # e.g. lr: float | str | None -> text, TrainConfig converts it
-        return Optional[str]
-    if args:  # X | None
-        return Optional[args[0]]
-    return hint
-
-
-def config_parameters() -> list[inspect.Parameter]:
-    """One keyword parameter per TrainConfig field, with its default and docstring as help."""
-    hints = typing.get_type_hints(TrainConfig)
-    params = []
-    for item in dataclasses.fields(TrainConfig):
-        name = item.name
-        value = [] if name == "model_options" else _d(name)
-        if name == "data":
-            value = None  # not needed with --resume or --config
-        flag = f"--{_FLAG_NAMES.get(name, name).replace('_', '-')}"
-        option = typer.Option(value, flag, help=_help(name))
-        if hints[name] in (bool, bool | None) and value is not False:  # on (or decided) by default: --no-ema
-            option = typer.Option(value, f"{flag}/--no-{flag[2:]}", help=_help(name))
-        params.append(inspect.Parameter(_FLAG_NAMES.get(name, name), inspect.Parameter.KEYWORD_ONLY, default=option,
-                                        annotation=_cli_annotation(name, hints[name])))
-    return params
-
-
-def _typed_options(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
-    """The TrainConfig fields the user typed on the command line, under their field names."""
-    typed = {}
-    for item in dataclasses.fields(TrainConfig):
-        flag = _FLAG_NAMES.get(item.name, item.name)
-        if ctx.get_parameter_source(flag).name != "DEFAULT":
-            value = values[flag]
-            typed[item.name] = _parse_model_options(value) if item.name == "model_options" else value
-    return typed
-
-
-def train(ctx: typer.Context, **values: Any) -> None:
-    """Train a model on an image folder and write a self-describing run folder.
-
-    Every option is a field of cnnlab.TrainConfig. --config FILE.yaml reads options from a file (e.g. a run's
-    own config.yaml); flags typed on the command line override it. Ctrl-C or kill (SIGTERM) stops after the
-    current step, saves a checkpoint and prints how to resume.
-    """
-    if values["nproc"] > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command
-        from cnnlab.training.distributed import launch
-
-        raise typer.Exit(launch(values["nproc"], _without_nproc(sys.argv[1:])))
-    from cnnlab.commands.train import fit
-
-    options = config_from_file(values["config"]) if values["config"] else {}
-    options |= _typed_options(ctx, values)
-    if values["resume"]:
-        result = fit(resume=values["resume"], **options)
-    else:
-        result = fit(TrainConfig(**options), overwrite=values["overwrite"])
-    if os.environ.get("RANK", "0") != "0":
-        return  # of several training processes, rank 0 reports
-    typer.echo(result.summary())
-    if result.diagnosis is not None:
-        typer.echo(f"verdict: {result.diagnosis.verdict.label.lower()}; report: {result.run_dir / 'report.html'}")
-
-
-train.__signature__ = inspect.Signature([
-    inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
-    *config_parameters(),
-    inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
-        None, help="Read options from this YAML file (keys: the option names with underscores, e.g. a run's "
-                   "config.yaml); flags override it.")),
-    inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
-        None, help="Continue the run in this folder exactly where its checkpoint (written every epoch and on "
-                   "Ctrl-C/kill) left it, with its own options; options given too must be the run's own, except "
-                   "--epochs (to extend it), --workers, --data (a moved folder), --cache and --cache-dir.")),
-    inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
-        False, "--overwrite", help="Replace the run already in --out (its files are deleted); without it such a "
-                                   "folder is refused.")),
-    inspect.Parameter("nproc", inspect.Parameter.KEYWORD_ONLY, annotation=int, default=typer.Option(
-        1, help="Train with this many processes on this machine (torchrun's launcher, DistributedDataParallel: one "
-                "per GPU, or CPU processes with gloo); --batch-size stays the global batch. Under an external "
-                "torchrun or srun, leave it out.")),
-])
-
-
-def _without_nproc(arguments: list[str]) -> list[str]:
-    """The command line minus --nproc N (or --nproc=N), for the processes the launcher starts."""
-    kept, skip = [], False
-    for argument in arguments:
-        if skip:
-            skip = False
-        elif argument == "--nproc":
-            skip = True
-        elif not argument.startswith("--nproc="):
-            kept.append(argument)
-    return kept
-app.command("train", cls=Command)(train)
-
-
-def plan(ctx: typer.Context, **values: Any) -> None:
-    """Before training: will it fit, and how long will it take? Takes train's options and measures that run's
-    training step (memory: parameters, activations, optimizer state; speed) on this machine, then prints the
-    per-step memory against the free memory, images/s, the time of an epoch and of --epochs (or what fits in
-    --time), and the image cache's size on disk. --batch-size auto shows the batch train would pick.
-    """
-    from cnnlab.commands.plan import plan as plan_run
-
-    options = config_from_file(values["config"]) if values["config"] else {}
-    options |= _typed_options(ctx, values)
-    typer.echo(plan_run(TrainConfig(**options)).describe())
-
-
-plan.__signature__ = inspect.Signature([
-    inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
-    *config_parameters(),
-    inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
-        None, help="Read options from this YAML file, as train does; flags override it.")),
-])
-app.command("plan", cls=Command)(plan)
-
-
-# --------------------------------------------------------------------------------------------
-# eval / predict / demo / models
-# --------------------------------------------------------------------------------------------
-
-@app.command("eval", cls=Command)
-def eval_command(
-    run_dir: str = typer.Argument(..., help="Run folder written by `cnnlab train`."),
-    data: Optional[str] = typer.Option(None, help="Image folder (default: the one the run was trained on; give "
-                                       "its new place if it moved)."),
-    split: str = typer.Option("val", help="val, test or train (the split as training made it)."),
-    which: str = typer.Option("best", help="best or last weights."),
-    tta: bool = typer.Option(False, "--tta", help="Average each image's prediction with its mirror image's."),
-    batch_size: int = typer.Option(64, help="Images per batch."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    workers: Optional[int] = typer.Option(None, help="DataLoader workers (default: from the core count)."),
-    max_bad: Optional[float] = typer.Option(None, help="Stop if more than this share of the split is unreadable "
-                                            "(default: the run's)."),
-    tiled: bool = typer.Option(False, "--tiled", help="Score whole images by a sliding window of the run's input "
-                               "size (a run trained on tiles always does)."),
-    scale: Optional[float] = typer.Option(None, help="Pixel scale for --tiled (default: the run's)."),
-) -> None:
-    """Evaluate a run: accuracy, per-class precision/recall/F1, confusion matrix, top losses, calibration."""
-    from cnnlab.commands.evaluate import evaluate
-
-    result = evaluate(run_dir, data=data, split=split, which=which, batch_size=batch_size, device=device,
-                      workers=workers, max_bad=max_bad, tta=tta, tiled=tiled, scale=scale)
-    typer.echo(result.describe())
-    typer.echo(f"wrote {result.run_dir / f'eval_{split}.json'}, confusion_matrix_{split}.png, "
-               f"top_losses_{split}.png, reliability_{split}.png and report.html")
-
-
-@app.command("predict", cls=Command)
-def predict_command(
-    run_dir: str = typer.Argument(..., help="Run folder written by `cnnlab train`, or a model.onnx written by "
-                                  "`cnnlab export` (run by onnxruntime; --which and --device do not apply)."),
-    inputs: list[str] = typer.Argument(..., help="Image files or folders."),
-    top_k: int = typer.Option(3, help="Classes to show per image."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per line (errors too)."),
-    tta: bool = typer.Option(False, "--tta", help="Average each image's prediction with its mirror image's."),
-    which: str = typer.Option("best", help="best or last weights."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    max_bad: Optional[float] = typer.Option(None, help="Fail (exit 2) if more than this share of the inputs "
-                                            "cannot be predicted (default: the run's)."),
-    tiled: bool = typer.Option(False, "--tiled", help="Slide a window of the run's input size over the whole "
-                               "image (a run trained on tiles always does)."),
-    scale: Optional[float] = typer.Option(None, help="Pixel scale for --tiled (default: the run's; 1 = the file's "
-                                          "own pixels)."),
-    heatmap: Optional[str] = typer.Option(None, help="Write <image>.heatmap.png into this folder: the probability "
-                                          "of the predicted class (or --class) for every window position."),
-    class_name: Optional[str] = typer.Option(None, "--class", help="The class the heatmap shows."),
-) -> None:
-    """Predict the top-k classes of images with a trained run or its exported ONNX file.
-
-    Every input gets a line: its classes, or why it could not be predicted. Exit code 0 when every input
-    was predicted, 1 when some could not be (each says why), 2 when more than --max-bad of them could not
-    (judged over 20 inputs or more; with fewer, a share says little: 1 of 3 is already 33%).
-    """
-    from cnnlab.commands.predict import check_failures, exit_code, predict, run_max_bad
-
-    rows = predict(run_dir, inputs, top_k=top_k, which=which, device=device, tta=tta, tiled=tiled, scale=scale,
-                   heatmap=heatmap, heatmap_class=class_name)
-    for row in rows:
-        if as_json:
-            typer.echo(json.dumps(row, ensure_ascii=False))
-        elif "error" in row:
-            typer.echo(f"{row['path']}: error: {row['error']}")
-        else:
-            typer.echo(f"{row['path']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top"])
-                       + (f"  (heatmap: {row['heatmap']})" if "heatmap" in row else ""))
-    max_bad = run_max_bad(run_dir) if max_bad is None else max_bad
-    check_failures(rows, max_bad)
-    if exit_code(rows, max_bad):
-        failed = sum("error" in row for row in rows)
-        typer.echo(f"{failed} of {len(rows)} inputs could not be predicted (see the error lines)", err=True)
-        raise typer.Exit(1)
-
-
-@app.command("export", cls=Command)
-def export_command(
-    run_dir: str = typer.Argument(..., help="Run folder written by `cnnlab train`."),
-    format: str = typer.Option("onnx", "--format", help="File format (onnx)."),
-    out: Optional[str] = typer.Option(None, help="File to write (default: RUN_DIR/model.onnx; its metadata also "
-                                      "goes to OUT.json)."),
-    which: str = typer.Option("best", help="best or last weights."),
-    data: Optional[str] = typer.Option(None, help="Image folder to check the export on (default: the run's; give "
-                                       "its new place if it moved)."),
-    tolerance: float = typer.Option(1e-3, help="Largest accepted |onnxruntime - PyTorch| logit difference, "
-                                    "relative to max(1, largest |logit|)."),
-) -> None:
-    """Export a run's weights to ONNX with its classes and preprocessing, verified with onnxruntime.
-
-    The file takes float32 (N, 3, S, S) images already resized/cropped and normalised as the run does, and gives
-    logits (N, K). Before writing, onnxruntime runs it on real images of the run's data at batch sizes 1, 2 and 5;
-    if its logits differ from PyTorch's by more than --tolerance, nothing is written and the exit code is 2.
-    `cnnlab predict model.onnx IMAGES` then predicts like the run.
-    """
-    from cnnlab.commands.export import export
-
-    result = export(run_dir, format=format, out=out, which=which, data=data, tolerance=tolerance)
-    typer.echo(result.describe())
-
-
-@app.command("serve", cls=Command)
-def serve_command(
-    run_dir: str = typer.Argument(..., help="Run folder written by `cnnlab train`."),
-    port: int = typer.Option(8000, help="TCP port to listen on."),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on; anything but loopback (127.0.0.1, ::1, "
-                             "localhost) needs --allow-remote."),
-    allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a --host other machines can reach "
-                                      "(no login, no TLS: a warning is printed)."),
-    max_upload_mb: float = typer.Option(32.0, help="Largest upload in MB; bigger bodies get 413 while they are "
-                                        "read."),
-    which: str = typer.Option("best", help="best or last weights."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    threads: int = typer.Option(4, help="Uploads decoded at once (bounds memory; the model runs one at a time)."),
-) -> None:
-    """Serve a small local web app: drop images, see the top classes and where the network looked.
-
-    One page at http://HOST:PORT/ and a JSON API for scripts:
-    `curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' http://127.0.0.1:8000/api/predict`.
-    Images are decoded in memory with the run's pixel cap and never written to disk. Ctrl-C stops.
-    """
-    from cnnlab.commands.serve import serve
-
-    serve(run_dir, port=port, host=host, allow_remote=allow_remote, max_upload_mb=max_upload_mb, which=which,
-          device=device, threads=threads)
-
-
-@app.command(cls=Command)
-def demo(
-    data: Optional[str] = typer.Option(None, help="Where to keep the built-in dataset (default: user cache)."),
-    out: str = typer.Option("runs/demo", help="Run folder (a previous demo run there is replaced)."),
-    epochs: Optional[int] = typer.Option(None, help="Override the demo's number of epochs."),
-) -> None:
-    """Synthesise the built-in dataset if absent, train, evaluate, summarise."""
-    from cnnlab.commands.demo import demo as run_demo
-
-    result = run_demo(data=data, out=out, epochs=epochs)
-    typer.echo(result.train.summary())
-    if result.train.evaluation is not None:
-        typer.echo(result.train.evaluation.describe())
-    typer.echo(f"demo finished in {result.seconds:.0f}s; open {result.train.run_dir / 'report.html'} to see everything")
-
-
-@app.command(cls=Command)
-def models() -> None:
-    """List the model names `--model` accepts."""
-    from cnnlab.models import list_models
-
-    for name in list_models():
-        typer.echo(name)
-
-
-# --------------------------------------------------------------------------------------------
-# lr-find / augment-preview / compare / report
-# --------------------------------------------------------------------------------------------
-
-@app.command("lr-find", cls=Command)
-def lr_find_command(
-    data: str = typer.Option(..., help=_help("data")),
-    model: str = typer.Option(_d("model"), help=_help("model")),
-    img_size: int = typer.Option(_d("img_size"), help=_help("img_size")),
-    batch_size: int = typer.Option(_d("batch_size"), help=_help("batch_size")),
-    optimizer: str = typer.Option(_d("optimizer"), help=_help("optimizer")),
-    steps: int = typer.Option(200, help="Steps of the range test (fewer on a small dataset; the loader is cycled)."),
-    seed: int = typer.Option(_d("seed"), help=_help("seed")),
-    device: str = typer.Option(_d("device"), help=_help("device")),
-    workers: Optional[int] = typer.Option(_d("workers"), help=_help("workers")),
-    run: Optional[str] = typer.Option(None, help="Run folder: write RUN/lr_find.png and lr_find.json there."),
-    out: Optional[str] = typer.Option(None, help="Where to write the plot (default: runs/lr_find/<data>-<model>.png)."),
-) -> None:
-    """Run the learning-rate range test, print the suggested peak LR and plot loss vs LR."""
-    from cnnlab.commands.lr_find import find_lr
-
-    result, path = find_lr(data, model=model, img_size=img_size, batch_size=batch_size, optimizer=optimizer,
-                           steps=steps, out=out, run=run, seed=seed, device=device, workers=workers)
-    typer.echo(result.describe())
-    typer.echo(f"wrote {path}; train with --lr {result.suggestion:.2e} (or --lr auto)")
-
-
-@app.command("augment-preview", cls=Command)
-def augment_preview_command(
-    data: str = typer.Option(..., help=_help("data")),
-    augment: str = typer.Option(_d("augment"), help=_help("augment")),
-    augment_on: str = typer.Option(_d("augment_on"), help=_help("augment_on")),
-    n: int = typer.Option(8, help="Augmented reads per image (columns after the original)."),
-    images: int = typer.Option(4, help="Training images to show (rows)."),
-    img_size: int = typer.Option(_d("img_size"), help=_help("img_size")),
-    seed: int = typer.Option(_d("seed"), help="Seed for the choice of images and the random transforms."),
-    run: Optional[str] = typer.Option(None, help="Run folder: write RUN/augment_preview.png (shown in the report)."),
-    out: Optional[str] = typer.Option(None, help="Where to write the grid (default: "
-                                      "runs/augment_preview/<data>.png)."),
-) -> None:
-    """Show training images as evaluated and as N random augmented reads: augmentation happens on the fly."""
-    from pathlib import Path
-
-    from cnnlab.commands.augment_preview import augment_preview
-
-    path = augment_preview(data, augment=augment, n=n, images=images, img_size=img_size, seed=seed,
-                           augment_on=augment_on, out=Path(run) / "augment_preview.png" if run else out)
-    typer.echo(f"wrote {path}")
-
-
-@app.command("compare", cls=Command)
-def compare_command(
-    data: str = typer.Option(..., help=_help("data")),
-    models: str = typer.Option("mlp,simple_cnn", help="Comma-separated model names; `cnnlab models` lists them."),
-    epochs: int = typer.Option(_d("epochs"), help=_help("epochs")),
-    img_size: int = typer.Option(_d("img_size"), help=_help("img_size")),
-    batch_size: int = typer.Option(_d("batch_size"), help=_help("batch_size")),
-    seed: int = typer.Option(_d("seed"), help="Random seed, the same for every model."),
-    device: str = typer.Option(_d("device"), help=_help("device")),
-    workers: Optional[int] = typer.Option(_d("workers"), help=_help("workers")),
-    out: str = typer.Option("runs/compare", help="Folder for one run per model and compare.md/.json/.png."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the runs of an earlier compare in --out."),
-) -> None:
-    """Train several models (e.g. an MLP and a CNN) with identical settings and print one table."""
-    from cnnlab.commands.compare import compare
-
-    names = [name.strip() for name in models.split(",") if name.strip()]
-    result = compare(data, names, epochs=epochs, img_size=img_size, batch_size=batch_size, seed=seed, out=out,
-                     device=device, workers=workers, overwrite=overwrite)
-    typer.echo(result.describe())
-    typer.echo(f"wrote {result.out_dir / 'compare.md'}, compare.json and compare.png")
-
-
-@app.command("sweep", cls=Command)
-def sweep_command(
-    data: str = typer.Option(..., help=_help("data")),
-    img_size: str = typer.Option("64,96,128", help="Image sizes to compare, comma-separated (each at least the "
-                                 "model's minimum)."),
-    tile: Optional[int] = typer.Option(None, help="Compare pixel scales instead: every run trains on tiles of this "
-                                       "side, at each --scale."),
-    scale: Optional[str] = typer.Option(None, help="With --tile: the pixel scales to compare, comma-separated (e.g. "
-                                        "0.25,0.5)."),
-    time: str = typer.Option("2m", help="Wall-clock budget of every run, the same for each size (e.g. 90s, 2m, 10m)."),
-    model: str = typer.Option(_d("model"), help=_help("model")),
-    model_option: list[str] = typer.Option([], help="Extra model option NAME=VALUE, repeatable (e.g. widths=[16,32])."),
-    batch_size: str = typer.Option(str(_d("batch_size")), help=_help("batch_size")),
-    seed: int = typer.Option(_d("seed"), help="Random seed, the same for every run."),
-    device: str = typer.Option(_d("device"), help=_help("device")),
-    workers: Optional[int] = typer.Option(_d("workers"), help=_help("workers")),
-    cache: str = typer.Option(_d("cache"), help=_help("cache")),
-    out: str = typer.Option("runs/sweep", help="Folder for one run per size and sweep.html, sweep.json, sweep.md."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the runs of an earlier sweep in --out."),
-) -> None:
-    """Which image size is worth its cost? Train at each size for the same --time, then a table, accuracy against
-    size and against training time, each run's verdict and a recommendation (the smallest size within the noise of
-    the best), on one self-contained page: OUT/sweep.html."""
-    from cnnlab.commands.sweep import sweep
-
-    result = sweep(data, img_size, time=time, tile=tile, scales=scale, out=out, overwrite=overwrite, model=model,
-                   model_options=_parse_model_options(model_option), batch_size=batch_size, seed=seed, device=device,
-                   workers=workers, cache=cache)
-    typer.echo(result.describe())
-    typer.echo(f"wrote {result.out_dir / 'sweep.html'}, sweep.json, sweep.md and the plots")
-
-
-@app.command("report", cls=Command)
-def report_command(
-    run_dir: str = typer.Argument(..., help="Run folder written by `cnnlab train`."),
-) -> None:
-    """Rebuild RUN_DIR/report.html: one self-contained page with the verdict, curves, evaluation and data."""
-    from cnnlab.runs.report import write_report
-
-    typer.echo(f"wrote {write_report(run_dir)}")
-
-
-# --------------------------------------------------------------------------------------------
-# summary / filter / inspect: what a network does, layer by layer
-# --------------------------------------------------------------------------------------------
-
-@app.command("summary", cls=Command)
-def summary_command(
-    model: str = typer.Option("simple_cnn", help="Model name; `cnnlab models` lists them."),
-    input: str = typer.Option("3x1000x1000", "--input", help="One image as CxHxW (or HxW for 3 channels)."),
-    num_classes: int = typer.Option(10, help="Classes of the classifier head."),
-    mlp_hidden: int = typer.Option(1000, help="Hidden units of the MLP the parameter count is compared with."),
-    model_option: list[str] = typer.Option([], help="Extra model option NAME=VALUE, repeatable (e.g. widths=[16,32,64])."),
-    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON instead."),
-) -> None:
-    """Layer table for one input size: shapes, parameters, MACs, receptive field, memory; vs an MLP."""
-    from cnnlab.models.summary import summarize_model
-
-    result = summarize_model(model, input, num_classes=num_classes, mlp_hidden=mlp_hidden,
-                             **_parse_model_options(model_option))
-    typer.echo(json.dumps(result.to_dict()) if as_json else result.describe())
-
-
-@app.command("filter", cls=Command)
-def filter_command(
-    image: str = typer.Argument(..., help="Image file."),
-    kernel: str = typer.Option("sobel-x", help="sobel-x, sobel-y, laplacian, gaussian, box, sharpen, emboss, "
-                               "or a .npy file of shape (kH, kW) or (C_out, C_in, kH, kW)."),
-    stride: int = typer.Option(1, help="Convolution stride."),
-    padding: int = typer.Option(1, help="Zeros added on each side before convolving."),
-    pool: Optional[str] = typer.Option(None, help="Pool the result: max or avg."),
-    pool_size: int = typer.Option(2, help="Pooling window (and stride)."),
-    size: int = typer.Option(512, help="Reduce the image so its short side is at most this (0: full size)."),
-    out: str = typer.Option(..., help="PNG to write: input and output side by side, shapes in the title."),
-) -> None:
-    """Apply a convolution kernel (NumPy, from scratch) to an image and show the result with its shapes."""
-    from cnnlab.commands.filters import filter_image
-
-    result = filter_image(image, kernel=kernel, stride=stride, padding=padding, pool=pool, pool_size=pool_size,
-                          out=out, size=size)
-    typer.echo(result.describe())
-
-
-@app.command("explain", cls=Command)
-def explain_command(
-    run_dir: str = typer.Argument(..., help="Run folder written by `cnnlab train`."),
-    images: list[str] = typer.Argument(..., help="Image files or folders (their images, recursively)."),
-    class_name: Optional[str] = typer.Option(None, "--class", help="Show the evidence for this class (default: "
-                                             "each image's predicted class)."),
-    out: Optional[str] = typer.Option(None, help="Folder for <image>.gradcam.png (default: RUN_DIR/gradcam)."),
-    which: str = typer.Option("best", help="best or last weights."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-) -> None:
-    """Grad-CAM: where in each image the network found the evidence for a class (tiled runs: stitched over
-    the whole image)."""
-    from cnnlab.commands.explain import explain
-
-    result = explain(run_dir, images, class_name=class_name, out=out, which=which, device=device)
-    typer.echo(result.describe())
-    if any("error" in row for row in result.rows):
-        raise typer.Exit(1)
-
-
-@app.command("inspect", cls=Command)
-def inspect_command(
-    run_dir: str = typer.Argument(..., help="Run folder written by `cnnlab train`."),
-    image: str = typer.Argument(..., help="Image whose feature maps to show."),
-    out: Optional[str] = typer.Option(None, help="Folder for input.png, first_layer_filters.png, stage_<i>.png "
-                                      "(default: RUN_DIR/inspect/<image name>)."),
-    max_maps: int = typer.Option(32, help="Feature maps per stage (the most active channels)."),
-    which: str = typer.Option("best", help="best or last weights."),
-) -> None:
-    """Show a trained run's first-layer filters and each stage's feature maps for one image."""
-    from cnnlab.commands.inspect import inspect_run
-
-    result = inspect_run(run_dir, image, out, max_maps=max_maps, which=which)
-    typer.echo(result.describe())
-
 
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback; SIGTERM and

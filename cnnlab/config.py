@@ -22,6 +22,38 @@ def flag(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
+@dataclass(frozen=True)
+class Help:
+    """A parameter's command-line help, written once next to the parameter of the library function:
+    `top_k: Annotated[int, Help("Classes to show per image.")] = 3`. The CLI reads it (cnnlab.cli); Python ignores
+    it. `flag`: the flag when it is not the parameter's name (`class_name` -> `--class`)."""
+
+    text: str
+    flag: str | None = None
+
+
+# Help of parameters that many commands share, by name: written once, here.
+SHARED_HELP = {
+    "run_dir": Help("Run folder written by `cnnlab train` (predict: or a model.onnx written by `cnnlab export`)."),
+    "which": Help("best or last weights (best: the lowest validation loss)."),
+    "inputs": Help("Image files or folders (their images, recursively)."),
+    "images": Help("Image files or folders (their images, recursively)."),
+    "image": Help("An image file."),
+    "cache_dir": Help("Cache folder (default: CNNLAB_CACHE or the user cache folder)."),
+    "tta": Help("Average each image's prediction with its mirror image's."),
+    "tiled": Help("Score whole images by a sliding window of the run's input size (a run trained on tiles always "
+                  "does)."),
+    "scale": Help("Pixel scale of the sliding window (default: the run's; 1 = the file's own pixels)."),
+    "batch_size": Help("Images (or windows of a sliding window) per forward pass."),
+    "max_bad": Help("Share of the images that may be unreadable before this is an error (default: the run's "
+                    "--max-bad)."),
+    "device": Help("auto (CUDA if available, else CPU), cpu, cuda or cuda:N."),
+    "workers": Help("Decoding processes (default: from the core count)."),
+}
+# Help of a run's data folder where a command reads it again
+RUN_DATA_HELP = Help("Image folder (default: the one the run was trained on; give its new place if it moved).")
+
+
 def check_choice(field_name: str, value: Any, allowed: tuple) -> None:
     """Raise a CnnlabError naming the flag, the bad value, the allowed values and a close match."""
     if value in allowed:

@@ -76,7 +76,31 @@ def test_every_train_option_is_a_config_field_with_its_docstring_as_help():
         assert docs[item.name] and params[flag].help == docs[item.name], item.name
         if item.name not in ("data", "model_options"):
             assert params[flag].default == item.default, item.name  # the same default as the API
-    assert set(params) - {"model_option", *docs} == {"config", "resume", "overwrite", "nproc"}
+    assert set(params) - {"model_option", *docs} == {"config_file", "resume", "overwrite", "nproc"}
+
+
+@pytest.mark.parametrize("cmd", __import__("cnnlab.cli").cli.COMMANDS, ids=lambda c: c.name)
+def test_every_flag_has_the_functions_default_and_a_help(cmd):
+    """The flags are read from the library function's source; importing it, its real signature must agree: the
+    same defaults, every parameter a flag (or an argument), and a help text for each."""
+    import inspect as inspect_module
+
+    from cnnlab.cli import NOT_FLAGS, resolve
+
+    group = get_command(app)
+    command = group.commands[cmd.group].commands[cmd.name] if cmd.group else group.commands[cmd.name]
+    params = {p.name: p for p in command.params}
+    function = resolve(cmd.function)
+    for name, parameter in inspect_module.signature(function).parameters.items():
+        if parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL) or name in NOT_FLAGS:
+            continue
+        assert name in params, f"{cmd.name}: {name} is no flag"
+        if parameter.default is not parameter.empty:
+            assert params[name].default == parameter.default, (cmd.name, name)
+        assert params[name].help or name in cmd.arguments, (cmd.name, name)
+    for name in cmd.cli_only:
+        shown = inspect_module.signature(resolve(cmd.show)).parameters[name]
+        assert params[name].default == shown.default and params[name].help, (cmd.name, name)
 
 
 def test_usage_and_version():

@@ -10,12 +10,13 @@ trains into OUT/<model>/, and the results go to OUT/compare.md, OUT/compare.json
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnnlab import plots
 from cnnlab.commands.train import fit
-from cnnlab.config import TrainConfig, check_choice
+from cnnlab.config import Help, TrainConfig, check_choice
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_json, write_text
 from cnnlab.models import list_models
@@ -53,31 +54,38 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def compare(data: str, models: tuple[str, ...] | list[str] = ("mlp", "simple_cnn"), epochs: int = 10,
-            img_size: int = 128, batch_size: int = 32, seed: int = 0, out: str | Path = "runs/compare",
-            model_options: dict[str, dict] | None = None, overwrite: bool = False, verbose: bool = True,
-            **train_options) -> CompareResult:
-    """Train each model with identical settings and write compare.md, compare.json and compare.png to `out`.
+# The training options compare sets for every model itself (they are not flags of `cnnlab compare`).
+SETS_ITSELF = ("model", "model_options", "out")
 
-    `model_options` maps a model name to its extra factory options; `train_options` are TrainConfig fields
-    shared by every model. `overwrite`: replace runs from an earlier compare into the same `out`."""
-    models = list(models)
+
+def compare(data: str, models: Annotated[str | list[str], Help("Comma-separated model names; `cnnlab models` lists "
+                                                                 "them.")] = "mlp,simple_cnn",
+            out: Annotated[str | Path, Help("Folder for one run per model and compare.md/.json/.png.")]
+            = "runs/compare",
+            overwrite: Annotated[bool, Help("Replace the runs of an earlier compare in --out.")] = False,
+            per_model_options: dict[str, dict] | None = None, verbose: bool = True,
+            **train_options) -> CompareResult:
+    """Train several models (e.g. an MLP and a CNN) with identical settings and print one table.
+
+    Writes compare.md, compare.json and compare.png to `out`. `train_options` are TrainConfig fields shared by every
+    model (its defaults otherwise); `per_model_options` maps a model name to its own factory options; `overwrite`
+    replaces runs from an earlier compare into the same `out`."""
+    models = [name.strip() for name in models.split(",") if name.strip()] if isinstance(models, str) else list(models)
     if len(models) < 2 or len(set(models)) != len(models):
         raise CnnlabError(f"compare needs two or more different models; got {', '.join(models) or 'none'} "
                           "(e.g. --models mlp,simple_cnn)")
     for name in models:
         check_choice("model", name, tuple(list_models()))  # fail before hours of training, not after
-    for name in ("model", "model_options", "out"):
+    for name in SETS_ITSELF:
         if name in train_options:
             raise CnnlabError(f"compare sets {name} itself for every model; do not pass {name}=")
-    model_options = model_options or {}
+    per_model_options = per_model_options or {}
     out_dir = Path(out)
-    base = TrainConfig(data=str(data), epochs=epochs, img_size=img_size, batch_size=batch_size, seed=seed,
-                       **train_options)
+    base = TrainConfig(data=str(data), **train_options)
     rows, runs, histories, parameters = [], {}, {}, {}
     for name in models:
         config = TrainConfig.from_dict(base.to_dict() | {"model": name, "out": str(out_dir / name),
-                                                         "model_options": model_options.get(name, {})})
+                                                         "model_options": per_model_options.get(name, {})})
         if verbose:
             print(f"compare: training {name} ({models.index(name) + 1}/{len(models)})", file=sys.stderr, flush=True)
         result = fit(config, overwrite=overwrite, verbose=verbose)
@@ -93,12 +101,18 @@ def compare(data: str, models: tuple[str, ...] | list[str] = ("mlp", "simple_cnn
         histories[name] = result.history
         parameters[name] = n_params
 
-    settings = {"data": str(data), "epochs": epochs, "img_size": img_size, "batch_size": batch_size,
-                "seed": seed, **train_options}
+    settings = {"data": str(data), "epochs": base.epochs, "img_size": base.img_size, "batch_size": base.batch_size,
+                "seed": base.seed, **train_options}
     write_json(out_dir / "compare.json", {"settings": settings, "rows": rows})
     header = ", ".join(f"{key}={value}" for key, value in settings.items())
     write_text(out_dir / "compare.md", f"# Models compared\n\nSame data, split, epochs, seed and budget: "
                f"{header}\n\n{markdown_table(rows)}\n\n{TABLE_NOTE}\n")
     plots.compare_models(histories, parameters, out_dir / "compare.png", chance=1 / num_classes,
-                         title=f"{' vs '.join(models)} on {Path(data).name} at {img_size}px, {epochs} epochs")
+                         title=f"{' vs '.join(models)} on {Path(data).name} at {base.img_size}px, {base.epochs} epochs")
     return CompareResult(rows, runs, out_dir, settings)
+
+
+def show(result: CompareResult) -> None:
+    """The table, and where it was written."""
+    print(result.describe(), flush=True)
+    print(f"wrote {result.out_dir / 'compare.md'}, compare.json and compare.png", flush=True)

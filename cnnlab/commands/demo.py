@@ -6,15 +6,17 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
 from dataclasses import dataclass
 
 from platformdirs import user_cache_dir
 
 from cnnlab.commands.train import TrainResult, fit
-from cnnlab.config import TrainConfig
+from cnnlab.config import Help, TrainConfig
 from cnnlab.data.synth import GENERATOR_VERSION, synthesize
 from cnnlab.errors import CnnlabError
+from cnnlab.training.record import REPORT
 from cnnlab.runs.reader import read_run
 
 # The built-in dataset: 6 shape classes, 300 large (1024 px) photos-to-be each. 300 rather than the
@@ -52,9 +54,13 @@ def _is_demo_run(run_dir: Path, data_dir: Path) -> bool:
     return record.config is not None and Path(record.config.data) == data_dir.absolute()
 
 
-def demo(data: str | None = None, out: str = "runs/demo", epochs: int | None = None) -> DemoResult:
-    """Synthesise the built-in dataset if absent, train simple_cnn (which evaluates its validation split),
-    return the result. A previous demo run in `out` is replaced; any other run there is refused."""
+def demo(data: Annotated[str | None, Help("Where to keep the built-in dataset (default: user cache).")] = None,
+         out: Annotated[str, Help("Run folder (a previous demo run there is replaced).")] = "runs/demo",
+         epochs: Annotated[int | None, Help("Override the demo's number of epochs.")] = None) -> DemoResult:
+    """Synthesise the built-in dataset if absent, train, evaluate, summarise.
+
+    Trains simple_cnn (which evaluates its validation split) and returns the result. A previous demo run in `out`
+    is replaced; any other run there is refused."""
     start = time.perf_counter()
     data_dir = (Path(data) if data else default_data_dir()).absolute()
     summary = synthesize(data_dir, **DEMO_SYNTH)
@@ -62,3 +68,11 @@ def demo(data: str | None = None, out: str = "runs/demo", epochs: int | None = N
     options = DEMO_TRAIN | ({"epochs": epochs} if epochs else {})
     result = fit(TrainConfig(data=str(data_dir), out=out, **options), overwrite=_is_demo_run(Path(out), data_dir))
     return DemoResult(result, time.perf_counter() - start)
+
+
+def show(result: DemoResult) -> None:
+    """The run's summary, the evaluation table and where the report is."""
+    print(result.train.summary(), flush=True)
+    if result.train.evaluation is not None:
+        print(result.train.evaluation.describe(), flush=True)
+    print(f"demo finished in {result.seconds:.0f}s; open {result.train.run_dir / REPORT} to see everything", flush=True)

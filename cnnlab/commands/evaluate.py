@@ -4,18 +4,27 @@ then rebuild its report."""
 from __future__ import annotations
 
 import os
+from typing import Annotated
 
+from cnnlab.config import Help, RUN_DATA_HELP
 from cnnlab.errors import CnnlabError
 from cnnlab.runs.evaluation import EvalResult, split_samples, write_evaluation
 from cnnlab.runs.inference import open_trained
 from cnnlab.runs.report import write_report
+from cnnlab.training.record import REPORT, eval_json, evaluation_figures
 
 
-def evaluate(run_dir: str | os.PathLike, data: str | None = None, split: str = "val", which: str = "best",
-             batch_size: int = 64, device: str = "auto", workers: int | None = None,
-             cache: str | None = None, top_losses: int = 16, max_bad: float | None = None, tta: bool = False,
-             tiled: bool = False, scale: float | None = None, verbose: bool = True) -> EvalResult:
-    """Evaluate a run's weights on a split; writes eval_<split>.json, its plots, and updates report.html.
+def evaluate(run_dir: str | os.PathLike, data: Annotated[str | None, RUN_DATA_HELP] = None,
+             split: Annotated[str, Help("val, test or train (the split as training made it).")] = "val",
+             which: str = "best", batch_size: int = 64, device: str = "auto", workers: int | None = None,
+             cache: Annotated[str | None, Help("auto, disk, ram or off (default: the run's): decoded images come "
+                                               "from the run's cache when it covers them.")] = None,
+             top_losses: Annotated[int, Help("Highest-loss images shown (with their Grad-CAM).")] = 16,
+             max_bad: float | None = None, tta: bool = False, tiled: bool = False, scale: float | None = None,
+             verbose: bool = True) -> EvalResult:
+    """Evaluate a run: accuracy, per-class precision/recall/F1, confusion matrix, top losses, calibration.
+
+    Writes eval_<split>.json, its plots, and updates report.html.
 
     Plots: confusion_matrix_<split>.png (counts and normalised per true class), top_losses_<split>.png (the
     `top_losses` images with the highest loss) and reliability_<split>.png (calibration).
@@ -42,3 +51,11 @@ def evaluate(run_dir: str | os.PathLike, data: str | None = None, split: str = "
     result = write_evaluation(trained.record, split, which, dataset, outputs, top_losses, tta=tta, explainer=trained)
     write_report(run_dir)
     return result
+
+
+def show(result: EvalResult, split: str = "val") -> None:
+    """The metrics table and the files written."""
+    print(result.describe(), flush=True)
+    figures = evaluation_figures(split)
+    print(f"wrote {result.run_dir / eval_json(split)}, {figures['confusion_matrix']}, {figures['top_losses']}, "
+          f"{figures['reliability']} and {REPORT}", flush=True)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 from cnnlab import plots
+from cnnlab.config import Help
 from cnnlab.data.folders import Sample, expand_inputs
 from cnnlab.errors import ImageReadError
 from cnnlab.models.gradcam import cam_layer
@@ -37,9 +39,17 @@ class ExplainResult:
         return "\n".join(lines)
 
 
-def explain(run_dir: str | os.PathLike, images: list[str | os.PathLike], class_name: str | None = None,
-            out: str | os.PathLike | None = None, which: str = "best", device: str = "auto") -> ExplainResult:
-    """Write OUT/<image>.gradcam.png for each image (OUT default: RUN/gradcam); see the module docstring."""
+def explain(run_dir: str | os.PathLike, images: list[str | os.PathLike],
+            class_name: Annotated[str | None, Help("Show the evidence for this class (default: each image's predicted "
+                                                   "class).", flag="--class")] = None,
+            out: Annotated[str | os.PathLike | None, Help("Folder for <image>.gradcam.png (default: RUN_DIR/gradcam).")]
+            = None,
+            which: str = "best", device: str = "auto") -> ExplainResult:
+    """Grad-CAM: where in each image the network found the evidence for a class (tiled runs: stitched over the
+    whole image).
+
+    Writes OUT/<image>.gradcam.png for each image (OUT default: RUN/gradcam); each image that cannot be read gets
+    a row with the reason (exit code 1)."""
     trained = open_trained(run_dir, which, device)
     cam_layer(trained.model)
     class_index = class_index_of(trained, class_name)
@@ -87,3 +97,9 @@ def output_names(paths: list[str], suffix: str) -> list[str]:
         seen[name] = seen.get(name, 0) + 1
         unique.append(name if names.count(name) == 1 else f"{name}_{seen[name]}")
     return [name + suffix for name in unique]
+
+
+def show(result: ExplainResult) -> int:
+    """One line per image; exit 1 when some could not be read."""
+    print(result.describe(), flush=True)
+    return 1 if any("error" in row for row in result.rows) else 0

@@ -31,6 +31,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import onnx
@@ -43,7 +44,7 @@ from cnnlab.runs.evaluation import split_samples
 from cnnlab.training.record import ONNX
 from cnnlab.runs.exported import (FORMAT_VERSION, INPUT_NAME, METADATA_KEY, OUTPUT_NAME, describe_input,
                                        open_session, sidecar_path)
-from cnnlab.config import check_choice
+from cnnlab.config import Help, check_choice
 from cnnlab.data.folders import Sample
 from cnnlab.data.tiles import cut_tiles, tile_positions
 from cnnlab.data.transforms import normalize
@@ -106,11 +107,20 @@ class ExportResult:
         return "\n".join(lines)
 
 
-def export(run_dir: str | os.PathLike, format: str = "onnx", out: str | os.PathLike | None = None,
-           which: str = "best", data: str | None = None, tolerance: float = TOLERANCE) -> ExportResult:
-    """Export a run's weights to OUT (default RUN/model.onnx) with its preprocessing in the metadata, after
-    checking onnxruntime's logits against PyTorch's on real images at batch sizes 1, 2 and 5; a CnnlabError
-    (and no file) when they differ by more than `tolerance` (relative to the logits' scale)."""
+def export(run_dir: str | os.PathLike, format: Annotated[str, Help("File format (onnx).")] = "onnx",
+           out: Annotated[str | os.PathLike | None, Help("File to write (default: RUN_DIR/model.onnx; its metadata "
+                                                         "also goes to OUT.json).")] = None,
+           which: str = "best",
+           data: Annotated[str | None, Help("Image folder to check the export on (default: the run's; give its new "
+                                            "place if it moved).")] = None,
+           tolerance: Annotated[float, Help("Largest accepted |onnxruntime - PyTorch| logit difference, relative to "
+                                            "max(1, largest |logit|).")] = TOLERANCE) -> ExportResult:
+    """Export a run's weights to ONNX with its classes and preprocessing, verified with onnxruntime.
+
+    The file takes float32 (N, 3, S, S) images already resized/cropped and normalised as the run does, and gives
+    logits (N, K). Before writing, onnxruntime runs it on real images of the run's data at batch sizes 1, 2 and 5;
+    if its logits differ from PyTorch's by more than --tolerance (relative to the logits' scale), nothing is
+    written and the exit code is 2. `cnnlab predict model.onnx IMAGES` then predicts like the run."""
     check_choice("format", format, FORMATS)
     if tolerance < 0:
         raise CnnlabError(f"--tolerance {tolerance:g}: give a difference >= 0 (default {TOLERANCE:g})")
@@ -239,3 +249,8 @@ def compare(model: torch.nn.Module, session, images: torch.Tensor) -> list[Diffe
         differences.append(Difference(batch_size, float(np.abs(got - expected).max()), float(np.abs(expected).max()),
                                       float(np.abs(expected - reference).max())))
     return differences
+
+
+def show(result: ExportResult) -> None:
+    """What was written and how it compared with PyTorch."""
+    print(result.describe(), flush=True)

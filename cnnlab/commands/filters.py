@@ -21,12 +21,15 @@ pixels: the NumPy convolution copies kH·kW values per pixel, which a 24-megapix
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
+from cnnlab.config import Help
 from cnnlab.errors import CnnlabError
 
 # name -> (kernel (kH, kW), what it does); all 3x3 except the 5x5 gaussian.
@@ -155,10 +158,21 @@ def _read_reduced(path: str, size: int) -> tuple[np.ndarray, tuple[int, int], li
     return image.to(torch.float32).numpy() / 255.0, (height, width), notes
 
 
-def filter_image(image_path: str | os.PathLike, kernel: str | os.PathLike | np.ndarray = "sobel-x",
-                 stride: int = 1, padding: int = 1, pool: str | None = None, pool_size: int = 2,
-                 out: str | os.PathLike | None = None, size: int = 512) -> FilterResult:
-    """Apply a kernel (and optional pooling) to an image with the NumPy conv2d; write input|output as a PNG."""
+def filter_image(image_path: Annotated[str | os.PathLike, Help("Image file.")],
+                 kernel: Annotated[str | os.PathLike | np.ndarray, Help(
+                     "sobel-x, sobel-y, laplacian, gaussian, box, sharpen, emboss, or a .npy file of shape (kH, kW) "
+                     "or (C_out, C_in, kH, kW).")] = "sobel-x",
+                 stride: Annotated[int, Help("Convolution stride.")] = 1,
+                 padding: Annotated[int, Help("Zeros added on each side before convolving.")] = 1,
+                 pool: Annotated[str | None, Help("Pool the result: max or avg.")] = None,
+                 pool_size: Annotated[int, Help("Pooling window (and stride).")] = 2,
+                 out: Annotated[str | os.PathLike | None, Help("PNG to write: input and output side by side, shapes "
+                                                               "in the title.")] = None,
+                 size: Annotated[int, Help("Reduce the image so its short side is at most this (0: full size).")]
+                 = 512) -> FilterResult:
+    """Apply a convolution kernel (NumPy, from scratch) to an image and show the result with its shapes.
+
+    Writes input|output side by side as a PNG when `out` is given."""
     from cnnlab.scratch import avg_pool2d, conv2d, max_pool2d
 
     if stride < 1 or padding < 0 or pool_size < 1 or size < 0:
@@ -202,3 +216,14 @@ def filter_image(image_path: str | os.PathLike, kernel: str | os.PathLike | np.n
 
 
 __all__ = ["KERNELS", "FilterResult", "describe_kernels", "filter_image", "load_kernel"]
+
+
+def show(result: FilterResult) -> None:
+    """The shapes and the file written."""
+    print(result.describe(), flush=True)
+
+
+def show_summary(result, as_json: Annotated[bool, Help("Print the table as JSON instead.", flag="--json")] = False
+                 ) -> None:
+    """The layer table (`cnnlab summary`), or its JSON."""
+    print(json.dumps(result.to_dict()) if as_json else result.describe(), flush=True)

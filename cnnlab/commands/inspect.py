@@ -14,12 +14,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 from torch import nn
 
 from cnnlab import plots
+from cnnlab.config import Help
 from cnnlab.data.images import DEFAULT_MAX_PIXELS, read_at, save_image
 from cnnlab.data.transforms import normalize
 from cnnlab.errors import CnnlabError
@@ -87,10 +89,15 @@ def _stage_outputs(model: nn.Module, x: torch.Tensor, stages: list[tuple[str, nn
     return [outputs[name] for name, _ in stages if name in outputs]
 
 
-def inspect_run(run_dir: str | os.PathLike, image: str | os.PathLike, out: str | os.PathLike | None = None,
-                max_maps: int = 32, which: str = "best") -> InspectResult:
-    """Write first_layer_filters.png, input.png and stage_<i>.png (feature maps of `image`) for a trained run,
-    into `out` (default: RUN/inspect/<image name>)."""
+def inspect_run(run_dir: str | os.PathLike, image: str | os.PathLike,
+                out: Annotated[str | os.PathLike | None, Help("Folder for input.png, first_layer_filters.png, "
+                                                              "stage_<i>.png (default: RUN_DIR/inspect/<image "
+                                                              "name>).")] = None,
+                max_maps: Annotated[int, Help("Feature maps per stage (the most active channels).")] = 32,
+                which: str = "best") -> InspectResult:
+    """Show a trained run's first-layer filters and each stage's feature maps for one image.
+
+    Writes first_layer_filters.png, input.png and stage_<i>.png into `out` (default: RUN/inspect/<image name>)."""
     if max_maps < 1:
         raise CnnlabError(f"max_maps={max_maps}: show at least 1 feature map per stage")
     model, record = load_model(run_dir, which)
@@ -133,3 +140,8 @@ def inspect_run(run_dir: str | os.PathLike, image: str | os.PathLike, out: str |
 
 
 __all__ = ["InspectResult", "filter_images", "first_conv", "inspect_run"]
+
+
+def show(result: InspectResult) -> None:
+    """The shapes and the files written."""
+    print(result.describe(), flush=True)

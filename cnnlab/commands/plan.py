@@ -28,10 +28,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
 
-from cnnlab.config import TrainConfig, format_duration, parse_duration
+from cnnlab.config import Help, TrainConfig, config_from_file, format_duration, parse_duration
 from cnnlab.data.cache import POOL_MIN_FILES, cache_root, choose_mode, describe_resolution, estimate_bytes, \
     open_cache, stored_images
 from cnnlab.data.folders import DatasetSplits
@@ -134,9 +135,18 @@ class TrainingPlan:
         return _describe(self)
 
 
-def plan(config: TrainConfig | None = None, *, verbose: bool = True, **options) -> TrainingPlan:
-    """Measure what training with `config` (or TrainConfig fields as keywords, as `train` takes them) needs."""
-    config = config if config is not None else TrainConfig(**options)
+def plan(config: TrainConfig | None = None, *,
+         config_file: Annotated[str | None, Help("Read options from this YAML file, as train does; flags override "
+                                                 "it.", flag="--config")] = None,
+         verbose: bool = True, **options) -> TrainingPlan:
+    """Before training: will it fit, and how long will it take? Takes train's options and measures that run's
+    training step (memory: parameters, activations, optimizer state; speed) on this machine, then prints the
+    per-step memory against the free memory, images/s, the time of an epoch and of --epochs (or what fits in
+    --time), and the image cache's size on disk. --batch-size auto shows the batch train would pick.
+
+    `config` (or TrainConfig fields as keywords, as `train` takes them; or `config_file`) is the run to plan."""
+    if config is None:
+        config = TrainConfig(**((config_from_file(config_file) if config_file else {}) | options))
     env = environment(config, join=False)  # the stages training runs first (cnnlab.training.setup)
     device, precision, workers = env.device, env.precision, env.workers
     splits = find_splits(config)
@@ -351,3 +361,8 @@ def _describe(p: TrainingPlan) -> str:
                    f"{p.choice.batch_size} (or auto) {answer}")
     lines.append(f"verdict: {verdict}")
     return "\n".join(lines)
+
+
+def show(result: TrainingPlan) -> None:
+    """The plan as `cnnlab plan` prints it."""
+    print(result.describe(), flush=True)

@@ -7,7 +7,10 @@ file that is not an image, a damaged image). One bad file never stops the others
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+from typing import Annotated
 from pathlib import Path
 
 import torch
@@ -17,7 +20,7 @@ from cnnlab.data.dataset import ImageDataset
 from cnnlab.data.folders import Sample, expand_inputs
 from cnnlab.data.tiles import aggregate
 from cnnlab.errors import CnnlabError, ImageReadError
-from cnnlab.config import TrainConfig
+from cnnlab.config import Help, TrainConfig
 from cnnlab.runs.display import window_heatmap
 from cnnlab.runs.exported import is_onnx_file, open_onnx
 from cnnlab.runs.inference import open_trained
@@ -33,20 +36,29 @@ def _read_error(dataset: ImageDataset, index: int) -> str:
     return "could not be read while predicting"
 
 
-def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike], top_k: int = 3, which: str = "best",
-            batch_size: int = 32, device: str = "auto", workers: int | None = None, cache: str | None = None,
-            tta: bool = False, tiled: bool = False, scale: float | None = None, heatmap: str | os.PathLike | None = None,
-            heatmap_class: str | None = None, verbose: bool = False) -> list[dict]:
-    """One row per input image, in order: {"path", "top": [{"class", "probability"}]} or {"path", "error"}.
+def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike],
+            top_k: Annotated[int, Help("Classes to show per image.")] = 3, which: str = "best",
+            batch_size: int = 32, device: str = "auto", workers: int | None = None,
+            cache: Annotated[str | None, Help("auto, disk, ram or off (default: the run's): decoded images come "
+                                              "from the run's cache when it covers them.")] = None,
+            tta: bool = False, tiled: bool = False, scale: float | None = None,
+            heatmap: Annotated[str | os.PathLike | None, Help(
+                "Write <image>.heatmap.png into this folder: the probability of the predicted class (or --class) for "
+                "every window position.")] = None,
+            heatmap_class: Annotated[str | None, Help("The class the heatmap shows.", flag="--class")] = None,
+            verbose: bool = False) -> list[dict]:
+    """Predict the top-k classes of images with a trained run or its exported ONNX file.
 
+    Every input gets a line: its classes, or why it could not be predicted. Exit code 0 when every input was
+    predicted, 1 when some could not be (each says why), 2 when more than --max-bad of them could not (judged over
+    20 inputs or more; with fewer, a share says little: 1 of 3 is already 33%).
+
+    Returns one row per input image, in order: {"path", "top": [{"class", "probability"}]} or {"path", "error"}.
     `run_dir`: a run folder, or an exported *.onnx file (run by onnxruntime on the CPU; `which`, `device` and
-    `cache` do not apply). Folders are expanded to the images inside. `cache` (None = the run's setting):
-    images inside a folder the run's disk cache covers are read from it. `tta`: average with the mirrored
-    image. A run trained on tiles predicts by sliding its tile over the whole image at its scale; `tiled` (or a
-    `scale`) does that for any run, with windows of its input size. `heatmap`: a folder for one PNG per image with the per-class
-    probability of the window (the predicted class, or `heatmap_class`) over the image (rows get "heatmap").
-    `workers`: decoding processes (None: none for one batch of inputs, else as many as the cores allow).
-    Check the rows with `check_failures` to apply the run's --max-bad.
+    `cache` do not apply). Folders are expanded to the images inside. A run trained on tiles predicts by sliding its
+    tile over the whole image at its scale; `tiled` (or a `scale`) does that for any run, with windows of its input
+    size. `heatmap`: a folder for one PNG per image (rows get "heatmap"). `workers`: decoding processes (None: none
+    for one batch of inputs, else as many as the cores allow). `exit_code(rows, max_bad)` applies --max-bad.
     """
     if is_onnx_file(run_dir):
         trained, cache = open_onnx(run_dir), "off"
@@ -137,3 +149,25 @@ def check_failures(rows: list[dict], max_bad: float) -> None:
         raise CnnlabError(f"{len(failed)} of {len(rows)} inputs could not be predicted, more than --max-bad "
                           f"{max_bad:g} allows (e.g. {example['path']}: {example['error']}); check the paths, or "
                           "run `cnnlab data check` on the folder")
+
+
+def show(rows: list[dict], run_dir: str | os.PathLike,
+         as_json: Annotated[bool, Help("One JSON object per line (errors too).", flag="--json")] = False,
+         max_bad: Annotated[float | None, Help("Fail (exit 2) if more than this share of the inputs cannot be "
+                                               "predicted (default: the run's --max-bad).")] = None) -> int:
+    """One line per input (or one JSON object), then the exit code: 0, 1 (some failed) or 2 (over --max-bad)."""
+    for row in rows:
+        if as_json:
+            print(json.dumps(row, ensure_ascii=False), flush=True)
+        elif "error" in row:
+            print(f"{row['path']}: error: {row['error']}", flush=True)
+        else:
+            print(f"{row['path']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top"])
+                  + (f"  (heatmap: {row['heatmap']})" if "heatmap" in row else ""), flush=True)
+    max_bad = run_max_bad(run_dir) if max_bad is None else max_bad
+    check_failures(rows, max_bad)
+    code = exit_code(rows, max_bad)
+    if code:
+        failed = sum("error" in row for row in rows)
+        print(f"{failed} of {len(rows)} inputs could not be predicted (see the error lines)", file=sys.stderr, flush=True)
+    return code

@@ -20,12 +20,13 @@ import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
 
 from cnnlab import plots
 from cnnlab.commands.train import fit
-from cnnlab.config import TrainConfig, parse_duration
+from cnnlab.config import Help, TrainConfig, parse_duration
 from cnnlab.data.folders import find_samples
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_json, write_text
@@ -37,7 +38,8 @@ from cnnlab.training.setup import check_tiles_fit, model_options
 RULE = ("the smallest size whose 95% interval of validation accuracy overlaps the interval of the size with the best "
         "validation accuracy: the validation set cannot tell the two apart, and the smaller one costs less")
 VERDICTS = {verdict.value for verdict in Verdict}
-SHARED_BY_THE_SWEEP = ("img_size", "scale", "tile", "time", "out")  # set per run by the sweep itself
+# The training options the sweep sets per run itself (its own --img-size, --scale, --tile, --time, --out)
+SETS_ITSELF = ("img_size", "scale", "tile", "time", "out")
 
 
 @dataclass
@@ -102,13 +104,27 @@ def parse_resolutions(text: str | list, kind: type, flag: str) -> list:
     return values
 
 
-def sweep(data: str, sizes: str | list[int] | None = None, *, time: str = "2m", tile: int | None = None,
-          scales: str | list[float] | None = None, out: str | Path = "runs/sweep", overwrite: bool = False,
+def sweep(data: str,
+          sizes: Annotated[str | list[int] | None, Help("Image sizes to compare, comma-separated (each at least the "
+                                                        "model's minimum); default 64,96,128.", flag="--img-size")]
+          = None, *,
+          time: Annotated[str, Help("Wall-clock budget of every run, the same for each size (e.g. 90s, 2m, 10m).")]
+          = "2m",
+          tile: Annotated[int | None, Help("Compare pixel scales instead: every run trains on tiles of this side, at "
+                                           "each --scale.")] = None,
+          scales: Annotated[str | list[float] | None, Help("With --tile: the pixel scales to compare, comma-separated "
+                                                           "(e.g. 0.25,0.5).", flag="--scale")] = None,
+          out: Annotated[str | Path, Help("Folder for one run per size and sweep.html, sweep.json, sweep.md.")]
+          = "runs/sweep",
+          overwrite: Annotated[bool, Help("Replace the runs of an earlier sweep in --out.")] = False,
           verbose: bool = True, **train_options) -> SweepResult:
-    """Train at each of `sizes` (or, with `tile`, at each of `scales`) for the same `time` budget, and write
-    OUT/sweep.json, sweep.md, sweep_size.png, sweep_time.png and sweep.html. `train_options` are TrainConfig fields
-    shared by every run."""
-    for name in SHARED_BY_THE_SWEEP:
+    """Which image size is worth its cost? Train at each size for the same --time, then a table, accuracy against
+    size and against training time, each run's verdict and a recommendation (the smallest size within the noise of
+    the best), on one self-contained page: OUT/sweep.html.
+
+    With `tile`, the runs compare pixel `scales` instead. Writes OUT/sweep.json, sweep.md, sweep_size.png,
+    sweep_time.png and sweep.html. `train_options` are TrainConfig fields shared by every run."""
+    for name in SETS_ITSELF:
         if name in train_options:
             raise CnnlabError(f"sweep sets {name} itself for every run; do not pass {name}=")
     parse_duration(time)
@@ -133,7 +149,7 @@ def sweep(data: str, sizes: str | list[int] | None = None, *, time: str = "2m", 
     best, recommended = recommend([r.resolution for r in rows], [r.best_val_acc for r in rows],
                                   [r.interval for r in rows])
     num_classes = len(find_samples(data, val_fraction=configs[0].val_fraction, seed=configs[0].seed).classes)
-    shared = {key: value for key, value in configs[0].to_dict().items() if key not in SHARED_BY_THE_SWEEP}
+    shared = {key: value for key, value in configs[0].to_dict().items() if key not in SETS_ITSELF}
     settings = {"data": str(data), "time": time, "tile": tile, "resolutions": resolutions, "classes": num_classes,
                 "options": shared}
     result = SweepResult(rows, best, recommended, Path(out), settings)
@@ -206,3 +222,9 @@ def markdown(result: SweepResult) -> str:
     lines += ["", f"Recommended: {_name(chosen.resolution, result.settings)} ({100 * chosen.best_val_acc:.1f}%; the best "
                   f"was {_name(best.resolution, result.settings)} at {100 * best.best_val_acc:.1f}%). Rule: {RULE}."]
     return "\n".join(lines)
+
+
+def show(result: SweepResult) -> None:
+    """The table and recommendation, and where the page was written."""
+    print(result.describe(), flush=True)
+    print(f"wrote {result.out_dir / 'sweep.html'}, sweep.json, sweep.md and the plots", flush=True)

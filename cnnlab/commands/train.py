@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from torch import nn
 
 from cnnlab import plots
-from cnnlab.config import TrainConfig
+from cnnlab.config import Help, TrainConfig, config_from_file
 from cnnlab.data.check import size_summary
 from cnnlab.errors import CnnlabError
 from cnnlab.models.summary import summarize_model
@@ -31,7 +32,7 @@ from cnnlab.runs.preview import PreviewParts, write_run_preview
 from cnnlab.runs.reader import read_run
 from cnnlab.runs.report import write_report
 from cnnlab.training import Run, distributed, prepare, train
-from cnnlab.training.record import IMAGE_SIZES, discard_unstarted, write_diagnosis, write_summary
+from cnnlab.training.record import IMAGE_SIZES, REPORT, discard_unstarted, write_diagnosis, write_summary
 from cnnlab.training.setup import model_options
 from cnnlab.training.state import load_training_checkpoint
 
@@ -111,6 +112,59 @@ def fit(config: TrainConfig | None = None, *, resume: str | os.PathLike | None =
         return result
     finally:
         distributed.finish()
+
+
+def train_command(config_file: Annotated[str | None, Help(
+                      "Read options from this YAML file (keys: the option names with underscores, e.g. a run's "
+                      "config.yaml); flags override it.", flag="--config")] = None,
+                  resume: Annotated[str | None, Help(
+                      "Continue the run in this folder exactly where its checkpoint (written every epoch and on "
+                      "Ctrl-C/kill) left it, with its own options; options given too must be the run's own, except "
+                      "--epochs (to extend it), --workers, --data (a moved folder), --cache and --cache-dir.")] = None,
+                  overwrite: Annotated[bool, Help("Replace the run already in --out (its files are deleted); without "
+                                                  "it such a folder is refused.")] = False,
+                  nproc: Annotated[int, Help(
+                      "Train with this many processes on this machine (torchrun's launcher, DistributedDataParallel: "
+                      "one per GPU, or CPU processes with gloo); --batch-size stays the global batch. Under an "
+                      "external torchrun or srun, leave it out.")] = 1,
+                  **options: Any) -> TrainResult | int:
+    """Train a model on an image folder and write a self-describing run folder.
+
+    Every option is a field of cnnlab.TrainConfig. --config FILE.yaml reads options from a file (e.g. a run's own
+    config.yaml); flags typed on the command line override it. Ctrl-C or kill (SIGTERM) stops after the current
+    step, saves a checkpoint and prints how to resume."""
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command without --nproc
+        return distributed.launch(nproc, _without_nproc(sys.argv[1:]))
+    values = config_from_file(config_file) if config_file else {}
+    values |= options
+    if resume:
+        return fit(resume=resume, **values)
+    return fit(TrainConfig(**values), overwrite=overwrite)
+
+
+def _without_nproc(arguments: list[str]) -> list[str]:
+    """The command line minus --nproc N (or --nproc=N), for the processes the launcher starts."""
+    kept, skip = [], False
+    for argument in arguments:
+        if skip:
+            skip = False
+        elif argument == "--nproc":
+            skip = True
+        elif not argument.startswith("--nproc="):
+            kept.append(argument)
+    return kept
+
+
+def show(result: TrainResult | int) -> int:
+    """The run's summary and verdict (rank 0 of several processes speaks); the launcher's exit code."""
+    if isinstance(result, int):
+        return result
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    print(result.summary(), flush=True)
+    if result.diagnosis is not None:
+        print(f"verdict: {result.diagnosis.verdict.label.lower()}; report: {result.run_dir / REPORT}", flush=True)
+    return 0
 
 
 def _same(name: str, given: Any, value: Any, saved: Any) -> bool:

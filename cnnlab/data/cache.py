@@ -43,6 +43,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import PIL
@@ -52,7 +53,7 @@ import torchvision
 from tqdm import tqdm
 
 from cnnlab.data import images
-from cnnlab.config import CACHE_MODES, check_choice
+from cnnlab.config import CACHE_MODES, Help, check_choice
 from cnnlab.errors import CnnlabError, ImageReadError
 from cnnlab.signals import leave_signals_to_parent
 from cnnlab.data.images import DEFAULT_MAX_PIXELS, read_at
@@ -608,7 +609,7 @@ def _folder_bytes(folder: Path) -> int:
 
 
 def list_stores(cache_dir: str | os.PathLike | None = None) -> list[StoreInfo]:
-    """The image stores under the cache folder, largest first."""
+    """List the decoded-image stores: the data folder each caches, its size on disk and its images."""
     root = cache_root(cache_dir)
     if not root.is_dir():
         return []
@@ -627,8 +628,12 @@ def list_stores(cache_dir: str | os.PathLike | None = None) -> list[StoreInfo]:
     return sorted(stores, key=lambda store: -store.bytes)
 
 
-def clear_stores(cache_dir: str | os.PathLike | None = None, names: list[str] | None = None) -> list[StoreInfo]:
-    """Delete the named stores (folder names as `cnnlab cache list` prints them), or all; returns what went."""
+def clear_stores(cache_dir: str | os.PathLike | None = None,
+                 names: Annotated[list[str] | None, Help("Stores to delete, as `cnnlab cache list` names them "
+                                                         "(default: all).")] = None) -> list[StoreInfo]:
+    """Delete decoded-image stores (they are rebuilt from the images when needed).
+
+    `names`: folder names as `cnnlab cache list` prints them (default: all); returns what went."""
     stores = list_stores(cache_dir)
     if names:
         known = {store.path.name: store for store in stores}

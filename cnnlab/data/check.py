@@ -25,9 +25,11 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Annotated
 
 from tqdm import tqdm
 
+from cnnlab.config import Help
 from cnnlab.data.findings import (COPY_PROBLEMS, FileFacts, duplicate_findings, imbalance_finding,
                                   outlier_findings)
 from cnnlab.data.folders import SPLIT_FOLDERS, _is_hidden, find_samples, safe_path, walk_images
@@ -299,10 +301,21 @@ def _scan(root: Path) -> tuple[dict[str, dict[str, Path]], list[tuple[str, str, 
     return folders, located, notes
 
 
-def check_dataset(root: str | os.PathLike, fix_report: str | os.PathLike | None = None,
-                  quarantine: str | os.PathLike | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                  workers: int | None = None) -> DataReport:
-    """Scan an image folder in parallel and report counts, sizes and every problem (see module doc)."""
+def check_dataset(root: Annotated[str | os.PathLike, Help("Image folder: <class>/ folders, or train/ val/ test/ "
+                                                         "holding them.")],
+                  fix_report: Annotated[str | os.PathLike | None, Help(
+                      "Write every problem to this CSV (path, split, class, severity, problem, detail).")] = None,
+                  quarantine: Annotated[str | os.PathLike | None, Help(
+                      "Move unreadable files into this folder, keeping their relative paths (nothing is deleted or "
+                      "rewritten).")] = None,
+                  max_pixels: Annotated[int, Help("Images with more pixels are errors (read from the header).")]
+                  = DEFAULT_MAX_PIXELS,
+                  workers: Annotated[int | None, Help("Parallel readers; default: the number of CPU cores.")] = None
+                  ) -> DataReport:
+    """Check an image folder before training: unreadable files, duplicates, leakage, outliers, imbalance.
+    Exit 1 if not trainable.
+
+    Scans in parallel and reports counts, sizes and every problem (see the module's docstring)."""
     root = Path(root)
     if quarantine is not None:
         _check_quarantine_target(root, Path(quarantine))

@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from cnnlab.config import Help
 from cnnlab.errors import CnnlabError
 from cnnlab.signals import leave_signals_to_parent
 from cnnlab.data.images import save_image
@@ -401,9 +404,20 @@ def _reusable(root: Path, params: dict, jobs: list) -> bool:
     return bool(meta.get("complete")) and all(path.is_file() for *_, path in jobs)
 
 
-def synthesize(out_dir, classes: int = 6, per_class: int = 100, size: int = 1024, seed: int = 0,
-               val_fraction: float = 0.2, quality: int = 90, workers: int = 1, kind: str = "shapes") -> SynthSummary:
-    """Write out_dir/{train,val}/<class>/<class>_NNNN.jpg + synth.json; same args, same bytes."""
+def synthesize(out_dir: Annotated[str | os.PathLike, Help("Folder to write train/<class>/ and val/<class>/ into.")],
+               classes: Annotated[int, Help("Number of classes.")] = 6,
+               per_class: Annotated[int, Help("Images per class (train + val).")] = 100,
+               size: Annotated[int, Help("Image side in pixels.")] = 1024,
+               seed: Annotated[int, Help("Same seed, byte-identical files.")] = 0,
+               val_fraction: Annotated[float, Help("Share of each class written to val/.")] = 0.2,
+               quality: Annotated[int, Help("JPEG quality (1-100).")] = 90,
+               workers: Annotated[int, Help("Processes writing images (same bytes whatever the number).")] = 1,
+               kind: Annotated[str, Help("shapes (one large shape per image) or objects (many small copies of the "
+                                         "class's shape on a large cluttered image: for tiled training; use --size "
+                                         "3000).")] = "shapes") -> SynthSummary:
+    """Write a built-in large-image dataset: shapes on a cluttered, textured background.
+
+    out_dir/{train,val}/<class>/<class>_NNNN.jpg and synth.json; the same arguments give the same bytes."""
     n_val = _check(classes, per_class, size, seed, val_fraction, quality, workers, kind)
     root = Path(out_dir)
     names = list(_names(kind)[:classes])

@@ -72,7 +72,7 @@ def input_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]
 
 
 def list_models() -> list[str]:
-    """Names create_model accepts, sorted."""
+    """List the model names `--model` accepts (create_model's names, sorted)."""
     return sorted(_REGISTRY)
 
 

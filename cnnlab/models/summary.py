@@ -32,12 +32,14 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import asdict, dataclass
+from typing import Annotated
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torchvision.ops import Permute, StochasticDepth
 
+from cnnlab.config import Help
 from cnnlab.errors import CnnlabError
 from cnnlab.scratch import as_pair, output_size_info
 
@@ -383,11 +385,23 @@ def summary(model: nn.Module, input_shape: str | tuple, mlp_hidden: int = 1000, 
         mlp_hidden=mlp_hidden, mlp_params=mlp_first_layer_params(shape, mlp_hidden), device=device)
 
 
-def summarize_model(name: str = "simple_cnn", input_shape: str | tuple = "3x1000x1000", num_classes: int = 10,
-                    mlp_hidden: int = 1000, **options) -> ModelSummary:
-    """Build registered model `name` with no weights (meta device) and summarise it; the twin of `cnnlab summary`."""
+def summarize_model(name: Annotated[str, Help("Model name; `cnnlab models` lists them.", flag="--model")]
+                    = "simple_cnn",
+                    input_shape: Annotated[str | tuple, Help("One image as CxHxW (or HxW for 3 channels).",
+                                                             flag="--input")] = "3x1000x1000",
+                    num_classes: Annotated[int, Help("Classes of the classifier head.")] = 10,
+                    mlp_hidden: Annotated[int, Help("Hidden units of the MLP the parameter count is compared with.")]
+                    = 1000,
+                    model_options: Annotated[dict | None, Help("Extra model option NAME=VALUE, repeatable (e.g. "
+                                                               "widths=[16,32,64]).", flag="--model-option")] = None,
+                    **options) -> ModelSummary:
+    """Layer table for one input size: shapes, parameters, MACs, receptive field, memory; vs an MLP.
+
+    Builds registered model `name` with no weights (meta device) and summarises it; `model_options` (or keywords)
+    are its factory options."""
     from cnnlab.models import create_model
 
+    options = (model_options or {}) | options
     shape = parse_input_shape(input_shape)
     options.setdefault("img_size", shape[1])  # models sized by their input (mlp) need it; the others ignore it
     try:

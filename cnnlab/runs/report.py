@@ -44,7 +44,9 @@ VERDICT_NAMES = {verdict.value: verdict.label for verdict in Verdict}
 
 # --- entry points ---------------------------------------------------------------------------------------------
 def write_report(run_dir: str | os.PathLike) -> Path:
-    """Build RUN/report.html from the run folder's files; returns its path."""
+    """Rebuild RUN_DIR/report.html: one self-contained page with the verdict, curves, evaluation and data.
+
+    Built from the run folder's files only; returns its path."""
     run_dir = Path(run_dir)
     if not (run_dir / MODEL).is_file():
         raise CnnlabError(f"{run_dir} is not a cnnlab run folder (no model.json); "

@@ -19,7 +19,7 @@ from cnnlab.runs.reader import read_metrics
 def tiny_compare(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
     return compare(str(tiny_data), ("mlp", "simple_cnn"), epochs=1, img_size=32, batch_size=8, out=out,
-                   model_options={"simple_cnn": {"widths": [8, 16]}}, workers=0, cache="off", augment="none",
+                   per_model_options={"simple_cnn": {"widths": [8, 16]}}, workers=0, cache="off", augment="none",
                    verbose=False)
 
 
