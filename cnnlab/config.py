@@ -108,6 +108,13 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CACHE_MODES = ("auto", "disk", "ram", "off")
+AGGREGATES = ("mean", "max", "attention")
+BATCH = 32  # images (or tiles) per step by default
+# Bag runs: images per step by default. A step trains 2 x 16 = 32 tiles with gradients, the activations of a tiled
+# run's default batch of 32 tiles (plus a scoring pass, whose memory is --score-batch tiles without gradients).
+# Measured on the objects set (benchmarks/bags.py, 2 CPU cores): see the comment at BAG_TILES' choice in
+# cnnlab/training/bags.py.
+BAG_BATCH = 2
 
 
 @dataclass
@@ -124,16 +131,22 @@ class TrainConfig:
     """Train on random tiles of this side cut at --scale from each image, and predict by sliding a window of it over the whole image (for large images whose detail a resize would lose); None: the whole image resized to --img-size."""
     scale: float = 1.0
     """With --tile: the pixel scale the tiles are cut at (1.0 = the file's own pixels, 0.5 = half)."""
-    tile_overlap: float = 0.5
-    """With --tile: the share of a tile that overlaps its neighbour when sliding over a whole image."""
+    tile_overlap: float | None = None
+    """With --tile: the share of a tile that overlaps its neighbour when sliding over a whole image; None: 0.5, or 0 for --aggregate attention (a bag is the image's grid of tiles, each pixel in one tile)."""
     aggregate: str = "mean"
-    """With --tile: how tile logits become the image's: mean, or max (a class present anywhere in the image)."""
+    """With --tile: how tile logits become the image's: mean, max (a class present anywhere in the image), or attention: train on whole images, each a bag of tiles with the image's label, pooled by learned attention (multiple-instance learning with Iterative Patch Selection; for labels true of the image, not of every tile)."""
+    bag_tiles: int = 16
+    """With --aggregate attention: the tiles of each image a training step learns from (M): a pass without gradients scores every tile of the image, the M with the highest attention are encoded again with gradients and pooled; memory grows with M and --batch-size, never with the image's size."""
+    score_batch: int | None = None
+    """With --aggregate attention: tiles per forward pass when scoring a whole image (memory grows with it, not with the image); None: as many as the sliding window batches (16 of 256 px)."""
+    bag_warmup: int = 1
+    """With --aggregate attention: epochs at the start in which each step learns from --bag-tiles tiles drawn at random instead of the top-scoring ones (the attention is untrained then), without the scoring pass."""
     epochs: int = 10
     """Maximum number of passes over the training split."""
     time: str | None = None
     """Train for this wall-clock time instead of --epochs (e.g. 90s, 10m, 2h): the steps that fit are planned from the measured speed, so the learning-rate schedule still ends at the budget."""
-    batch_size: int | str = 32
-    """Images per optimisation step, or auto: the largest power of two whose measured training step fits 80% of the free memory (at most 256 on a CPU, where larger batches are no faster, and at least 8 steps an epoch)."""
+    batch_size: int | str | None = None
+    """Images per optimisation step, or auto: the largest power of two whose measured training step fits 80% of the free memory (at most 256 on a CPU, where larger batches are no faster, and at least 8 steps an epoch); None: 32, or with --aggregate attention 2 images (bags) of --bag-tiles tiles each."""
     lr: float | str | None = None
     """Peak learning rate; None picks the optimizer's default, 'auto' runs the LR finder first."""
     optimizer: str = "adamw"
@@ -209,6 +222,9 @@ class TrainConfig:
         check_choice("cache", self.cache, CACHE_MODES)
         check_range("img_size", self.img_size, 8, 8192)
         check_range("epochs", self.epochs, 1)
+        check_choice("aggregate", self.aggregate, AGGREGATES)
+        if self.batch_size is None:
+            self.batch_size = BAG_BATCH if self.aggregate == "attention" else BATCH
         if isinstance(self.batch_size, str) and self.batch_size != "auto":
             try:
                 self.batch_size = int(self.batch_size)
@@ -224,9 +240,25 @@ class TrainConfig:
         check_range("max_bad", self.max_bad, 0.0, 1.0)
         check_range("max_pixels", self.max_pixels, 1)
         check_range("freeze", self.freeze, 0)
-        check_choice("aggregate", self.aggregate, ("mean", "max"))
         check_range("scale", self.scale, 0.0, 4.0, low_open=True)
+        if self.tile_overlap is None:
+            self.tile_overlap = 0.0 if self.aggregate == "attention" else 0.5
         check_range("tile_overlap", self.tile_overlap, 0.0, 0.9)
+        if self.aggregate == "attention":
+            if self.tile is None:
+                raise CnnlabError("--aggregate attention treats each image as a bag of tiles: give their size with "
+                                  "--tile (e.g. --tile 256) and the pixel scale with --scale")
+            check_range("bag_tiles", self.bag_tiles, 1, 4096)
+            if self.score_batch is not None:
+                check_range("score_batch", self.score_batch, 1)
+            check_range("bag_warmup", self.bag_warmup, 0)
+            for name in ("mixup", "cutmix"):
+                if getattr(self, name):
+                    raise CnnlabError(f"{flag(name)} blends pairs of training images, and --aggregate attention "
+                                      f"trains on bags of tiles; leave {flag(name)} out (or use --aggregate mean)")
+            if self.progressive:
+                raise CnnlabError("--progressive shrinks training images, and --aggregate attention trains on "
+                                  "whole tiles; leave --progressive out")
         if self.tile is not None:
             check_range("tile", self.tile, 8, 8192)
             self.img_size = self.tile  # the network sees tiles: one side for both

@@ -45,6 +45,11 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @staticmethod
+    def collate(items) -> "Batch":
+        """How a loader batches this dataset's items: stacked, unreadable ones dropped (collate_skip_bad)."""
+        return collate_skip_bad(items)
+
     def load(self, index: int) -> torch.Tensor:
         """The decoded uint8 image (3, H, W), before any transform: the same pixels from the cache or the file."""
         if self.source is not None:

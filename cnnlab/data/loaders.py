@@ -19,7 +19,7 @@ from itertools import islice
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
-from cnnlab.data.dataset import ImageDataset, collate_skip_bad
+from cnnlab.data.dataset import ImageDataset
 from cnnlab.signals import leave_signals_to_parent
 
 PREFETCH_FACTOR = 4  # batches each worker prepares ahead (what a worker holds in memory at most)
@@ -175,7 +175,7 @@ def make_loader(dataset: ImageDataset, batch_size: int, workers: int, *, train: 
         dataset,
         batch_sampler=BatchSampler(SkipIndices(base), batch_size, drop_last=False),
         num_workers=workers,
-        collate_fn=collate_skip_bad,
+        collate_fn=dataset.collate,  # stacked crops or tiles (collate_skip_bad), or a list of whole images (bags)
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,

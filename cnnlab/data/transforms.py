@@ -64,7 +64,10 @@ class Preprocessing:
     overlap: float = 0.5
     """Tiled prediction: the share of a tile that overlaps its neighbour in the sliding window."""
     aggregate: str = "mean"
-    """Tiled prediction: how tile logits become the image's (mean, or max for classes present anywhere)."""
+    """Tiled prediction: how tile logits become the image's (mean, or max for classes present anywhere), or
+    attention: the image is a bag of its tiles, pooled by the model's learned attention (cnnlab.models.mil)."""
+    bag_tiles: int | None = None
+    """Bag runs (aggregate attention): the tiles of an image, ranked by attention, that are pooled (M)."""
 
     @classmethod
     def for_size(cls, img_size: int) -> "Preprocessing":
@@ -72,10 +75,12 @@ class Preprocessing:
         return cls(resize_short_side=img_size, center_crop=img_size)
 
     @classmethod
-    def for_tiles(cls, tile: int, scale: float, overlap: float = 0.5, aggregate: str = "mean") -> "Preprocessing":
-        """The record of a run trained on tiles of `tile` px at pixel scale `scale`."""
+    def for_tiles(cls, tile: int, scale: float, overlap: float = 0.5, aggregate: str = "mean",
+                  bag_tiles: int | None = None) -> "Preprocessing":
+        """The record of a run trained on tiles of `tile` px at pixel scale `scale` (with aggregate attention: on
+        bags of them, `bag_tiles` pooled per image)."""
         return cls(resize_short_side=tile, center_crop=tile, tile=tile, scale=scale, overlap=overlap,
-                   aggregate=aggregate)
+                   aggregate=aggregate, bag_tiles=bag_tiles if aggregate == "attention" else None)
 
     @property
     def decode_size(self) -> int:
@@ -89,6 +94,12 @@ class Preprocessing:
     def tiled(self) -> bool:
         """Whether the network sees tiles of the whole image at `scale` (else the whole image, resized)."""
         return self.tile is not None
+
+    @property
+    def bags(self) -> bool:
+        """Whether an image is one bag of its tiles with one label (aggregate attention), trained and predicted
+        whole; else a tiled run's tiles are samples of their own."""
+        return self.tiled and self.aggregate == "attention"
 
     @property
     def resolution(self) -> int | float:

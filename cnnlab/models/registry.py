@@ -25,6 +25,7 @@ from torch import nn
 
 from cnnlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from cnnlab.errors import CnnlabError
+from cnnlab.models.mil import bag_model
 
 # Where --pretrained finds a model's ImageNet weights
 OFFLINE = "offline"  # in a package installed with cnnlab: no network, ever
@@ -81,8 +82,10 @@ def pretrained_models(where: str = OFFLINE) -> list[str]:
     return sorted(name for name, entry in _REGISTRY.items() if entry.pretrained == where)
 
 
-def create_model(name: str, num_classes: int, **options) -> nn.Module:
-    """Build a registered model with a classifier for `num_classes` classes."""
+def create_model(name: str, num_classes: int, *, bag: bool = False, **options) -> nn.Module:
+    """Build a registered model with a classifier for `num_classes` classes; `bag`: as the tile encoder of a
+    gated-attention multiple-instance classifier (cnnlab.models.mil; a run with --aggregate attention records it
+    in its model options, so every rebuild makes the same model)."""
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list_models(), n=1, cutoff=0.5)
         hint = f"did you mean '{close[0]}'? " if close else ""
@@ -97,6 +100,7 @@ def create_model(name: str, num_classes: int, **options) -> nn.Module:
                               f"the torchvision models ({', '.join(pretrained_models(HUB)[:3])}, ...) once their "
                               "ImageNet file is in torch's hub cache")
     try:
-        return entry.factory(num_classes=num_classes, **options)
+        model = entry.factory(num_classes=num_classes, **options)
     except (TypeError, ValueError) as error:  # an unknown option, or a known one with a value it cannot take
         raise CnnlabError(f"bad option for model '{name}': {error}") from None
+    return bag_model(model, num_classes) if bag else model

@@ -15,8 +15,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from cnnlab.data.augment import mix_batch
+from cnnlab.data.bags import grid, read_tiles
+from cnnlab.data.dataset import Batch
 from cnnlab.data.tiles import aggregate, cut_tiles, tile_positions
 from cnnlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, normalize
+from cnnlab.models.mil import pool_tiles
 from cnnlab.training.device import Precision
 from cnnlab.training.progress import Progress
 
@@ -45,6 +49,32 @@ class InputPipeline:
         if self.precision.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images
+
+
+@dataclass(frozen=True)
+class ImageInputs:
+    """A training batch of crops (or tiles) -> the model's input on the device: augmented per image, at the epoch's
+    side (progressive resizing), MixUp/CutMix-blended when asked. Called as inputs(model, batch, epoch, side) ->
+    ((images (N, 3, side, side),), soft targets (N, K) or None); cnnlab.training.bags.BagInputs is the same call
+    for bags of tiles."""
+
+    pipeline: InputPipeline
+    keep_scale: bool
+    """Tiles: progressive resizing crops them instead of resizing (smaller_side)."""
+    num_classes: int
+    mixup: float = 0.0
+    cutmix: float = 0.0
+
+    def __call__(self, model: nn.Module, batch: Batch, epoch: int, side: int
+                 ) -> tuple[tuple[torch.Tensor], torch.Tensor | None]:
+        images = self.pipeline(batch.images, batch.seeds, train=True)                  # (N, 3, S, S) on the device
+        if side != images.shape[-1]:
+            images = smaller_side(images, side, self.keep_scale)
+        targets = None
+        if self.mixup or self.cutmix:
+            images, targets = mix_batch(images, batch.labels.to(images.device), batch.seeds, self.num_classes,
+                                        self.mixup, self.cutmix)
+        return (images,), targets
 
 
 @dataclass
@@ -146,11 +176,67 @@ def collect_tiled_logits(model: nn.Module, loader: DataLoader, pipeline: InputPi
     return Logits(torch.cat(all_logits), torch.cat(all_labels), torch.cat(all_indices))
 
 
+@torch.no_grad()
+def bag_outputs(model: nn.Module, image: torch.Tensor, pipeline: InputPipeline, tile: int, overlap: float,
+                batch_size: int | None = None) -> tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor]:
+    """Every tile of a bag's image (3, H, W), scored once: the grid's (top, left), each tile's own logits (n, K) and
+    attention scores (n,), float32 on the CPU, in batches of window_batch(tile, batch_size) tiles (the model's
+    tile_outputs: one encoder pass per tile)."""
+    model.eval()
+    positions = grid(image.shape[-2], image.shape[-1], tile, overlap)
+    step = window_batch(tile, batch_size)
+    logits, scores = [], []
+    for start in range(0, len(positions), step):
+        tiles = pipeline(read_tiles(image, positions[start:start + step], tile))          # (n, 3, tile, tile)
+        with pipeline.precision.autocast(pipeline.device):
+            tile_logits, tile_scores = model.tile_outputs(tiles)                          # (n, K), (n,)
+        logits.append(tile_logits.float().cpu())
+        scores.append(tile_scores.float().cpu())
+    return positions, torch.cat(logits), torch.cat(scores)
+
+
+def pool_bag(tile_logits: torch.Tensor, scores: torch.Tensor, keep: int | None) -> torch.Tensor:
+    """An image's logits (K,) from its tiles' own logits (n, K) and attention scores (n,): the attention-weighted
+    mean over the `keep` highest-scoring tiles (all with None), as training pools the tiles it selected."""
+    if keep is not None and keep < len(scores):
+        top = scores.topk(keep).indices
+        tile_logits, scores = tile_logits[top], scores[top]
+    return pool_tiles(tile_logits, scores)
+
+
+@torch.no_grad()
+def collect_bag_logits(model: nn.Module, loader: DataLoader, pipeline: InputPipeline, view: Preprocessing,
+                       batch_size: int | None = None, description: str = "eval", show_progress: bool = True,
+                       on_image: Callable | None = None) -> Logits:
+    """Each whole image of `loader` as one bag: every tile scored once (bag_outputs), pooled (pool_bag).
+    `on_image(index, positions, tile_logits (n, K), scores (n,))`, if given, sees every image's tiles (heatmaps)."""
+    all_logits, all_labels, all_indices = [], [], []
+    with Progress(len(loader.dataset), description, enabled=show_progress, show_loss=False) as progress:
+        for batch in loader:
+            for image, label, index in zip(batch.images, batch.labels, batch.indices):
+                positions, tile_logits, scores = bag_outputs(model, image, pipeline, view.tile, view.overlap,
+                                                             batch_size)
+                if on_image is not None:
+                    on_image(int(index), positions, tile_logits, scores)
+                all_logits.append(pool_bag(tile_logits, scores, view.bag_tiles)[None])
+                all_labels.append(label[None])
+                all_indices.append(index[None])
+            progress.update(len(batch))
+    if not all_logits:
+        empty = torch.empty(0, dtype=torch.long)
+        return Logits(torch.empty(0, 0), empty, empty)
+    return Logits(torch.cat(all_logits), torch.cat(all_labels), torch.cat(all_indices))
+
+
 def view_logits(model: nn.Module, loader: DataLoader, pipeline: InputPipeline, view: Preprocessing,
                 description: str = "eval", show_progress: bool = True, tta: bool = False,
                 on_image: Callable | None = None) -> Logits:
-    """Logits of every readable image of `loader` as the run's view scores it: crops in batches, or whole images by
-    the sliding window, aggregated as the record says (`on_image` sees each whole image's windows)."""
+    """Logits of every readable image of `loader` as the run's view scores it: crops in batches, whole images by
+    the sliding window, aggregated as the record says, or whole images as bags of tiles pooled by attention
+    (`on_image` sees each whole image's windows)."""
+    if view.bags:
+        return collect_bag_logits(model, loader, pipeline, view, description=description,
+                                  show_progress=show_progress, on_image=on_image)
     if view.tiled:
         return collect_tiled_logits(model, loader, pipeline, view.tile, view.overlap, view.aggregate,
                                     description=description, show_progress=show_progress, tta=tta, on_image=on_image)

@@ -20,12 +20,11 @@ import torch
 from torch import nn
 
 from cnnlab import plots
-from cnnlab.data.augment import mix_batch
 from cnnlab.data.loaders import samples_per_epoch, skip_sampler
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_yaml
 from cnnlab.models.weights import save_weights
-from cnnlab.training.forward import Logits, smaller_side, view_logits
+from cnnlab.training.forward import Logits, view_logits
 from cnnlab.training.budget import CHECK_AFTER_EPOCH, corrected_speed, epoch_seconds, plan, replan_needed
 from cnnlab.training.ema import decay_for
 from cnnlab.training.optim import epoch_sizes, set_schedule_length
@@ -50,10 +49,11 @@ def loss_normaliser(loss_fn: nn.Module, labels: torch.Tensor, soft: bool) -> flo
     return float(loss_fn.weight.cpu()[labels].sum())
 
 
-def train_step(parts: TrainingParts, images: torch.Tensor, labels: torch.Tensor, state: LoopState,
+def train_step(parts: TrainingParts, inputs: tuple | torch.Tensor, labels: torch.Tensor, state: LoopState,
                targets: torch.Tensor | None = None, normaliser: float | None = None,
                world: World = SINGLE) -> float | None:
-    """One optimisation step on a batch (N, 3, H, W) already on the device, with class labels (N,) and,
+    """One optimisation step on a batch already on the device, `inputs` the net's arguments (images (N, 3, H, W),
+    or bags of tiles and their counts: TrainingParts.step_inputs), with class labels (N,) and,
     when MixUp/CutMix blended the images, soft targets (N, K); returns the loss, or None for a skipped step.
 
     The loss is the batch's summed cross-entropy over `normaliser`, the normaliser of the whole global batch
@@ -68,7 +68,7 @@ def train_step(parts: TrainingParts, images: torch.Tensor, labels: torch.Tensor,
         normaliser = loss_normaliser(fn, labels, targets is not None)
     buffers = [buffer.detach().clone() for buffer in parts.model.buffers()]  # BN running stats (small)
     with parts.precision.autocast(parts.device):
-        logits = parts.net(images)                      # (N, K)
+        logits = parts.net(*inputs) if isinstance(inputs, tuple) else parts.net(inputs)  # (N, K)
         # loss in fp32 for a stable log-softmax
         per_image = nn.functional.cross_entropy(logits.float(), labels if targets is None else targets,
                                                 weight=fn.weight, label_smoothing=fn.label_smoothing, reduction="none")
@@ -152,14 +152,9 @@ def train_one_epoch(run: Run, epoch: int, stop: StopOnSignal | None = None) -> b
                     stop.signum = signal.SIGTERM  # another process was signalled: stop as it does
                 return False
             if not empty:
-                images = parts.pipeline(batch.images, batch.seeds, train=True)  # (N, 3, S, S) on the device
-                if side != images.shape[-1]:
-                    images = smaller_side(images, side, keep_scale=bool(config.tile))
-                targets = None
-                if config.mixup or config.cutmix:
-                    images, targets = mix_batch(images, batch.labels.to(images.device), batch.seeds,
-                                                len(run.classes), config.mixup, config.cutmix)
-                progress.update(len(batch), train_step(parts, images, batch.labels, state, targets, normaliser, world))
+                # crops or tiles (N, 3, S, S) on the device, or bags of selected tiles (cnnlab.training.bags)
+                inputs, targets = parts.step_inputs(batch, epoch, side)
+                progress.update(len(batch), train_step(parts, inputs, batch.labels, state, targets, normaliser, world))
             state.batches_done = batch_number + 1
             if state.planned_steps and state.step >= state.planned_steps:
                 break  # a --time plan can end in the middle of its last epoch

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 
 from cnnlab.config import TrainConfig, parse_duration
 from cnnlab.data.cache import CachedImages, open_cache
+from cnnlab.data.bags import BagDataset
 from cnnlab.data.dataset import ImageDataset
 from cnnlab.data.folders import DatasetSplits, find_samples
 from cnnlab.data.augment import for_preset
@@ -55,7 +56,8 @@ from cnnlab.training.distributed import SINGLE, World
 from cnnlab.training.budget import Budget, measure_speed, plan
 from cnnlab.training.budget import describe as describe_plan
 from cnnlab.training.ema import WeightAverage, decay_for
-from cnnlab.training.forward import InputPipeline, Logits
+from cnnlab.training.bags import BagInputs
+from cnnlab.training.forward import ImageInputs, InputPipeline, Logits, window_batch
 from cnnlab.training.lr_find import suggest_lr_for_config
 from cnnlab.training.memory import MemoryProbe, choose_batch_size, step_spec
 from cnnlab.training.optim import DEFAULT_LR, build_optimizer, build_scheduler, epoch_sizes
@@ -78,6 +80,8 @@ def model_options(config: TrainConfig) -> dict:
     if config.tile:  # e.g. resnet9's max-and-average pooling, for classes decided by small things anywhere in a tile
         options.update(tiled_options(config.model))
     options.update(config.model_options)
+    if preprocessing_of(config).bags:  # the model is the tile encoder of an attention MIL classifier
+        options["bag"] = True
     return options
 
 
@@ -98,13 +102,14 @@ def make_datasets(splits: DatasetSplits, config: TrainConfig, cache: CachedImage
     cropped, or whole images at the tiles' scale). With `cache` (open_cache over every split's files), images come
     from it instead of the files."""
     view = preprocessing_of(config)
+    # bag runs read whole images in every split: the training step cuts and augments the tiles it keeps
+    kind = BagDataset if view.bags else ImageDataset
     datasets = {}
     for split, samples in splits.splits.items():
         transform = training_transform(view, config.augment, config.augment_on) if split == "train" \
-            else view.eval_transform()
+            and not view.bags else view.eval_transform()
         source = cache.select([sample.path for sample in samples]) if cache is not None else None
-        datasets[split] = ImageDataset(samples, transform, view.resolution, max_pixels=config.max_pixels,
-                                       source=source)
+        datasets[split] = kind(samples, transform, view.resolution, max_pixels=config.max_pixels, source=source)
     return datasets
 
 
@@ -117,7 +122,8 @@ def preprocessing_of(config: TrainConfig) -> Preprocessing:
     """The preprocessing record of a run trained with `config`, normalised as its model expects."""
     mean, std = input_normalization(config.model)  # ImageNet's for most; [-1, 1] for the EfficientNet-Lite weights
     if config.tile:
-        record = Preprocessing.for_tiles(config.tile, float(config.scale), config.tile_overlap, config.aggregate)
+        record = Preprocessing.for_tiles(config.tile, float(config.scale), config.tile_overlap, config.aggregate,
+                                         config.bag_tiles)
     else:
         record = Preprocessing.for_size(config.img_size)
     return dataclasses.replace(record, mean=mean, std=std)
@@ -163,7 +169,20 @@ def open_training_cache(splits: DatasetSplits, config: TrainConfig, one_pass: bo
 def input_pipeline(config: TrainConfig, device: torch.device, precision: Precision) -> InputPipeline:
     """The batch's way from the loader to the model: on the device, normalised, augmented when training."""
     mean, std = input_normalization(config.model)  # as preprocessing_of records it for eval, predict and export
-    return InputPipeline(device, precision, mean=mean, std=std, augment=for_preset(config.augment, config.augment_on))
+    # bag runs augment the tiles they keep on the device: their workers hand over whole images
+    where = "device" if preprocessing_of(config).bags else config.augment_on
+    return InputPipeline(device, precision, mean=mean, std=std, augment=for_preset(config.augment, where))
+
+
+def step_inputs(config: TrainConfig, pipeline: InputPipeline, num_classes: int) -> ImageInputs | BagInputs:
+    """How a training batch becomes the model's input, chosen once from the run's view: crops or tiles
+    (ImageInputs), or whole images as bags of their top-scoring tiles (BagInputs, Iterative Patch Selection)."""
+    view = preprocessing_of(config)
+    if view.bags:
+        return BagInputs(pipeline, view.tile, view.overlap, config.bag_tiles,
+                         config.score_batch or window_batch(view.tile), config.bag_warmup)
+    return ImageInputs(pipeline, keep_scale=view.tiled, num_classes=num_classes, mixup=config.mixup,
+                       cutmix=config.cutmix)
 
 
 @dataclass(frozen=True)
@@ -217,6 +236,13 @@ class TrainingParts:
     validation_net: nn.Module | None = None
     """What validates without a weight average: `net` (compiled if asked), or with several processes the bare
     model (each process scores its own share, so DDP's collectives must stay out of it)."""
+    inputs: ImageInputs | BagInputs | None = None
+    """How a training batch becomes the net's input (step_inputs); None: ImageInputs with the pipeline alone."""
+
+    def step_inputs(self, batch, epoch: int, side: int) -> tuple[tuple, torch.Tensor | None]:
+        """(the net's positional inputs, soft targets or None) for a training batch (step_inputs)."""
+        inputs = self.inputs or ImageInputs(self.pipeline, keep_scale=False, num_classes=0)
+        return inputs(self.model, batch, epoch, side)
 
     @property
     def evaluated(self) -> nn.Module:
@@ -415,8 +441,10 @@ def prepare_data(config: TrainConfig, splits: DatasetSplits, world: World = SING
     else:
         cache = open_training_cache(splits, config, one_pass=True, verbose=False)
     draws = None
-    if config.tile:  # each training image as many tiles per epoch as its area holds
-        draws = tile_draws_per_sample(splits.splits["train"], check_tiles_fit(splits, config, cache), config.tile)
+    if config.tile:  # every image holds a tile; a tiled run draws as many tiles per epoch as its area holds
+        sizes = check_tiles_fit(splits, config, cache)
+        if not preprocessing_of(config).bags:  # a bag run's epoch: each image once, as one bag
+            draws = tile_draws_per_sample(splits.splits["train"], sizes, config.tile)
     return RunData(splits, cache, make_datasets(splits, config, cache), draws)
 
 
@@ -575,7 +603,8 @@ def _assemble(config: TrainConfig, env: Environment, data: RunData, model: nn.Mo
         torch.manual_seed(config.seed * 1_000_003 + world.rank)  # dropout: other masks on each process
     net = compile_model(net) if config.compile else net
     parts = TrainingParts(model, net, optimisation.optimizer, optimisation.scheduler, optimisation.scaler, loss_fn,
-                          pipeline, optimisation.average, validation_net=model if world.distributed else net)
+                          pipeline, optimisation.average, validation_net=model if world.distributed else net,
+                          inputs=step_inputs(config, pipeline, len(splits.classes)))
     run = Run(resolved, run_dir, splits, metadata, preprocessing, parts, loaders["train"], loaders["val"],
               unreadable, dataset_info, verbose=verbose, budget=optimisation.budget, world=world,
               created_folder=created)
@@ -592,12 +621,14 @@ def _log_start(run: Run, data: RunData, env: Environment, start_note: str | None
     """What the run is about to do, in a few lines."""
     config = run.config
     n_params = sum(p.numel() for p in run.parts.model.parameters())
-    tiles = f" ({data.train_draws:,} tiles per epoch: the tiles each image's area holds)" if config.tile else ""
+    tiles = f" ({data.train_draws:,} tiles per epoch: the tiles each image's area holds)" if data.draws is not None \
+        else (f" (each a bag of its {config.tile} px tiles at scale {config.scale:g}, {config.bag_tiles} of them "
+              "learnt from per step)" if preprocessing_of(config).bags else "")
     run.log(f"training {config.model} ({n_params:,} parameters) on {len(data.datasets['train'])} train{tiles} / "
             f"{len(data.datasets['val'])} val images, {len(run.classes)} classes, {config.img_size}px, "
             f"{env.device} {env.precision.name}, {env.workers} workers -> {run.run_dir}")
     if config.batch_size > data.train_draws:
-        what = "tiles an epoch draws" if config.tile else "training images"
+        what = "tiles an epoch draws" if data.draws is not None else "training images"
         run.log(f"note: --batch-size {config.batch_size} is larger than the {data.train_draws} {what}, so every "
                 "epoch is a single step; a smaller batch takes more steps per epoch")
     if start_note:
