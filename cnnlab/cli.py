@@ -95,18 +95,22 @@ def data_synth(
     out_dir: str = typer.Argument(..., help="Folder to write train/<class>/ and val/<class>/ into."),
     classes: int = typer.Option(6, help="Number of shape classes."),
     per_class: int = typer.Option(100, help="Images per class (train + val)."),
-    size: int = typer.Option(1024, help="Image side in pixels."),
+    size: Optional[int] = typer.Option(None, help="Image side in pixels; default 1024 (sparse: 4000)."),
     seed: int = typer.Option(0, help="Same seed, byte-identical files."),
     val_fraction: float = typer.Option(0.2, help="Share of each class written to val/."),
-    kind: str = typer.Option("shapes", help="shapes (one large shape per image) or objects (many small copies "
-                             "of the class's shape on a large cluttered image: for tiled training; use --size 3000)."),
+    kind: str = typer.Option("shapes", help="shapes (one large shape per image), objects (many small copies "
+                             "of the class's shape on a large cluttered image: for tiled training; use --size 3000) "
+                             "or sparse (3-8 small copies among same-size distractors on a very large image: most "
+                             "tiles hold none)."),
+    file_format: str = typer.Option("jpeg", "--format", help="jpeg, or tiff: tiled, JPEG-compressed, pyramidal, "
+                                    "written a tile at a time (needed for sparse images above 8192 px)."),
     workers: int = typer.Option(1, help="Processes writing images (same bytes whatever the number)."),
 ) -> None:
     """Write a built-in large-image dataset: shapes on a cluttered, textured background."""
     from cnnlab.data.synth import synthesize
 
     summary = synthesize(out_dir, classes=classes, per_class=per_class, size=size, seed=seed,
-                         val_fraction=val_fraction, kind=kind, workers=workers)
+                         val_fraction=val_fraction, kind=kind, workers=workers, file_format=file_format)
     typer.echo(summary.describe())
 
 
