@@ -39,8 +39,10 @@ LINES, DOTS, BLOBS = (8, 20), (20, 60), (3, 10)
 LINE_LENGTH, LINE_WIDTH, DOT_RADIUS, BLOB_RADIUS = (300, 1200), (1, 8), (0.5, 15), (24, 90)
 # below this side a 256 px tile at scale 0.5 is a sixteenth of the image or more: 3-8 objects are not sparse
 MIN_SIZE = 2048
-# 4000 px: at scale 0.5 a bag of 61 tiles per image, at most 8 with an object (>= 87% empty), and an epoch of
-# 150 images scores ~9,000 tiles, within a minute or two on 2 CPU cores; --size 8000-20000 for memory tests
+# 4000 px: at scale 0.5 a bag of 61 tiles per image, at most 8 with an object (>= 87% empty); 150 images are
+# ~9,000 tiles to score per epoch, twice the tiles today's tile training draws per epoch from the 3000 px objects
+# set (~150 s on 2 CPU cores, forward and backward), so a 15-minute budget still holds several epochs. Larger
+# sizes (8000-20,000 px, --format tiff) are for memory measurements.
 DEFAULT_SIZE = 4000
 
 

@@ -301,6 +301,17 @@ def test_data_check_reports_format_bit_depth_channels_and_size(tmp_path):
     assert "formats: 2 TIFF 16-bit 1-channel, 2 PNG 8-bit 3-channel" in report.describe()
 
 
+def test_data_check_says_when_strips_are_too_large_to_read_by_region(tmp_path):
+    path = tmp_path / "one-strip.tif"  # 2100 x 2100 RGB in one deflate strip: 13 MB decoded for any region
+    tifffile.imwrite(path, np.zeros((2100, 2100, 3), np.uint8), photometric="rgb", rowsperstrip=2100,
+                     compression="zlib")
+    notes = {p.problem: p.detail for p in inspect_image(path).problems}
+    assert "strips of 2100 rows (13 MB each)" in notes["tiff-strips"] and "tiled" in notes["tiff-strips"]
+    tifffile.imwrite(path, np.zeros((2100, 2100, 3), np.uint8), photometric="rgb", tile=(256, 256),
+                     compression="zlib")
+    assert "tiff-strips" not in {p.problem for p in inspect_image(path).problems}
+
+
 # --------------------------------------------------------------------------------------------
 # memory: a region of a large TIFF, read without the whole image
 # --------------------------------------------------------------------------------------------
