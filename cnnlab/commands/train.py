@@ -29,7 +29,7 @@ from cnnlab.runs.diagnosis import Diagnosis, diagnose
 from cnnlab.runs.evaluation import EvalResult, write_evaluation
 from cnnlab.runs.inference import open_trained
 from cnnlab.runs.preview import PreviewParts, write_run_preview
-from cnnlab.runs.reader import read_run
+from cnnlab.runs.reader import diagnosis_inputs, read_run
 from cnnlab.runs.report import write_report
 from cnnlab.training import Run, distributed, prepare, train
 from cnnlab.training.record import IMAGE_SIZES, REPORT, discard_unstarted, write_diagnosis, write_summary
@@ -240,8 +240,12 @@ def finish(run: Run) -> TrainResult:
     if run.best_val is not None and len(run.best_val.labels):
         explainer = open_trained(run_dir, "best", run.config.device)  # the weights the logits came from
         evaluation = write_evaluation(record, "val", "best", run.val_loader.dataset, run.best_val, explainer=explainer)
-    val_size = len(run.best_val.labels) if run.best_val is not None else len(run.splits.splits["val"])
-    inputs = {"val_size": val_size, "num_classes": len(run.classes), "time_budget": run.config.time}
+    if run.best_val is not None:  # the validation images that were read, per class
+        per_class = run.best_val.labels.bincount(minlength=len(run.classes)).tolist()
+        val_counts = dict(zip(run.classes, per_class))
+    else:
+        val_counts = run.splits.counts()["val"]
+    inputs = diagnosis_inputs(run.config, val_counts, len(run.classes))
     diagnosis = diagnose(state.history, **inputs)
     write_diagnosis(run_dir, diagnosis.to_dict(), inputs)
     sizes = size_summary([sample.path for samples in run.splits.splits.values() for sample in samples])

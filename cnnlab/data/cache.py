@@ -23,9 +23,10 @@ uint8 pixels. A cached image is then a memory copy, equal to what every uncached
 Nothing stale is served: every open compares each file's size and mtime with the index; changed
 and added files are decoded and appended. Entries of changed and removed files become dead bytes at
 that update, and the store is compacted once more than half of it is dead. The store's key covers
-the folder, the size, the pixel cap and the decoder (cnnlab/images.py's source, the Pillow and
-torchvision versions), so a change to any of them starts a new store instead of serving pixels
-decoded another way; `eval` and `predict` (one pass) only reuse a store that exists, never build one.
+the folder, the size, the pixel cap and the decoder (the sources of cnnlab/data/images.py, tiff.py and
+resample.py, the Pillow, torchvision, tifffile and imagecodecs versions), so a change to any of them starts a
+new store instead of serving pixels decoded another way; `eval` and `predict` (one pass) only reuse a store
+that exists, never build one.
 """
 
 from __future__ import annotations
@@ -45,14 +46,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
+import imagecodecs
 import numpy as np
 import PIL
 import platformdirs
+import tifffile
 import torch
 import torchvision
 from tqdm import tqdm
 
-from cnnlab.data import images
+from cnnlab.data import images, resample, tiff
 from cnnlab.config import CACHE_MODES, Help, check_choice
 from cnnlab.errors import CnnlabError, ImageReadError
 from cnnlab.signals import leave_signals_to_parent
@@ -90,8 +93,9 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 @functools.cache
 def _decoder_digest() -> str:
     """Identifies the code that produces the pixels: a change to any part must not serve old pixels."""
-    reader = Path(images.__file__).read_bytes()
-    versions = f"{CACHE_FORMAT}|{PIL.__version__}|{torchvision.__version__}".encode()
+    reader = b"".join(Path(module.__file__).read_bytes() for module in (images, tiff, resample))
+    versions = (f"{CACHE_FORMAT}|{PIL.__version__}|{torchvision.__version__}|{tifffile.__version__}|"
+                f"{imagecodecs.__version__}").encode()
     return hashlib.sha1(reader + versions).hexdigest()
 
 

@@ -68,6 +68,7 @@ class DataReport:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # {split: {class: readable images}}
     unreadable: dict[str, dict[str, int]] = field(default_factory=dict)  # {split: {class: unreadable}}
     sizes: dict[str, dict[str, float]] = field(default_factory=dict)  # {width|height|megapixels: {min, median, max}}
+    formats: dict[str, int] = field(default_factory=dict)  # {"TIFF 16-bit 1-channel": readable images}, most first
     problems: list[Problem] = field(default_factory=list)
     quarantined: list[tuple[str, str]] = field(default_factory=list)  # (from, to), printable
     usable: bool = False  # trainable: layout fine, >= 2 classes with readable images, no unreadable file left
@@ -112,6 +113,8 @@ class DataReport:
             lines.append(f"  sizes: width {w['min']:.0f}..{w['max']:.0f} (median {w['median']:.0f}), "
                          f"height {h['min']:.0f}..{h['max']:.0f} (median {h['median']:.0f}), "
                          f"{mp['min']:.2f}..{mp['max']:.2f} MP (median {mp['median']:.2f})")
+        if self.formats:
+            lines.append("  formats: " + ", ".join(f"{n} {kind}" for kind, n in self.formats.items()))
         counts = self.severity_counts()
         lines.append("  problems: " + ", ".join(f"{counts[s]} {s}" for s in SEVERITIES))
         leaks = [p for p in self.problems if p.problem in ("split-leakage", "near-duplicate-leakage")]
@@ -339,6 +342,8 @@ def check_dataset(root: Annotated[str | os.PathLike, Help("Image folder: <class>
         notes += [(path, split, name, p.severity, p.problem, p.detail) for p in info.problems]
         if info.readable:
             report.counts[split][name] += 1
+            kind = f"{info.format} {info.bits or '?'}-bit {info.channels or '?'}-channel"
+            report.formats[kind] = report.formats.get(kind, 0) + 1
             facts.append(FileFacts(safe_path(path), split, name, info.format or "unknown", info.width, info.height,
                                    digest, info.grey_std, info.thumbnail))
         else:
@@ -347,6 +352,7 @@ def check_dataset(root: Annotated[str | os.PathLike, Help("Image folder: <class>
     notes += outlier_findings(facts)
     train_like = "train" if "train" in report.counts else "all"
     notes += imbalance_finding(report.counts.get(train_like, {}), str(root))
+    report.formats = dict(sorted(report.formats.items(), key=lambda kv: -kv[1]))
     if facts:
         report.sizes = {"width": _stats([f.width for f in facts]), "height": _stats([f.height for f in facts]),
                         "megapixels": _stats([f.width * f.height / 1e6 for f in facts])}

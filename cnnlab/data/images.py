@@ -10,6 +10,18 @@ Unreadable files raise ImageReadError naming the path and the reason, with a sho
 
 Bytes already in memory (an upload to `cnnlab serve`) go through the same readers with `data=`: the same
 order, the same cap from the header, the same errors; nothing is written to disk.
+
+TIFF and BigTIFF files (found by their first bytes, whatever their name) are read with tifffile instead, region by
+region (cnnlab.data.tiff: the conversion of 16-bit, float, palette, alpha and orientation is written there):
+
+    open (header only) -> layout supported? -> pixel cap -> for each band of output rows: decode the tiles or
+    strips under it (from the pyramid level nearest above the size) -> RGB -> seamless antialiased resize
+
+so a 20,000 x 20,000 px slide read at scale 0.5 never holds more than its 10,000 px result and a band of source
+rows. `open_region_reader(path, scale)` gives the same pixels a region at a time (`.size`, `.read(x, y, w, h)`),
+for code that should never hold a whole large image; other formats are decoded whole, once, at the scale.
+Images over PIL's decompression-bomb limit open like any other (JPEGs reduced in the decoder); only cnnlab's own
+cap, --max-pixels, refuses a file, from its header.
 """
 
 from __future__ import annotations
@@ -18,14 +30,17 @@ import io
 import math
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from tifffile import TiffFile, TiffWriter
 from torchvision.transforms.v2.functional import resize
 
+from cnnlab.data.tiff import CHUNK_CACHE_BYTES, ScaledTiff, TiffLayout, UnsupportedTiff, layout_of
 from cnnlab.errors import ImageReadError
 
 # File suffixes treated as images when scanning folders (lower case).
@@ -68,6 +83,13 @@ THUMBNAIL_SIZE = _CHECK_DECODE_SIZE // 2
 # PIL.Image.MAX_IMAGE_PIXELS is process-wide; this lock makes our brief change of it safe across threads.
 _PIL_LIMIT_LOCK = threading.Lock()
 
+# The first four bytes of a TIFF (little-, big-endian) and of a BigTIFF.
+_TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+# PIL mode -> (bits per sample, channels) as stored, for the data check's summary.
+_MODE_FACTS = {"1": (1, 1), "L": (8, 1), "P": (8, 1), "LA": (8, 2), "La": (8, 2), "PA": (8, 2), "RGB": (8, 3),
+               "YCbCr": (8, 3), "LAB": (8, 3), "HSV": (8, 3), "RGBA": (8, 4), "RGBa": (8, 4), "RGBX": (8, 4),
+               "CMYK": (8, 4), "I": (32, 1), "F": (32, 1)}
+
 
 @dataclass(frozen=True)
 class ImageProblem:
@@ -86,7 +108,9 @@ class ImageInfo:
     format: str | None = None  # PIL format name: "JPEG", "PNG", "GIF", ...
     width: int = 0  # upright, after EXIF orientation
     height: int = 0
-    mode: str | None = None  # PIL mode as stored: "RGB", "CMYK", "I;16", "P", ...
+    mode: str | None = None  # PIL mode as stored: "RGB", "CMYK", "I;16", "P", ... (TIFFs: the same names)
+    bits: int | None = None  # bits per sample as stored: 1, 8, 12, 16, 32
+    channels: int | None = None  # samples per pixel as stored (a palette image: 1), alpha included
     orientation: int = 1  # EXIF orientation tag, 1 = upright
     frames: int = 1
     problems: list[ImageProblem] = field(default_factory=list)
@@ -157,11 +181,15 @@ def _open(path: Path, max_pixels: int, data: bytes | None = None) -> Image.Image
     width, height = image.size
     if width * height > max_pixels:
         image.close()
-        raise _unreadable(
-            path, "over-pixel-cap",
-            f"{width}x{height} = {width * height / 1e6:.0f} MP is over the pixel cap of "
-            f"{max_pixels / 1e6:.0f} MP (raise --max-pixels if the file is genuine)")
+        raise _over_cap(path, width, height, max_pixels)
     return image
+
+
+def _over_cap(path, width: int, height: int, max_pixels: int) -> ImageReadError:
+    """The one refusal of an image over the pixel cap, from its header."""
+    return _unreadable(path, "over-pixel-cap",
+                       f"{width}x{height} = {width * height / 1e6:.0f} MP is over the pixel cap of "
+                       f"{max_pixels / 1e6:.0f} MP (raise --max-pixels if the file is genuine)")
 
 
 def _orientation(image: Image.Image, header_only: bool = False) -> int:
@@ -252,6 +280,149 @@ def _decode(image: Image.Image, path: Path, min_size: int | None) -> Image.Image
     return rgb
 
 
+# --------------------------------------------------------------------------------------------
+# TIFF: tifffile, region by region
+# --------------------------------------------------------------------------------------------
+
+def _is_tiff(path: Path, data: bytes | None) -> bool:
+    """True when the file starts like a TIFF or BigTIFF (a file that cannot be read goes to PIL's errors)."""
+    if data is not None:
+        return data[:4] in _TIFF_MAGIC
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) in _TIFF_MAGIC
+    except OSError:
+        return False
+
+
+def _open_tiff(path: Path, max_pixels: int, data: bytes | None = None) -> tuple[TiffFile, TiffLayout]:
+    """Open a TIFF (header only), check that its layout is one cnnlab reads and enforce the pixel cap."""
+    if (len(data) if data is not None else path.stat().st_size) == 0:
+        raise _unreadable(path, "empty-file", "the file is empty (0 bytes)")
+    try:
+        tif = TiffFile(io.BytesIO(data) if data is not None else path)
+    except Exception as error:  # noqa: BLE001 - tifffile raises several types on malformed headers
+        raise _unreadable(path, "truncated-or-corrupt", f"cannot read the TIFF header ({_plain(error)})") from None
+    try:
+        layout = layout_of(tif)
+    except UnsupportedTiff as error:
+        tif.close()
+        raise _unreadable(path, "unsupported-tiff", f"unsupported TIFF: {error}; save it as an 8- or 16-bit "
+                          "grey or RGB TIFF (or PNG) to use it") from None
+    except Exception as error:  # noqa: BLE001 - a broken IFD chain, tag or pyramid
+        tif.close()
+        raise _unreadable(path, "truncated-or-corrupt", f"cannot read the TIFF header ({_plain(error)})") from None
+    if layout.width * layout.height > max_pixels:
+        tif.close()
+        raise _over_cap(path, layout.width, layout.height, max_pixels)
+    return tif, layout
+
+
+def _upright(layout: TiffLayout) -> tuple[int, int]:
+    """(width, height) of a TIFF's first image after its orientation tag."""
+    turned = layout.orientation in (5, 6, 7, 8)
+    return (layout.height, layout.width) if turned else (layout.width, layout.height)
+
+
+def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """(width, height) of an image at a pixel scale: round(W x scale) x round(H x scale), at least 1 x 1."""
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+class _Decoded:
+    """A whole decoded image, read a region at a time (formats without random access)."""
+
+    def __init__(self, pixels: torch.Tensor):
+        self.pixels = pixels  # uint8 (3, H, W)
+
+    def read(self, x: int, y: int, w: int, h: int) -> torch.Tensor:
+        return self.pixels[:, y:y + h, x:x + w].clone()
+
+
+class RegionReader:
+    """An image at one pixel scale, read a region at a time: `size` is (width, height) at the scale, and
+    read(x, y, w, h) the uint8 RGB (3, h, w) of a region, the very pixels read_image(path, scale=...) holds there.
+
+    TIFFs decode only the tiles or strips under each region, from the pyramid level nearest above the scale
+    (memory: the region and a band of source rows); other formats are decoded whole, once, at the scale (JPEGs
+    reduced in the decoder). Close it, or use it in a `with` block, to release the file.
+    """
+
+    def __init__(self, path: Path, size: tuple[int, int], source, close=None):
+        self.path = path
+        self.size = size
+        self._source = source  # ScaledTiff or _Decoded: read(x, y, w, h) -> uint8 (3, h, w)
+        self._close = close
+
+    def read(self, x: int, y: int, w: int, h: int) -> torch.Tensor:
+        """uint8 (3, h, w): the region whose top-left corner is (x, y), at the reader's scale."""
+        width, height = self.size
+        if not (0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= width and y + h <= height):
+            raise ValueError(f"region x={x} y={y} w={w} h={h} is not inside the {width}x{height} image")
+        try:
+            return self._source.read(x, y, w, h)
+        except MemoryError:
+            raise _unreadable(self.path, "out-of-memory", "not enough memory to decode it") from None
+        except Exception as error:  # noqa: BLE001 - codecs raise many types on corrupt tiles
+            raise _unreadable(self.path, "truncated-or-corrupt", f"corrupt or truncated ({_plain(error)})") from None
+
+    def close(self) -> None:
+        """Release the file (a TIFF reader keeps it open between reads)."""
+        if self._close is not None:
+            self._close()
+            self._close = None
+
+    def __enter__(self) -> "RegionReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _tiff_reader(path: Path, tif: TiffFile, layout: TiffLayout, size: tuple[int, int]) -> RegionReader:
+    """A RegionReader of an open TIFF at `size` (upright); it owns the file (closed here on failure)."""
+    try:
+        source = ScaledTiff(tif, layout, size, ALPHA_BACKGROUND)  # 16-bit and float: reads the smallest level once
+    except BaseException as error:
+        tif.close()
+        if isinstance(error, MemoryError):
+            raise _unreadable(path, "out-of-memory", "not enough memory to decode it") from None
+        if isinstance(error, Exception):  # not KeyboardInterrupt or SystemExit
+            raise _unreadable(path, "truncated-or-corrupt", f"corrupt or truncated ({_plain(error)})") from None
+        raise
+    return RegionReader(path, size, source, tif.close)
+
+
+def _reduced_size(width: int, height: int, min_size: int | None) -> tuple[int, int]:
+    """(width, height) after read_pil's reduction: PIL's reduce(factor) rounds up."""
+    factor = _reduction((width, height), min_size)
+    return -(-width // factor), -(-height // factor)
+
+
+def _read_tiff(path: Path, max_pixels: int, data: bytes | None, min_size: int | None = None,
+               scale: float | None = None) -> torch.Tensor:
+    """A whole TIFF as uint8 (3, H, W): at `scale`, or reduced as read_pil reduces (short side >= min_size)."""
+    tif, layout = _open_tiff(path, max_pixels, data)
+    width, height = _upright(layout)
+    size = scaled_size(width, height, scale) if scale is not None else _reduced_size(width, height, min_size)
+    with _tiff_reader(path, tif, layout, size) as reader:
+        return reader.read(0, 0, *size)
+
+
+def open_region_reader(path: str | os.PathLike, scale: float = 1.0, max_pixels: int = DEFAULT_MAX_PIXELS,
+                       data: bytes | None = None) -> RegionReader:
+    """The image at pixel `scale`, to be read a region at a time (see RegionReader); the pixel cap is checked
+    from the header first. `data`: the file's bytes in memory (`path` then only names it)."""
+    if not scale > 0:
+        raise ValueError(f"scale={scale}: must be above 0")
+    path = Path(path)
+    if _is_tiff(path, data):
+        tif, layout = _open_tiff(path, max_pixels, data)
+        return _tiff_reader(path, tif, layout, scaled_size(*_upright(layout), scale))
+    pixels = read_image(path, max_pixels=max_pixels, scale=scale, data=data)
+    return RegionReader(path, (pixels.shape[2], pixels.shape[1]), _Decoded(pixels))
+
+
 def read_pil(path: str | os.PathLike, min_size: int | None = None,
              max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | None = None) -> Image.Image:
     """Decode an image file to an 8-bit RGB PIL image, upright (EXIF applied).
@@ -259,9 +430,12 @@ def read_pil(path: str | os.PathLike, min_size: int | None = None,
     With `min_size`, the image is reduced by the largest integer factor that keeps its short side
     >= min_size (JPEGs already in the decoder, by DCT-domain scaling 1/2, 1/4, 1/8): the same pixels
     a full decode + resize would give, at a fraction of the time and memory for large photos.
-    `data`: the file's bytes in memory instead of reading `path` (which then only names it).
+    `data`: the file's bytes in memory instead of reading `path` (which then only names it). TIFFs are read
+    with tifffile, reduced to the same size by the antialiased resize.
     """
     path = Path(path)
+    if _is_tiff(path, data):
+        return Image.fromarray(_read_tiff(path, max_pixels, data, min_size=min_size).permute(1, 2, 0).numpy())
     image = _open(path, max_pixels, data)
     with image:  # closes the file handle, which load() leaves open for multi-frame files
         rgb = _decode(image, path, min_size)
@@ -278,11 +452,14 @@ def read_image(path: str | os.PathLike, min_size: int | None = None,
     `scale` (tiled runs): the image at that pixel scale, exactly round(W x scale) x round(H x scale): the
     decoder reduces a JPEG in the DCT domain to the smallest of 1/2, 1/4, 1/8 that is still at least that
     big, and an antialiased resize does the rest, so a 100-megapixel photo wanted at scale 0.25 is never
-    decoded at full size. `data`: the file's bytes in memory (an upload); `path` then only names it.
+    decoded at full size; a TIFF is read region by region at that size (module doc). `data`: the file's bytes
+    in memory (an upload); `path` then only names it.
     """
+    if _is_tiff(Path(path), data):
+        return _read_tiff(Path(path), max_pixels, data, min_size=min_size, scale=scale)
     if scale is not None and scale != 1.0:
         width, height = image_size(path, max_pixels, data)  # header only; the pixel cap is checked here too
-        target = (max(1, round(height * scale)), max(1, round(width * scale)))  # (H, W)
+        target = scaled_size(width, height, scale)[::-1]  # (H, W)
         image = read_pil(path, min_size=max(1, math.ceil(min(target))), max_pixels=max_pixels, data=data)
         pixels = torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)))
         if tuple(pixels.shape[1:]) != target:
@@ -321,6 +498,10 @@ def image_header(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
                  data: bytes | None = None) -> tuple[int, int, str]:
     """(width, height, format) from the header only (nothing decoded), width and height after EXIF orientation;
     `data`: the file's bytes in memory."""
+    if _is_tiff(Path(path), data):
+        tif, layout = _open_tiff(Path(path), max_pixels, data)
+        tif.close()
+        return (*_upright(layout), "TIFF")
     with _open(Path(path), max_pixels, data) as image:
         width, height = image.size
         orientation = _orientation(image, header_only=True)
@@ -359,31 +540,70 @@ def _mode_problem(image: Image.Image) -> ImageProblem | None:
     return None
 
 
-def inspect_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
-                  decode: bool = True) -> ImageInfo:
-    """Header facts and problems of one file; never raises for a bad image (its problem says why).
+def _pil_depth(image: Image.Image) -> tuple[int | None, int | None]:
+    """(bits per sample, channels) of an opened PIL image as stored."""
+    if image.mode in _INT_GREY_MODES:
+        return (16 if image.mode.startswith("I;16") else 32), 1
+    bits, channels = _MODE_FACTS.get(image.mode, (None, None))
+    args = image.tile[0].args if image.tile else None  # the raw mode: "RGB;16B" (PNG), ("RGB;16B", ...) (TIFF)
+    rawmode = args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else ""
+    return (16 if isinstance(rawmode, str) and ";16" in rawmode else bits), channels
 
-    With `decode`, the pixels are decoded through the same code path as read_image (at a small
-    size: the whole compressed stream is still read), so truncated and corrupt files are found.
-    """
-    path = Path(path)
-    info = ImageInfo(path=os.fsdecode(path))
-    try:
-        image = _open(path, max_pixels)
-    except ImageReadError as error:
-        info.problems.append(ImageProblem("error", error.problem, error.reason))
-        return info
-    with image:
+
+def _tiff_problems(layout: TiffLayout, reader: RegionReader | None) -> list[ImageProblem]:
+    """The conversion a TIFF's samples go through (info), and a layout that cannot be read region by region."""
+    notes = []
+    if layout.colour == "palette":
+        notes.append("palette colours converted to RGB")
+    elif layout.colour == "cmyk":
+        notes.append("CMYK converted to RGB without colour management (colours may shift)")
+    elif layout.colour == "grey":
+        notes.append(("inverted (min-is-white), " if layout.invert else "") + "copied to 3 channels")
+    if layout.kind == "f":
+        notes.append("scaled from its own min..max to 0..255")
+    elif layout.kind == "u" and layout.bits != 8 and layout.colour != "palette":
+        high = reader._source.conversion.high if reader is not None else None  # noqa: SLF001 - this module's reader
+        notes.append(f"scaled to 8 bits: value * 255 / {high:.0f}" if high is not None else
+                     "scaled to 8 bits by the file's range")
+    if layout.alpha:
+        notes.append(f"transparent pixels composited on grey {ALPHA_BACKGROUND}")
+    elif layout.colour == "rgb" and layout.channels == 4:
+        notes.append("the 4th channel (not marked as alpha) is ignored")
+    label = "1-bit black and white" if layout.kind == "b" else f"{layout.bits}-bit {layout.mode}"
+    problems = [ImageProblem("info", "unusual-mode", f"{label} TIFF: " + "; ".join(notes))] if notes else []
+    strip_bytes = layout.strip_rows * layout.width * layout.channels * max(1, layout.bits // 8)
+    if not layout.tiled and layout.compression != "none" and strip_bytes > CHUNK_CACHE_BYTES:
+        problems.append(ImageProblem("info", "tiff-strips", f"compressed strips of {layout.strip_rows} rows "
+                                     f"({strip_bytes / 1e6:.0f} MB each) are decoded whole for any region; "
+                                     "saved tiled (e.g. 256 px tiles), large images read faster and in less memory"))
+    return problems
+
+
+def _inspect_tiff(path: Path, max_pixels: int, decode: bool, info: ImageInfo) -> list[ImageProblem]:
+    """Fill `info` from a TIFF's header (and a small decode); returns its info-level problems."""
+    tif, layout = _open_tiff(path, max_pixels)
+    info.format, info.mode, info.bits, info.channels = "TIFF", layout.mode, layout.bits, layout.channels
+    info.orientation, info.frames = layout.orientation, layout.frames
+    info.width, info.height = _upright(layout)
+    reader = None
+    if not decode:
+        tif.close()
+    else:
+        with _tiff_reader(path, tif, layout, _reduced_size(info.width, info.height, _CHECK_DECODE_SIZE)) as reader:
+            pixels = reader.read(0, 0, *reader.size)
+        info.grey_std, info.thumbnail = _fingerprint(Image.fromarray(pixels.permute(1, 2, 0).numpy()))
+    return _tiff_problems(layout, reader)
+
+
+def _inspect_pil(path: Path, max_pixels: int, decode: bool, info: ImageInfo) -> list[ImageProblem]:
+    """Fill `info` from a file PIL reads (and a small decode); returns its info-level problems."""
+    with _open(path, max_pixels) as image:
         info.format, info.mode = image.format, image.mode
+        info.bits, info.channels = _pil_depth(image)
         width, height = image.size  # as stored; the JPEG draft below shrinks image.size
         mode_problem = _mode_problem(image)  # before decoding: it reads the raw mode of the tile
         if decode:
-            try:
-                rgb = _decode(image, path, _CHECK_DECODE_SIZE)
-            except ImageReadError as error:
-                info.problems.append(ImageProblem("error", error.problem, error.reason))
-                return info
-            info.grey_std, info.thumbnail = _fingerprint(rgb)
+            info.grey_std, info.thumbnail = _fingerprint(_decode(image, path, _CHECK_DECODE_SIZE))
         info.orientation = _orientation(image, header_only=not decode)
         info.width, info.height = (height, width) if info.orientation in (5, 6, 7, 8) else (width, height)
         try:
@@ -391,12 +611,31 @@ def inspect_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
             info.frames = int(getattr(image, "n_frames", 1))
         except Exception:  # noqa: BLE001 - a broken later frame does not matter: only the first is read
             info.frames = 1
-    if mode_problem is not None:
-        info.problems.append(mode_problem)
+    return [mode_problem] if mode_problem is not None else []
+
+
+def inspect_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  decode: bool = True) -> ImageInfo:
+    """Header facts and problems of one file; never raises for a bad image (its problem says why).
+
+    With `decode`, the pixels are decoded through the same code path as read_image (at a small
+    size: the whole compressed stream is still read; a TIFF's smallest pyramid level above that size), so
+    truncated and corrupt files are found.
+    """
+    path = Path(path)
+    info = ImageInfo(path=os.fsdecode(path))
+    inspect = _inspect_tiff if _is_tiff(path, None) else _inspect_pil
+    try:
+        problems = inspect(path, max_pixels, decode, info)
+    except ImageReadError as error:
+        info.problems.append(ImageProblem("error", error.problem, error.reason))
+        return info
+    info.problems += problems
     if info.orientation != 1:
+        stored = (info.height, info.width) if info.orientation in (5, 6, 7, 8) else (info.width, info.height)
         info.problems.append(ImageProblem(
             "info", "exif-rotated", f"EXIF orientation {info.orientation}: turned upright when read "
-            f"(stored as {width}x{height}, used as {info.width}x{info.height})"))
+            f"(stored as {stored[0]}x{stored[1]}, used as {info.width}x{info.height})"))
     if info.frames > 1:
         info.problems.append(ImageProblem("info", "multi-frame",
                                           f"{info.frames} frames: only the first is used"))
@@ -431,3 +670,22 @@ def save_image(array: np.ndarray | torch.Tensor, path: str | os.PathLike, qualit
         image.save(path, format="JPEG", quality=quality, optimize=False, subsampling=2)
     else:
         image.save(path)
+
+
+def save_tiled_tiff(path: str | os.PathLike, levels: list[tuple[tuple[int, int], Iterable[np.ndarray]]],
+                    tile: int = 256, quality: int = 90) -> None:
+    """Write an RGB image as a tiled, JPEG-compressed TIFF, one tile at a time: `levels` are ((width, height),
+    tiles) of the image and then of its reduced-resolution pyramid levels (stored as SubIFDs), each level's
+    tiles (tile, tile, 3) uint8 row by row (smaller at the right and bottom edges). BigTIFF when the pixels
+    pass 2 GB."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = sum(3 * width * height for (width, height), _ in levels)
+    # YCbCr with 4:2:0 chroma and a fixed quality, as save_image writes JPEGs: the same pixels, the same bytes
+    # (tifffile turns RGB into YCbCr for JPEG; photometric "ycbcr" would take the samples as YCbCr already)
+    options = dict(dtype=np.uint8, tile=(tile, tile), photometric="rgb", subsampling=(2, 2),
+                   compression="jpeg", compressionargs={"level": quality}, metadata=None)
+    with TiffWriter(path, bigtiff=pixels > 2**31) as writer:
+        for level, ((width, height), tiles) in enumerate(levels):
+            extra = {"subifds": len(levels) - 1} if level == 0 else {"subfiletype": 1}
+            writer.write(iter(tiles), shape=(height, width, 3), **options, **extra)

@@ -5,6 +5,13 @@
                     the side) scattered over a large, cluttered image (use >= 3000 px): the class is decided
                     by detail that shrinking the image to 224 px erases, so whole-image training stays near
                     chance while tiles at half the image's scale see it (cnnlab train --tile 256 --scale 0.5)
+    kind "sparse"   3-8 small copies of the class's shape among same-size distractors on a very large image
+                    (4000 px by default, up to 20,000 and more): most tiles hold no class object, so a tile
+                    labelled with its image's class is mostly wrong (cnnlab.data.sparse); drawn tile by tile
+
+Files are JPEGs, or with file_format "tiff" tiled JPEG-compressed TIFFs (256 px tiles, a pyramid of halved
+levels down to 1024 px, BigTIFF past 2 GB of pixels), written a tile at a time: the sparse kind never holds a
+whole image, whatever its size.
 
 Nothing can be downloaded, so this is the default dataset. It is made to need spatial features:
 the shape has a random position, scale, rotation and colour, so an MLP on raw pixels does poorly,
@@ -32,12 +39,23 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from cnnlab.config import Help
+from cnnlab.data import sparse
+from cnnlab.data.drawing import (SHAPE_NAMES, background_small, lighter_colour, mask_image, random_colour,
+                                 shape_mask)  # noqa: F401 - shape_mask: part of this module's API (tests, docs)
 from cnnlab.errors import CnnlabError
 from cnnlab.signals import leave_signals_to_parent
-from cnnlab.data.images import save_image
+from cnnlab.data.images import DEFAULT_MAX_PIXELS, save_image, save_tiled_tiff
 
 # Bump when the drawing code changes, so that an old folder is not mistaken for the new dataset.
 GENERATOR_VERSION = 2
+FORMATS = ("jpeg", "tiff")
+SUFFIXES = {"jpeg": ".jpg", "tiff": ".tif"}
+# A JPEG is encoded from the whole image in memory (side^2 x 3 bytes): 200 MB at 8192 px. Larger sparse images
+# are written as tiled TIFF, one tile at a time.
+JPEG_MAX_SIZE = 8192
+# TIFF pyramid: levels halved while they keep at least this side (a 4000 px image gets a 2000 px level; one of
+# 20,000 px levels of 10,000, 5,000, 2,500 and 1,250): a read at scale 0.5 or 0.25 decodes a level of that size
+PYRAMID_MIN_SIDE = 1024
 MIN_SIZE = 32
 META_NAME = "synth.json"
 
@@ -48,128 +66,12 @@ MARGIN = 0.05
 
 
 # --------------------------------------------------------------------------------------------
-# shapes: each is a list of (polygon, fill) parts in unit coordinates, centred on the origin,
-# every point within radius 1. fill 255 adds area, fill 0 cuts a hole (drawn in order).
-# --------------------------------------------------------------------------------------------
-
-def _regular(n: int, radius: float = 1.0, phase: float = 0.0, offset=(0.0, 0.0)) -> np.ndarray:
-    """n points on a circle: (n, 2)."""
-    angles = phase + 2 * math.pi * np.arange(n) / n
-    return np.stack([offset[0] + radius * np.cos(angles), offset[1] + radius * np.sin(angles)], 1)
-
-
-def _star(points: int, inner: float) -> np.ndarray:
-    """Star with alternating outer radius 1 and inner radius `inner`: (2*points, 2)."""
-    radii = np.where(np.arange(2 * points) % 2 == 0, 1.0, inner)
-    angles = -math.pi / 2 + math.pi * np.arange(2 * points) / points
-    return np.stack([radii * np.cos(angles), radii * np.sin(angles)], 1)
-
-
-def _cross(half_width: float) -> np.ndarray:
-    """Plus sign of the given arm half width, arm-end corners on the unit circle: (12, 2)."""
-    w = half_width
-    arm = math.sqrt(1 - w * w)  # so that the arm-end corners lie on the unit circle
-    return np.array([(w, -arm), (w, -w), (arm, -w), (arm, w), (w, w), (w, arm),
-                     (-w, arm), (-w, w), (-arm, w), (-arm, -w), (-w, -w), (-w, -arm)])
-
-
-def _heart() -> np.ndarray:
-    """The classic parametric heart, centred on its bounding box and scaled into the unit disc."""
-    t = np.linspace(0, 2 * math.pi, 96, endpoint=False)
-    x = 16 * np.sin(t) ** 3
-    # minus: image y points down, and the heart should stand upright at angle 0
-    y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
-    points = np.stack([x, y], 1)
-    points -= (points.max(0) + points.min(0)) / 2
-    return points / np.linalg.norm(points, axis=1).max()
-
-
-def _arrow() -> np.ndarray:
-    """Arrow pointing right: a shaft and a wide triangular head, tips on the unit circle."""
-    shaft, head_back, head_half = 0.16, 0.15, 0.62
-    tail = math.sqrt(1 - shaft * shaft)
-    return np.array([(-tail, -shaft), (head_back, -shaft), (head_back, -head_half), (1.0, 0.0),
-                     (head_back, head_half), (head_back, shaft), (-tail, shaft)])
-
-
-def _bowtie() -> np.ndarray:
-    """Two triangles meeting at a narrow neck (an hourglass lying on its side)."""
-    c, s, neck = math.cos(math.radians(38)), math.sin(math.radians(38)), 0.14
-    return np.array([(-c, -s), (0.0, -neck), (c, -s), (c, s), (0.0, neck), (-c, s)])
-
-
-_DISC = _regular(96)
-
-# Order matters: the first `classes` names are used. Not included: hexagon and pentagon, which at
-# 128 px and the smallest scale differ from a circle by 2-3 pixels; ellipse/rectangle, which a
-# rotated or scaled circle/square would imitate.
-SHAPES: dict[str, list[tuple[np.ndarray, int]]] = {
-    "circle": [(_DISC, 255)],
-    "square": [(_regular(4, phase=math.pi / 4), 255)],
-    "triangle": [(_regular(3, phase=-math.pi / 2), 255)],
-    "star": [(_star(5, inner=0.45), 255)],
-    "cross": [(_cross(half_width=0.3), 255)],
-    # a wide hole so that the ring cannot pass for a filled circle once downscaled
-    "ring": [(_DISC, 255), (_regular(96, radius=0.58), 0)],
-    # disc minus an offset disc; the thick middle stays ~0.5 wide so it is not a thin arc
-    "crescent": [(_DISC, 255), (_regular(96, radius=0.85, offset=(0.5, 0.0)), 0)],
-    "heart": [(_heart(), 255)],
-    "arrow": [(_arrow(), 255)],
-    "bowtie": [(_bowtie(), 255)],
-}
-SHAPE_NAMES = tuple(SHAPES)
-
-
-def _place(points: np.ndarray, center: np.ndarray, radius: float, angle: float) -> list[tuple]:
-    """Rotate by `angle`, scale by `radius`, move to `center`: list of (x, y) for ImageDraw."""
-    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-    placed = points @ rotation.T * radius + center  # (n, 2)
-    return [tuple(p) for p in placed.tolist()]
-
-
-def _mask_image(name: str, size: int, center, radius: float, angle: float) -> Image.Image:
-    """Mode-L (size, size) image: 255 on shape `name`, 0 elsewhere."""
-    mask = Image.new("L", (size, size), 0)
-    draw = ImageDraw.Draw(mask)
-    for points, fill in SHAPES[name]:
-        draw.polygon(_place(points, np.asarray(center, dtype=float), radius, angle), fill=fill)
-    return mask
-
-
-def shape_mask(name: str, size: int, center, radius: float, angle: float) -> np.ndarray:
-    """Boolean (size, size) mask of shape `name` at `center`, outer `radius`, rotated by `angle`."""
-    return np.asarray(_mask_image(name, size, center, radius, angle)) > 127
-
-
-# --------------------------------------------------------------------------------------------
 # one image
 # --------------------------------------------------------------------------------------------
 
-def _smooth_noise(rng: np.random.Generator, side: int, grid: int, spread: float) -> np.ndarray:
-    """Colour noise on a (grid, grid) lattice, bicubic-upsampled: (side, side, 3) int16, mean 0."""
-    coarse = np.clip(rng.normal(128, spread, (grid, grid, 3)), 0, 255).astype(np.uint8)
-    smooth = Image.fromarray(coarse).resize((side, side), Image.BICUBIC)
-    return np.asarray(smooth, dtype=np.int16) - 128
-
-
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
     """Dark-to-mid, muted colour field + faint mid-frequency texture: RGB (size, size)."""
-    # Both layers are built at <= 256 px and upsampled once: one full-size resize instead of two,
-    # the cost that dominated generation (the texture has no detail finer than 1/40 of the side).
-    side = min(size, 256)
-    # Luma mostly below ~155, so that a colour 100 levels lighter exists for the shape.
-    base = rng.uniform(25, 115) + rng.normal(0, 15, 3)                         # grey + a tint
-    drift = _smooth_noise(rng, side, int(rng.integers(3, 7)), spread=20)       # slow colour drift
-    # Half the drift's chroma: strong colour edges in the background are what slows learning most.
-    drift = (drift + drift.mean(2, keepdims=True).astype(np.int16)) // 2
-    texture = _smooth_noise(rng, side, int(rng.integers(20, 40)), spread=6)    # mottled texture
-    small = np.clip(drift + texture + base.astype(np.int16), 0, 255).astype(np.uint8)  # (s, s, 3)
-    return Image.fromarray(small).resize((size, size), Image.BILINEAR)
-
-
-def _random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
-    """Any RGB colour."""
-    return tuple(int(v) for v in rng.integers(0, 256, 3))
+    return Image.fromarray(background_small(rng, size)).resize((size, size), Image.BILINEAR)
 
 
 def _clutter(rng: np.random.Generator, draw: ImageDraw.ImageDraw, size: int, lines: int,
@@ -180,37 +82,17 @@ def _clutter(rng: np.random.Generator, draw: ImageDraw.ImageDraw, size: int, lin
         start = rng.uniform(0, size, 2)
         angle, length = rng.uniform(0, 2 * math.pi), rng.uniform(0.1, 0.4) * size
         end = start + length * np.array([math.cos(angle), math.sin(angle)])
-        draw.line([tuple(start), tuple(end)], fill=_random_colour(rng),
+        draw.line([tuple(start), tuple(end)], fill=random_colour(rng),
                   width=int(rng.integers(1, thick + 1)))
     for _ in range(dots):
         x, y = rng.uniform(0, size, 2)
         r = rng.uniform(0.5, max(1.0, size / 200))
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=_random_colour(rng))
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=random_colour(rng))
     for _ in range(blobs):
         # radius <= 3% of the side, against >= 12.5% for the smallest shape's outer circle
         x, y = rng.uniform(0, size, 2)
         rx, ry = rng.uniform(0.008, 0.03, 2) * size
-        draw.ellipse([x - rx, y - ry, x + rx, y + ry], fill=_random_colour(rng))
-
-
-def _luminance(rgb: np.ndarray) -> np.ndarray:
-    """ITU-R 601 luma of (..., 3) RGB values."""
-    return rgb @ np.array([0.299, 0.587, 0.114])
-
-
-def _lighter_colour(rng: np.random.Generator, local: np.ndarray, min_contrast: float = 100,
-                    tries: int = 64) -> tuple[int, int, int]:
-    """A random colour whose luma is >= min_contrast (of 255) above that of `local` (3,).
-
-    Luma contrast, not just any colour distance, and always light-on-dark: a small CNN's first
-    filters find light/dark edges of one polarity within a few epochs, while iso-luminant hue edges
-    or edges of either sign take it longer (measured by hand: +0.05-0.1 val accuracy at 10 epochs).
-    """
-    candidates = rng.integers(0, 256, (tries, 3))                      # (tries, 3)
-    contrast = _luminance(candidates) - _luminance(local)              # (tries,)
-    good = np.nonzero(contrast >= min_contrast)[0]
-    best = good[0] if len(good) else np.argmax(contrast)  # first good one keeps the hue random
-    return tuple(int(v) for v in candidates[best])
+        draw.ellipse([x - rx, y - ry, x + rx, y + ry], fill=random_colour(rng))
 
 
 def render(name: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -224,14 +106,14 @@ def render(name: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, 
     # even by a training crop that keeps 80% of the side.
     radius = rng.uniform(MIN_EXTENT, MAX_EXTENT) * size / 2
     center = rng.uniform(radius + MARGIN * size, size - radius - MARGIN * size, 2)
-    mask = _mask_image(name, size, center, radius, angle=rng.uniform(0, 2 * math.pi))
+    mask = mask_image(name, size, center, radius, angle=rng.uniform(0, 2 * math.pi))
     # Mean colour under the shape, from 64-px thumbnails (cheap, and enough to pick a contrast).
     thumb = min(size, 64)
     under = np.asarray(mask.resize((thumb, thumb), Image.NEAREST)) > 127            # (t, t)
     background = np.asarray(image.resize((thumb, thumb), Image.NEAREST))[under]     # (n, 3)
     local = background.mean(0) if len(background) else np.full(3, 128.0)
     box = mask.getbbox()  # paste only inside the shape's bounding box: 3-10x less work
-    image.paste(_lighter_colour(rng, local), box, mask.crop(box))
+    image.paste(lighter_colour(rng, local), box, mask.crop(box))
 
     # A few thin lines across everything, the shape included: partial occlusion, not a new shape.
     _clutter(rng, draw, size, lines=int(rng.integers(1, 5)), dots=0, blobs=0)
@@ -258,6 +140,8 @@ class SynthSummary:
     """Images per split, all classes together: {"train": n, "val": n}."""
     size: int
     """Image side in pixels (images are square)."""
+    file_format: str
+    """jpeg or tiff."""
     seconds: float
     """Wall time spent generating (0 when the folder was reused)."""
     reused: bool = False
@@ -272,14 +156,27 @@ class SynthSummary:
                 f"in {self.seconds:.1f} s")
         splits = ", ".join(f"{split}: {n} ({per[split]} per class)"
                            for split, n in self.counts.items())
-        return f"{head}\n  {splits}\n  classes: {', '.join(self.classes)}"
+        lines = [head, f"  {splits}", f"  classes: {', '.join(self.classes)}"]
+        if self.size * self.size > DEFAULT_MAX_PIXELS:
+            lines.append(f"  each image is {self.size * self.size / 1e6:.0f} MP, over the default pixel cap of "
+                         f"{DEFAULT_MAX_PIXELS / 1e6:.0f} MP: pass --max-pixels {self.size * self.size} to "
+                         "train, predict and check them")
+        return "\n".join(lines)
 
 
 def _check(classes: int, per_class: int, size: int, seed: int, val_fraction: float,
-           quality: int, workers: int, kind: str = "shapes") -> int:
+           quality: int, workers: int, kind: str = "shapes", file_format: str = "jpeg") -> int:
     """Raise CnnlabError for unusable arguments; returns the number of val images per class."""
     if kind not in KINDS:
         raise CnnlabError(f"kind={kind!r}: choose one of {', '.join(KINDS)}")
+    if file_format not in FORMATS:
+        raise CnnlabError(f"format={file_format!r}: choose one of {', '.join(FORMATS)}")
+    if kind == "sparse" and size < sparse.MIN_SIZE:
+        raise CnnlabError(f"size={size}: the sparse kind needs images of at least {sparse.MIN_SIZE} px (below "
+                          f"that its 3-8 objects are not sparse; {sparse.DEFAULT_SIZE} is its default)")
+    if kind == "sparse" and file_format == "jpeg" and size > JPEG_MAX_SIZE:
+        raise CnnlabError(f"size={size}: a JPEG is encoded from the whole image in memory; above "
+                          f"{JPEG_MAX_SIZE} px use --format tiff, written a tile at a time")
     names = _names(kind)
     if not 2 <= classes <= len(names):
         raise CnnlabError(f"classes={classes}: choose 2 to {len(names)} "
@@ -309,7 +206,8 @@ def _check(classes: int, per_class: int, size: int, seed: int, val_fraction: flo
 # the "objects" kind: small copies of the class's shape scattered over a large cluttered image
 # --------------------------------------------------------------------------------------------
 
-KINDS = ("shapes", "objects")
+KINDS = ("shapes", "objects", "sparse")
+DEFAULT_SIZES = {"shapes": 1024, "objects": 1024, "sparse": sparse.DEFAULT_SIZE}
 # Shapes whose small copies stay distinct from each other and from the clutter's ellipses and dots.
 OBJECT_SHAPES = ("cross", "star", "triangle", "square", "heart", "arrow", "bowtie")
 # object extent: ~1/64 of the side, 47 px at 3000 px: 3.5 px once shrunk to 224 (a blob whose shape is gone),
@@ -324,7 +222,7 @@ OBJECTS_MIN_SIZE = 512
 
 
 def _names(kind: str) -> tuple[str, ...]:
-    return OBJECT_SHAPES if kind == "objects" else SHAPE_NAMES
+    return SHAPE_NAMES if kind == "shapes" else OBJECT_SHAPES
 
 
 def render_objects(name: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -343,35 +241,69 @@ def render_objects(name: str, size: int, rng: np.random.Generator) -> tuple[np.n
         radius = rng.uniform(0.8, 1.2) * extent / 2
         patch = int(2 * radius + 4)
         x, y = rng.uniform(patch, size - patch, 2)
-        mask = _mask_image(name, patch, (patch / 2, patch / 2), radius, angle=rng.uniform(0, 2 * math.pi))
+        mask = mask_image(name, patch, (patch / 2, patch / 2), radius, angle=rng.uniform(0, 2 * math.pi))
         box = (int(x - patch / 2), int(y - patch / 2))
         under = np.asarray(image.crop((*box, box[0] + patch, box[1] + patch)), dtype=float).reshape(-1, 3).mean(0)
-        image.paste(_lighter_colour(rng, under), box, mask)
+        image.paste(lighter_colour(rng, under), box, mask)
         centres.append((int(x), int(y)))
     pixels = np.asarray(image, dtype=np.int16)
     pixels += rng.integers(-10, 11, (size, size, 1), dtype=np.int16)
     return np.clip(pixels, 0, 255).astype(np.uint8), centres
 
 
-def _jobs(root: Path, names: list[str], per_class: int, n_val: int) -> list[tuple[int, int, Path]]:
+def _jobs(root: Path, names: list[str], per_class: int, n_val: int,
+          suffix: str = ".jpg") -> list[tuple[int, int, Path]]:
     """(class index, image index, file path) per image; the last n_val of each class are val."""
     jobs = []
     for c, name in enumerate(names):
         for i in range(per_class):
             split = "val" if i >= per_class - n_val else "train"
-            jobs.append((c, i, root / split / name / f"{name}_{i:04d}.jpg"))
+            jobs.append((c, i, root / split / name / f"{name}_{i:04d}{suffix}"))
     return jobs
 
 
-def _write_one(seed: int, class_index: int, index: int, size: int, quality: int,
-               path: Path, kind: str = "shapes") -> None:
-    """Render and save one image; its RNG depends only on (seed, class, index)."""
-    rng = np.random.default_rng([seed, class_index, index])
+def _region_source(kind: str, class_index: int, size: int, rng: np.random.Generator, key: tuple[int, ...]):
+    """region(x0, y0, x1, y1) -> (y1 - y0, x1 - x0, 3) uint8 of one image: the sparse kind draws each region
+    when asked; the others are drawn whole here and cut."""
+    if kind == "sparse":
+        scene = sparse.layout(OBJECT_SHAPES[class_index], size, rng, key)
+        return lambda x0, y0, x1, y1: sparse.render_region(scene, x0, y0, x1, y1)
     if kind == "objects":
         pixels, _ = render_objects(OBJECT_SHAPES[class_index], size, rng)
     else:
         pixels, _ = render(SHAPE_NAMES[class_index], size, rng)
-    save_image(pixels, path, quality)
+    return lambda x0, y0, x1, y1: pixels[y0:y1, x0:x1]
+
+
+def pyramid_factors(size: int) -> list[int]:
+    """Reduction of each TIFF level: 1 (the image), 2, 4, ... while a level keeps PYRAMID_MIN_SIDE px."""
+    factors = [1]
+    while math.ceil(size / (factors[-1] * 2)) >= PYRAMID_MIN_SIDE:
+        factors.append(factors[-1] * 2)
+    return factors
+
+
+def _level_tiles(region, size: int, factor: int):
+    """The tiles of the level reduced by `factor` (box average: PIL's reduce), row by row."""
+    side, span = math.ceil(size / factor), sparse.TILE * factor
+    for top in range(0, side, sparse.TILE):
+        for left in range(0, side, sparse.TILE):
+            pixels = region(left * factor, top * factor, min(size, left * factor + span),
+                            min(size, top * factor + span))
+            yield pixels if factor == 1 else np.asarray(Image.fromarray(pixels).reduce(factor))
+
+
+def _write_one(seed: int, class_index: int, index: int, size: int, quality: int,
+               path: Path, kind: str = "shapes", file_format: str = "jpeg") -> None:
+    """Render and save one image; its RNG depends only on (seed, class, index)."""
+    rng = np.random.default_rng([seed, class_index, index])
+    region = _region_source(kind, class_index, size, rng, (seed, class_index, index))
+    if file_format == "jpeg":
+        save_image(region(0, 0, size, size), path, quality)
+        return
+    # every level drawn (or cut) again tile by tile: memory stays one region, whatever the image's size
+    levels = [((math.ceil(size / f),) * 2, _level_tiles(region, size, f)) for f in pyramid_factors(size)]
+    save_tiled_tiff(path, levels, tile=sparse.TILE, quality=quality)
 
 
 def _write_star(job: tuple) -> None:
@@ -396,8 +328,8 @@ def _reusable(root: Path, params: dict, jobs: list) -> bool:
                           f"write into it. Choose a new or empty folder") from None
     old = meta.get("parameters", {})
     if old != params:
-        changed = ", ".join(f"{k} {old.get(k)!r} there, {v!r} asked"
-                            for k, v in params.items() if old.get(k) != v)
+        changed = ", ".join(f"{k} {old.get(k, 'unset')!r} there, {params.get(k, 'unset')!r} asked"
+                            for k in [*params, *(k for k in old if k not in params)] if old.get(k) != params.get(k))
         raise CnnlabError(f"{root} already holds a synthetic dataset made with other parameters "
                           f"({changed}); choose another folder or delete this one")
     # Same parameters: our own folder. Rewrite it (same bytes) if a run was cut short.
@@ -407,35 +339,47 @@ def _reusable(root: Path, params: dict, jobs: list) -> bool:
 def synthesize(out_dir: Annotated[str | os.PathLike, Help("Folder to write train/<class>/ and val/<class>/ into.")],
                classes: Annotated[int, Help("Number of classes.")] = 6,
                per_class: Annotated[int, Help("Images per class (train + val).")] = 100,
-               size: Annotated[int, Help("Image side in pixels.")] = 1024,
+               size: Annotated[int | None, Help("Image side in pixels (default: the kind's: shapes and objects 1024, "
+                                                "sparse 4000).")] = None,
                seed: Annotated[int, Help("Same seed, byte-identical files.")] = 0,
                val_fraction: Annotated[float, Help("Share of each class written to val/.")] = 0.2,
                quality: Annotated[int, Help("JPEG quality (1-100).")] = 90,
                workers: Annotated[int, Help("Processes writing images (same bytes whatever the number).")] = 1,
-               kind: Annotated[str, Help("shapes (one large shape per image) or objects (many small copies of the "
-                                         "class's shape on a large cluttered image: for tiled training; use --size "
-                                         "3000).")] = "shapes") -> SynthSummary:
+               kind: Annotated[str, Help(
+                   "shapes (one large shape per image), objects (many small copies of the class's shape on a large "
+                   "cluttered image: for tiled training) or sparse (very large images where a handful of small "
+                   "objects among similar distractors decide the class: most tiles hold none).")] = "shapes",
+               file_format: Annotated[str, Help("jpeg, or tiff (tiled, with a pyramid: for very large images).",
+                                                flag="--format")] = "jpeg") -> SynthSummary:
     """Write a built-in large-image dataset: shapes on a cluttered, textured background.
 
-    out_dir/{train,val}/<class>/<class>_NNNN.jpg and synth.json; the same arguments give the same bytes."""
-    n_val = _check(classes, per_class, size, seed, val_fraction, quality, workers, kind)
+    out_dir/{train,val}/<class>/<class>_NNNN.jpg (.tif) and synth.json; the same arguments give the same bytes.
+    `size` None: the kind's default (DEFAULT_SIZES)."""
+    size = DEFAULT_SIZES.get(kind, 1024) if size is None else size
+    n_val = _check(classes, per_class, size, seed, val_fraction, quality, workers, kind, file_format)
     root = Path(out_dir)
     names = list(_names(kind)[:classes])
     counts = {"train": (per_class - n_val) * classes, "val": n_val * classes}
     params = {"generator_version": GENERATOR_VERSION, "classes": classes, "per_class": per_class,
               "size": size, "seed": seed, "val_fraction": val_fraction, "quality": quality}
-    if kind != "shapes":  # (the shapes kind keeps its parameters, so its existing folders stay recognised)
+    # (kinds and formats added later add their parameters, so folders written before them stay recognised)
+    if kind == "objects":
         params |= {"kind": kind, "objects_per_image": list(OBJECTS_PER_IMAGE)}
-    jobs = _jobs(root, names, per_class, n_val)
+    if kind == "sparse":
+        params |= {"kind": kind, "objects_per_image": list(sparse.OBJECTS_PER_IMAGE),
+                   "object_size": sparse.OBJECT_SIZE, "distractors_per_megapixel": sparse.DISTRACTORS_PER_MEGAPIXEL}
+    if file_format != "jpeg":
+        params |= {"format": file_format, "tile": sparse.TILE, "pyramid_min_side": PYRAMID_MIN_SIDE}
+    jobs = _jobs(root, names, per_class, n_val, SUFFIXES[file_format])
     if _reusable(root, params, jobs):
-        return SynthSummary(str(root), names, counts, size, 0.0, reused=True)
+        return SynthSummary(str(root), names, counts, size, file_format, 0.0, reused=True)
 
     start = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
     meta = {"parameters": params, "class_names": names, "counts": counts, "complete": False}
     # Written first, complete=False, so that an interrupted run is recognised as ours and redone.
     (root / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-    args = [(seed, c, i, size, quality, path, kind) for c, i, path in jobs]
+    args = [(seed, c, i, size, quality, path, kind, file_format) for c, i, path in jobs]
     if workers == 1:
         for job in args:
             _write_one(*job)
@@ -444,4 +388,4 @@ def synthesize(out_dir: Annotated[str | os.PathLike, Help("Folder to write train
             list(pool.map(_write_star, args, chunksize=8))
     meta["complete"] = True
     (root / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-    return SynthSummary(str(root), names, counts, size, time.perf_counter() - start)
+    return SynthSummary(str(root), names, counts, size, file_format, time.perf_counter() - start)

@@ -4,25 +4,32 @@ The lecture answers "how do I know when a network is well trained?" with learnin
 fix what they show (dropout, data augmentation, early stopping, more data). This module reads the curves for
 you. It is pure: it takes the history cnnlab writes (one dict per epoch with keys epoch, lr, train_loss,
 train_acc, val_loss, val_acc, seconds; accuracies in [0, 1]; NaN/inf where training diverged; a missing key or
-None where a metric was not recorded) and returns a Diagnosis. No torch, no I/O, no printing.
+None where a metric was not recorded), the validation images per class and what the run had on, and returns a
+Diagnosis. No torch, no I/O, no printing.
 
 Precedence, first match wins (each later rule may assume the earlier ones did not apply). Facts come first,
 then what makes trends unreadable, then the trends:
-  1. DIVERGING     a loss became NaN/inf: a fact, not a trend; nothing else is trustworthy.
-  2. TOO_FEW_VAL   no validation metrics, or the 95% Wilson interval of validation accuracy is wider than
-                   MAX_INTERVAL_WIDTH: reading the curves further would be reading noise.
-  3. TOO_SHORT     fewer than MIN_EPOCHS epochs: no trend can be read; the remedy is to train longer.
-  4. DIVERGING     training loss climbed above where it started, or blew back up, and did not recover by the end.
-  5. OVERFITTING   validation loss rose well above its minimum and stayed there while training loss kept falling,
-                   or training accuracy is OVERFIT_GAP or more above validation accuracy.
-  6. GOOD_FIT      validation accuracy high, not far below training accuracy, validation loss at/near its minimum.
-  7. UNDERFITTING  training accuracy low and still rising, or train and val loss close and both high.
-  8. PLATEAU       neither validation loss nor validation accuracy improved for PLATEAU_EPOCHS epochs.
-  9. UNDERFITTING  still improving (a new best val loss/accuracy in the last TREND_EPOCHS epochs, or train loss
-                   still falling) but not good yet: train longer.
- 10. PLATEAU       anything else: nothing improves any more, even if for fewer than PLATEAU_EPOCHS epochs.
-Every piece of evidence is listed under the verdict it supports: e.g. a learning rate is named as the likely
-cause of a divergence only when it was high (HIGH_LR_SHARE of the run's peak) at the epoch the loss went up.
+  1. DIVERGING       a loss became NaN/inf: a fact, not a trend; nothing else is trustworthy.
+  2. TOO_FEW_VAL     no validation metrics, or the 95% Wilson interval of validation accuracy is wider than
+                     MAX_INTERVAL_WIDTH: reading the curves further would be reading noise.
+  3. TOO_SHORT       fewer than MIN_EPOCHS epochs: no trend can be read; the remedy is to train longer.
+  4. DIVERGING       training loss climbed above where it started, or blew back up, and did not recover by the end.
+  5. NO_BETTER       the 95% interval of the best validation accuracy reaches down to the rate of always answering
+                     the largest validation class (1/K for K balanced classes): whatever shape the curves have,
+                     the network has learned (almost) nothing that carries over to new images.
+  6. OVERFITTING     validation loss rose OVERFIT_RISE above its best and stayed there for the last OVERFIT_WINDOW
+                     epochs while training loss kept falling. A train-val accuracy gap alone is evidence, not this
+                     verdict: while validation loss still falls, the network still gets better on new images.
+  7. GOOD_FIT        validation accuracy high, not far below training accuracy, validation loss at/near its minimum.
+  8. UNDERFITTING    training accuracy low and its loss still falling, or train and val loss close and both high.
+  9. PLATEAU         neither validation loss nor validation accuracy improved for PLATEAU_EPOCHS epochs.
+ 10. STILL_IMPROVING not good yet, but the trend over the last TREND_WINDOW epochs still improves (validation
+                     loss or accuracy, or training loss): train longer.
+ 11. PLATEAU         anything else: the recent epochs' trends are flat, even if for fewer than PLATEAU_EPOCHS epochs.
+A trend is a robust line (Theil-Sen) through the last TREND_WINDOW epochs, never two chosen epochs. Every piece of
+evidence is listed under the verdict it supports: e.g. a learning rate is named as the likely cause of a divergence
+only when it was high (HIGH_LR_SHARE of the run's peak) at the epoch the loss went up. Advice names CLI flags and
+never suggests what the run already had on (when the caller says what it had; None means unknown).
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
+from itertools import combinations
+from statistics import median
 from typing import Any, NamedTuple
 
 # --- thresholds: each is a judgement call; the comment gives the reason -------------------------------------
@@ -47,14 +56,23 @@ TRAIN_FALL = 0.05  # train loss must fall 5%+ after the best epoch: the network 
 OVERFIT_GAP = 0.10  # 10+ points more accurate on training than validation images: it fits what it cannot generalise
 GOOD_VAL_ACC = 0.80  # below 80% few users call a classifier good (task-dependent: raise it for easy tasks)
 UNDERFIT_TRAIN_ACC = 0.80  # a network below the "good" level on its own training images has not fit them yet
-TREND_EPOCHS = 3  # "still falling" compares the last epoch with the one 3 earlier, which smooths epoch-to-epoch noise
-STILL_FALLING = 0.02  # a 2% loss drop over those epochs is progress worth more epochs; less is noise
+# "Recent" is the last 4 epochs (all of them in shorter runs): the stretch PLATEAU_EPOCHS calls stalled when
+# nothing improves, so "still improving" and "stalled" judge the same epochs. Through them goes the line whose slope
+# is the median of the slopes between every two of them (Theil-Sen): one odd epoch at either end moves the change
+# it reads across the 4 epochs by half of that epoch's jump (a comparison of two epochs: by all of it; a
+# least-squares line: by 0.9 of it), so one lucky or unlucky epoch cannot make or hide a trend by itself.
+TREND_WINDOW = 4
+STILL_FALLING = 0.02  # a fitted loss drop of 2% across those epochs is progress worth more epochs; less is noise
+STILL_RISING = 0.02  # a fitted rise of 2 accuracy points across them: several images of a few hundred, not one
 LOSS_CLOSE = 0.15  # train and val loss within 15% of each other: no generalisation gap to blame
 HIGH_LOSS_OF_CHANCE = 0.5  # loss above half the chance level ln(num_classes) has not come half the way
 CHANCE_LOSS = 0.9  # loss at 90%+ of ln(num_classes): the network is still guessing
 PLATEAU_EPOCHS = 4  # four epochs without progress is beyond noise; also a sensible early-stopping patience
 LOSS_MIN_DELTA = 0.01  # val loss must beat its best by 1% to count as an improvement
 ACC_MIN_DELTA = 0.005  # val accuracy must beat its best by half a point to count as an improvement
+UNBALANCED = 1.5  # a largest class 1.5x its balanced share: accuracy alone then hides what the small classes get
+STRONG_DROPOUT = 0.5  # the lecture's (and the original paper's) dropout; above it a network learns slowly
+SMALL_IMG_SIZE = 64  # below 64 px most photos lose the object's shape; cnnlab's demo learns well at 64 px
 
 
 class Verdict(StrEnum):
@@ -67,12 +85,15 @@ class Verdict(StrEnum):
     DIVERGING = "diverging"
     TOO_FEW_VAL = "too_few_val"
     TOO_SHORT = "too_short"
+    NO_BETTER = "no_better_than_chance"
+    STILL_IMPROVING = "still_improving"
 
     @property
     def label(self) -> str:
         """The verdict in words, e.g. "Too short to tell"."""
         return {"good_fit": "Good fit", "too_few_val": "Too few validation images",
-                "too_short": "Too short to tell"}.get(self.value, self.value.capitalize())
+                "too_short": "Too short to tell", "no_better_than_chance": "No better than chance",
+                "still_improving": "Still improving"}.get(self.value, self.value.capitalize())
 
 
 UNDERFITTING = Verdict.UNDERFITTING
@@ -82,6 +103,8 @@ PLATEAU = Verdict.PLATEAU
 DIVERGING = Verdict.DIVERGING
 TOO_FEW_VAL = Verdict.TOO_FEW_VAL
 TOO_SHORT = Verdict.TOO_SHORT
+NO_BETTER = Verdict.NO_BETTER
+STILL_IMPROVING = Verdict.STILL_IMPROVING
 
 
 @dataclass(frozen=True)
@@ -132,37 +155,57 @@ def wilson_interval(successes: int, n: int, z: float = WILSON_Z) -> tuple[float,
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def diagnose(history: list[dict[str, Any]], val_size: int | None = None,
-             num_classes: int | None = None, time_budget: str | None = None) -> Diagnosis:
+class _Setup(NamedTuple):
+    """What the run had on, for advice that never suggests it again (None: not known)."""
+
+    epochs: int
+    time_budget: str | None
+    augment: str | None
+    dropout: float | None
+    pretrained: bool | None
+    weights: str | None
+    img_size: int | None
+    patience: int | None
+
+
+def diagnose(history: list[dict[str, Any]], val_size: int | None = None, num_classes: int | None = None,
+             time_budget: str | None = None, *, val_counts: dict[str, int] | None = None,
+             augment: str | None = None, dropout: float | None = None, pretrained: bool | None = None,
+             weights: str | None = None, img_size: int | None = None, patience: int | None = None) -> Diagnosis:
     """Judge a training history (one dict per epoch) as one Verdict, with evidence and advice.
 
-    `time_budget` (e.g. "10m"): the run trained for a wall-clock budget (--time), so its length was the
-    budget's, not a choice of epochs: the evidence says so, and "train longer" becomes "give it more time"."""
+    `val_size`: validation images the accuracies were measured on; `val_counts`: those images per class
+    ({class name: count}), whose largest share is what always answering one class scores (without them, 1 in
+    `num_classes`). `time_budget` (e.g. "10m"): the run trained for a wall-clock budget (--time), so its
+    length was the budget's: the evidence says so, and "train longer" becomes "give it more time".
+    `augment`, `dropout`, `pretrained`, `weights`, `img_size` (the whole-image size; None for tiles) and
+    `patience` are the run's options (TrainConfig's fields): advice never suggests what was already on; None
+    means not known, and the advice then says "if it was off"."""
     curves = _Curves.from_history(history)
+    setup = _Setup(len(curves.epochs), time_budget, augment, dropout, pretrained, weights, img_size, patience)
+    if val_size is None and val_counts:
+        val_size = sum(val_counts.values())
     best = _best_epoch(curves)
     interval, interval_line, accuracy = _val_interval(curves, best, val_size)
     finding = (_check_not_finite(curves)
                or _check_validation(curves, interval, interval_line, accuracy, val_size)
-               or _check_too_short(curves)
+               or _check_too_short(curves, setup)
                or _check_diverging(curves)
-               or _check_overfitting(curves, best)
-               or _check_good_fit(curves, best)
-               or _check_underfitting(curves, num_classes)
-               or _check_plateau(curves, PLATEAU_EPOCHS)
-               or _check_still_improving(curves)
-               or _check_plateau(curves, 0))
-    evidence, advice = list(finding.evidence), list(finding.advice)
+               or _check_no_better(curves, val_size, val_counts, num_classes, setup)
+               or _check_overfitting(curves, best, setup)
+               or _check_good_fit(curves, best, setup)
+               or _check_underfitting(curves, num_classes, setup)
+               or _check_plateau(curves, setup)
+               or _check_still_improving(curves, setup)
+               or _levelled_off(curves, setup))
+    evidence = list(finding.evidence)
     if interval_line and interval_line not in evidence:
         evidence.append(interval_line)
     if time_budget:
         n = len(curves.epochs)
         evidence.append(f"the run was limited by its time budget (--time {time_budget}): {n} epoch{'s' if n != 1 else ''} "
                         "fit in it")
-        if finding.verdict in (UNDERFITTING, TOO_SHORT):
-            advice = [a for a in advice if "more epochs" not in a.lower()]
-            advice.insert(0, f"Give it more time than --time {time_budget} (a longer budget plans more epochs), or "
-                             "make each epoch cheaper (a smaller --img-size).")
-    return Diagnosis(finding.verdict, finding.headline, evidence, advice, best, interval)
+    return Diagnosis(finding.verdict, finding.headline, evidence, list(finding.advice), best, interval)
 
 
 # --- reading the history ----------------------------------------------------------------------------------------
@@ -231,6 +274,121 @@ class _Finding(NamedTuple):
     advice: list[str]
 
 
+# --- trends: a robust line through the recent epochs ------------------------------------------------------------------
+class _Trend(NamedTuple):
+    """The Theil-Sen line through the last TREND_WINDOW points of a metric, read at its two ends."""
+
+    first_epoch: int
+    last_epoch: int
+    start: float
+    end: float
+
+    def span(self) -> str:
+        return f"epochs {self.first_epoch}-{self.last_epoch}"
+
+
+def _trend(points: Points) -> _Trend | None:
+    """The line through the last TREND_WINDOW points (median pairwise slope), or None under MIN_EPOCHS of them."""
+    recent = [(e, v) for e, v in points[-TREND_WINDOW:] if math.isfinite(v)]
+    if len(recent) < MIN_EPOCHS:
+        return None
+    slope = median((v2 - v1) / (e2 - e1) for (e1, v1), (e2, v2) in combinations(recent, 2))
+    intercept = median(v - slope * e for e, v in recent)
+    first, last = recent[0][0], recent[-1][0]
+    return _Trend(first, last, intercept + slope * first, intercept + slope * last)
+
+
+def _loss_falling(points: Points) -> _Trend | None:
+    """The recent trend of a loss if it falls by STILL_FALLING of its fitted start or more, else None."""
+    t = _trend(points)
+    return t if t is not None and t.start > 0 and (t.start - t.end) / t.start >= STILL_FALLING else None
+
+
+def _acc_rising(points: Points) -> _Trend | None:
+    """The recent trend of an accuracy if it rises by STILL_RISING or more, else None."""
+    t = _trend(points)
+    return t if t is not None and t.end - t.start >= STILL_RISING else None
+
+
+def _loss_trend_line(label: str, t: _Trend) -> str:
+    change = (t.end - t.start) / t.start if t.start else 0.0
+    moved = f"{'fell' if change < 0 else 'rose'} {100 * abs(change):.1f}%" if round(100 * change, 1) else "stayed flat"
+    return f"{label} {moved} over {t.span()} (fitted line {_loss(t.start)} to {_loss(t.end)})"
+
+
+def _acc_trend_line(label: str, t: _Trend) -> str:
+    change = t.end - t.start
+    moved = (f"{'rose' if change > 0 else 'fell'} {100 * abs(change):.1f} points" if round(100 * change, 1)
+             else "stayed flat")
+    return f"{label} {moved} over {t.span()} (fitted line {_pct(t.start)} to {_pct(t.end)})"
+
+
+# --- advice that knows what the run had on ---------------------------------------------------------------------------
+def _longer(s: _Setup) -> str:
+    """Train longer, in the units the run was limited by (epochs, or a --time budget)."""
+    if s.time_budget:
+        return (f"Give it more time than --time {s.time_budget} (a longer budget plans more epochs), or make each "
+                "epoch cheaper (a smaller --img-size).")
+    return f"Train for more epochs (e.g. --epochs {max(2 * s.epochs, 10)})."
+
+
+def _from_pretrained(s: _Setup, why: str) -> list[str]:
+    """Start from learned weights, unless the run already did."""
+    if s.pretrained or s.weights:
+        return []
+    start = "If it trained from scratch, start" if s.pretrained is None else "Start"
+    return [f"{start} from pretrained weights: --pretrained with a torchvision model (e.g. --model resnet18 "
+            f"--pretrained), or --weights FILE from a run on similar images; {why}"]
+
+
+def _larger_model(s: _Setup) -> str:
+    pretrained = "" if s.pretrained or s.weights else " or a pretrained one (--model resnet18 --pretrained)"
+    return f"Try a larger model (--model; `cnnlab models` lists them){pretrained}."
+
+
+def _regularise(s: _Setup) -> list[str]:
+    """Dropout and augmentation, each only if the run did not have it on (or had it weaker)."""
+    return _more_dropout(s) + _augmentation(s)
+
+
+def _more_dropout(s: _Setup) -> list[str]:
+    if s.dropout is None:
+        return [f"Add or raise dropout (--dropout {STRONG_DROPOUT:g}) so the network cannot memorise single images."]
+    if s.dropout < STRONG_DROPOUT:
+        return [f"Raise dropout (--dropout {STRONG_DROPOUT:g}; this run had {s.dropout:g}) so the network cannot "
+                "memorise single images."]
+    return []
+
+
+def _augmentation(s: _Setup) -> list[str]:
+    if s.augment is None:
+        return ["Use data augmentation (--augment default) if the run had it off, so each epoch sees new variants "
+                "of every image."]
+    if s.augment == "none":
+        return ["Turn data augmentation on (--augment default; this run had --augment none) so each epoch sees new "
+                "variants of every image."]
+    return []
+
+
+def _early_stopping(s: _Setup) -> list[str]:
+    if s.patience is not None:
+        return []
+    return [f"Stop stalled runs early next time with --patience {PLATEAU_EPOCHS}."]
+
+
+def _lighter(s: _Setup) -> list[str]:
+    """For a network that cannot fit its training images: the regularisers it had on make that harder."""
+    if s.dropout is None or s.augment is None:
+        return ["If dropout or augmentation are strong, compare with a run without them (--dropout 0, --augment "
+                "none): they make the training images harder to fit."]
+    had = ([f"dropout {s.dropout:g}"] if s.dropout > 0 else []) + (["augmentation"] if s.augment != "none" else [])
+    off = (["--dropout 0"] if s.dropout > 0 else []) + (["--augment none"] if s.augment != "none" else [])
+    if not had:
+        return []
+    return [f"This run had {' and '.join(had)}, which make the training images harder to fit: a run with "
+            f"{' and '.join(off)} shows whether they hold it back."]
+
+
 # --- 1. diverging: a loss that is not a number -------------------------------------------------------------------
 def _check_not_finite(c: _Curves) -> _Finding | None:
     """A NaN or infinite loss at any epoch."""
@@ -274,18 +432,29 @@ def _diverged(c: _Curves, what: str, epoch: int) -> _Finding:
         evidence.append(f"learning rate at epoch {epoch}: {lr:.3g}" + (f" (the run's peak: {peak:.3g})"
                                                                          if lr != peak else ""))
         return _Finding(DIVERGING, "Training diverged: the learning rate is probably too high.", evidence, [
-            "Lower the learning rate 3-10x, or set lr='auto' to let the LR finder pick one.",
-            "Keep a warm-up (the onecycle or cosine schedule) so the first steps take small steps.",
-            "If the loss turned NaN with fp16 precision, use bf16 or fp32 instead.",
+            "Lower the learning rate 3-10x (--lr), or let the LR finder pick one (--lr auto).",
+            "Keep a warm-up (--schedule onecycle or cosine) so the first steps take small steps.",
+            "If the loss turned NaN with fp16 precision, use --precision bf16 or fp32 instead.",
         ])
     return _Finding(DIVERGING, "Training diverged, and not because of a high learning rate at that point.", evidence, [
-        "Check the data: `cnnlab data check` finds unreadable, blank and mislabelled images.",
+        "Check the data: `cnnlab data check DATA_DIR` finds unreadable, blank and mislabelled images.",
         "Use --precision fp32 if the loss turned NaN or inf in reduced precision.",
-        "Lower the learning rate (or set lr='auto') if the loss went up early in the run.",
+        "Lower the learning rate (--lr, or --lr auto) if the loss went up early in the run.",
     ])
 
 
 # --- 2. validation: missing or too small --------------------------------------------------------------------------
+def _interval_line(epoch: int, acc: float, n: int, interval: tuple[float, float]) -> str:
+    low, high = interval
+    return (f"validation accuracy {_pct(acc)} at epoch {epoch} on {n} images: 95% interval "
+            f"{_pct(low)}-{_pct(high)} ({100 * (high - low):.1f} points wide)")
+
+
+def _accuracy_interval(acc: float, n: int) -> tuple[float, float]:
+    """Wilson interval of an accuracy measured on n images (acc * n of them right)."""
+    return wilson_interval(min(n, max(0, round(acc * n))), n)
+
+
 def _val_interval(c: _Curves, best: int | None,
                   val_size: int | None) -> tuple[tuple[float, float] | None, str, float | None]:
     """Wilson interval of validation accuracy at the best epoch (else the last), its evidence line, the accuracy."""
@@ -294,22 +463,20 @@ def _val_interval(c: _Curves, best: int | None,
         return None, "", None
     epoch, acc = next(((e, v) for e, v in accuracies if e == best), accuracies[-1])
     n = max(0, int(val_size))
-    low, high = wilson_interval(min(n, max(0, round(acc * n))), n)
-    line = (f"validation accuracy {_pct(acc)} at epoch {epoch} on {n} images: 95% interval "
-            f"{_pct(low)}-{_pct(high)} ({100 * (high - low):.1f} points wide)")
-    return (low, high), line, acc
+    interval = _accuracy_interval(acc, n)
+    return interval, _interval_line(epoch, acc, n, interval), acc
 
 
 def _check_validation(c: _Curves, interval: tuple[float, float] | None, line: str, accuracy: float | None,
                       val_size: int | None) -> _Finding | None:
     """No validation metrics at all, or too few validation images for the accuracy to mean much."""
-    advice_split = "Hold out more validation images (a larger val_fraction, or a bigger val/ folder)."
+    advice_split = "Hold out more validation images (a larger --val-fraction, or a bigger val/ folder)."
     if not c.epochs:
         return None  # nothing recorded at all: the too-short rule says so
     if not c.points("val_loss") and not c.points("val_acc"):
         return _Finding(TOO_FEW_VAL, "No validation metrics were recorded, so the fit cannot be judged.",
                         ["no epoch has val_loss or val_acc"],
-                        ["Train with a validation split (val_fraction > 0, or a val/ folder)."])
+                        ["Train with a validation split (--val-fraction, or a val/ folder)."])
     if interval is None or accuracy is None or interval[1] - interval[0] <= MAX_INTERVAL_WIDTH:
         return None
     width = interval[1] - interval[0]
@@ -332,18 +499,85 @@ def _images_needed(p: float) -> int:
 
 
 # --- 3. too short ------------------------------------------------------------------------------------------------
-def _check_too_short(c: _Curves) -> _Finding | None:
+def _check_too_short(c: _Curves, s: _Setup) -> _Finding | None:
     """Fewer than MIN_EPOCHS epochs: no trend can be read, and more epochs is the remedy either way."""
     n = len(c.epochs)
     if n >= MIN_EPOCHS:
         return None
+    longer = (_longer(s) if s.time_budget else
+              "Train for more epochs (--epochs 10 or more) so the learning curves show a trend.")
     return _Finding(TOO_SHORT, f"Too short to tell: {n} epoch{'s' if n != 1 else ''} recorded; "
                                   "train for more epochs.",
                     [f"{n} epoch{'s' if n != 1 else ''} recorded; reading a trend needs at least {MIN_EPOCHS}"],
-                    ["Train for more epochs (10 or more) so the learning curves show a trend."])
+                    [longer])
 
 
-# --- 5. overfitting ----------------------------------------------------------------------------------------------
+# --- 5. no better than always answering one class -------------------------------------------------------------------
+def _guess_rate(val_counts: dict[str, int] | None, num_classes: int | None) -> tuple[float, str, bool] | None:
+    """(accuracy of always answering the largest validation class, that answer in words, whether the classes are
+    unbalanced); from the counts, else 1/num_classes; None when neither is known."""
+    total = sum(val_counts.values()) if val_counts else 0
+    if total > 0:
+        name = max(val_counts, key=lambda k: val_counts[k])  # the first of equally large classes
+        rate, k = val_counts[name] / total, len(val_counts)
+        if len(set(val_counts.values())) == 1:
+            return rate, f"guessing (1 in {k} for {k} equally large classes)", False
+        return (rate, f"always answering the largest class, {name!r} ({val_counts[name]} of {total} validation "
+                      "images)", rate >= UNBALANCED / k)
+    if num_classes is not None and num_classes >= 2:
+        return 1 / num_classes, f"guessing (1 in {num_classes} classes)", False
+    return None
+
+
+def _check_no_better(c: _Curves, val_size: int | None, val_counts: dict[str, int] | None,
+                     num_classes: int | None, s: _Setup) -> _Finding | None:
+    """The 95% interval of the best validation accuracy reaches the rate of always answering the largest class."""
+    guess = _guess_rate(val_counts, num_classes)
+    accuracies = c.points("val_acc")
+    if guess is None or val_size is None or not accuracies:
+        return None
+    rate, answer, unbalanced = guess
+    epoch, acc = max(accuracies, key=lambda p: p[1])  # its best epoch: the most favourable reading
+    n = max(0, int(val_size))
+    low, high = _accuracy_interval(acc, n)
+    if low > rate:
+        return None
+    verdict = ("inside that interval, so the network is no better" if high >= rate else
+               "above that interval, so the network does worse than that")
+    evidence = [_interval_line(epoch, acc, n, (low, high)), f"{answer} scores {_pct(rate)}: {verdict}"]
+    if unbalanced:
+        evidence.append("the classes are unbalanced: accuracy alone cannot show whether the smaller classes were "
+                        "learned; the report's per-class recall can")
+    train_loss, train_acc = c.points("train_loss"), c.points("train_acc")
+    k = len(val_counts) if val_counts else num_classes
+    at_chance = bool(train_loss and k and k >= 2 and train_loss[-1][1] >= CHANCE_LOSS * math.log(k))
+    if at_chance:
+        evidence.append(f"training loss {_loss(train_loss[-1][1])} at epoch {train_loss[-1][0]} is still near chance "
+                        f"level ln({k}) = {_loss(math.log(k))}: it has hardly learned its training images either")
+    memorised = bool(train_acc and train_acc[-1][1] >= UNDERFIT_TRAIN_ACC)
+    if memorised:
+        evidence.append(f"training accuracy {_pct(train_acc[-1][1])} at epoch {train_acc[-1][0]}: it fits its "
+                        "training images, but what it learned does not carry over")
+    advice = _from_pretrained(s, "features learned on a million images need only a few examples per class to "
+                                 "tell classes apart.")
+    advice.append("Collect more training images per class: a network trained from scratch needs hundreds per "
+                  "class or more to find what tells them apart.")
+    # a network that fits its training images will not learn more from more epochs; one that does not might
+    advice += _augmentation(s) if memorised else [_longer(s)]
+    if s.img_size is not None and s.img_size > SMALL_IMG_SIZE:
+        advice.append(f"Try smaller images (--img-size {max(SMALL_IMG_SIZE, s.img_size // 2)}; this run had "
+                      f"{s.img_size}): fewer pixels leave less detail to memorise, and each epoch is cheaper, so "
+                      "more of them fit.")
+    if at_chance:
+        advice.append("Check that the labels match the images (`cnnlab data check DATA_DIR`), and try another "
+                      "learning rate (--lr auto).")
+    compared = "cannot be told apart from" if high >= rate else "is below"
+    return _Finding(NO_BETTER, f"No better than chance: the best validation accuracy, {_pct(acc)}, {compared} the "
+                               f"{_pct(rate)} of {answer.split(' (')[0]}; the network has learned (almost) nothing "
+                               "that carries over to new images.", evidence, advice)
+
+
+# --- 6. overfitting ----------------------------------------------------------------------------------------------
 def _val_rise(c: _Curves) -> tuple[int, float, float] | None:
     """(best epoch, lowest val loss, lowest val loss over the last OVERFIT_WINDOW epochs after it), or None."""
     val = c.points("val_loss")
@@ -373,53 +607,47 @@ def _gap_line(gap: tuple[int, float, float]) -> str:
             f"(train {_pct(train)}, val {_pct(val)} at epoch {epoch})")
 
 
-def _check_overfitting(c: _Curves, best: int | None) -> _Finding | None:
-    """Val loss turned up while train loss kept falling, or train accuracy far above val accuracy."""
-    rise = _val_rise(c)
-    turned = None
-    if _rose(rise):
-        best_epoch, best_loss, _ = rise
-        last_epoch, last_loss = c.points("val_loss")[-1]
-        train_then, train_now = c.at("train_loss", best_epoch), c.at("train_loss", last_epoch)
-        if train_then is not None and train_now is not None and train_now <= train_then * (1 - TRAIN_FALL):
-            turned = (f"validation loss was lowest at epoch {best_epoch} ({_loss(best_loss)}) and rose to "
-                      f"{_loss(last_loss)} by epoch {last_epoch} while training loss kept falling from "
-                      f"{_loss(train_then)} to {_loss(train_now)}")
+def _wide_gap(c: _Curves) -> bool:
     gap = _final_gap(c)
-    wide = gap is not None and gap[1] - gap[2] >= OVERFIT_GAP
-    if turned is None and not wide:
+    return gap is not None and gap[1] - gap[2] >= OVERFIT_GAP
+
+
+def _check_overfitting(c: _Curves, best: int | None, s: _Setup) -> _Finding | None:
+    """Val loss rose well above its best and stayed there while train loss kept falling."""
+    rise = _val_rise(c)
+    if not _rose(rise):
         return None
-    evidence = [turned] if turned else []
+    best_epoch, best_loss, _ = rise
+    last_epoch, last_loss = c.points("val_loss")[-1]
+    train_then, train_now = c.at("train_loss", best_epoch), c.at("train_loss", last_epoch)
+    if train_then is None or train_now is None or train_now > train_then * (1 - TRAIN_FALL):
+        return None  # validation got worse without the training images getting better: not memorising
+    evidence = [f"validation loss was lowest at epoch {best_epoch} ({_loss(best_loss)}) and rose to "
+                f"{_loss(last_loss)} by epoch {last_epoch} while training loss kept falling from "
+                f"{_loss(train_then)} to {_loss(train_now)}"]
+    gap = _final_gap(c)
     if gap is not None:
         evidence.append(_gap_line(gap))
-    if turned:
-        headline = (f"The network is overfitting: after epoch {best} it kept getting better on the training "
-                    "images but worse on the validation images.")
-    else:
-        headline = (f"The network is overfitting: it is {100 * (gap[1] - gap[2]):.0f} points more accurate on "
-                    "training images than on validation images.")
     advice = []
     if best is not None and best != c.epochs[-1]:
-        advice.append(f"Use the weights from epoch {best} (best.safetensors), not the last epoch; set patience "
-                      f"(e.g. {PLATEAU_EPOCHS}) for early stopping to stop there next time.")
-    advice += ["Add or raise dropout (the dropout option, e.g. 0.5) so the network cannot memorise single images.",
-               "Use data augmentation (augment='default') so each epoch sees new variants of every image.",
-               "Collect more training images: the most reliable cure; raising weight_decay also helps."]
-    return _Finding(OVERFITTING, headline, evidence, advice)
+        stop = (f"; --patience {PLATEAU_EPOCHS} stops a run there next time" if s.patience is None else "")
+        advice.append(f"Use the weights from epoch {best} (best.safetensors), not the last epoch's{stop}.")
+    advice += _regularise(s)
+    advice.append("Collect more training images: the most reliable cure; a larger --weight-decay also helps.")
+    return _Finding(OVERFITTING, f"The network is overfitting: after epoch {best} it kept getting better on the "
+                                 "training images but worse on the validation images.", evidence, advice)
 
 
-# --- 6. good fit ---------------------------------------------------------------------------------------------------
-def _check_good_fit(c: _Curves, best: int | None) -> _Finding | None:
+# --- 7. good fit ---------------------------------------------------------------------------------------------------
+def _check_good_fit(c: _Curves, best: int | None, s: _Setup) -> _Finding | None:
     """High validation accuracy, close to training accuracy, validation loss at or near its minimum at the end."""
     val_acc = c.points("val_acc")
-    if not val_acc or val_acc[-1][1] < GOOD_VAL_ACC:
-        return None
-    gap = _final_gap(c)
-    if gap is not None and gap[1] - gap[2] >= OVERFIT_GAP:
+    if not val_acc or val_acc[-1][1] < GOOD_VAL_ACC or _wide_gap(c):
         return None
     rise = _val_rise(c)
     if _rose(rise):
         return None
+    gap = _final_gap(c)
     epoch, acc = val_acc[-1]
     evidence = [_gap_line(gap) if gap is not None else f"validation accuracy {_pct(acc)} at epoch {epoch}"]
     last_epoch, last_loss = c.points("val_loss")[-1] if rise is not None else (None, None)
@@ -431,46 +659,36 @@ def _check_good_fit(c: _Curves, best: int | None) -> _Finding | None:
     advice = []
     if best is not None:
         advice.append(f"Keep the weights from epoch {best} (best.safetensors).")
-    if _still_falling(c.points("val_loss")):
-        advice.append("Validation loss was still falling at the end: a few more epochs may gain a little more.")
-    advice.append("Confirm on images the network has never seen (a test split) before trusting it.")
+    falling = _loss_falling(c.points("val_loss"))
+    if falling is not None:
+        fall = (falling.start - falling.end) / falling.start
+        advice.append(f"Validation loss was still falling at the end ({100 * fall:.1f}% over {falling.span()}): "
+                      f"more training may gain a little more. {_longer(s)}")
+    advice.append("Confirm on images the network has never seen (`cnnlab eval RUN --split test`) before "
+                  "trusting it.")
     return _Finding(GOOD_FIT, f"The network looks well trained: {_pct(acc)} validation accuracy, close to "
                               "training accuracy, with validation loss at or near its best.", evidence, advice)
 
 
-# --- 7. underfitting -----------------------------------------------------------------------------------------------
-def _still_falling(points: Points) -> bool:
-    """True when the last value is STILL_FALLING below the one TREND_EPOCHS epochs earlier."""
-    if len(points) < 2:
-        return False
-    old = points[max(0, len(points) - 1 - TREND_EPOCHS)][1]
-    return old > 0 and (old - points[-1][1]) / old >= STILL_FALLING
-
-
-_UNDERFIT_ADVICE = ["Train for more epochs.",
-                    "Try a larger model (more channels or layers, or a pretrained torchvision model).",
-                    "Lower dropout or use lighter augmentation if they are strong: they make training harder."]
-
-
-def _check_underfitting(c: _Curves, num_classes: int | None) -> _Finding | None:
-    """Train accuracy low and still rising, or train and val loss close together and both high."""
+# --- 8. underfitting -----------------------------------------------------------------------------------------------
+def _check_underfitting(c: _Curves, num_classes: int | None, s: _Setup) -> _Finding | None:
+    """Train accuracy low and its loss still falling, or train and val loss close together and both high."""
     train_acc, train_loss, val_loss = c.points("train_acc"), c.points("train_loss"), c.points("val_loss")
-    if train_acc and train_acc[-1][1] < UNDERFIT_TRAIN_ACC and _still_falling(train_loss):
+    advice = [_longer(s), _larger_model(s)] + _lighter(s)
+    falling = _loss_falling(train_loss)
+    if train_acc and train_acc[-1][1] < UNDERFIT_TRAIN_ACC and falling is not None:
         epoch, acc = train_acc[-1]
-        old_epoch, old_loss = train_loss[max(0, len(train_loss) - 1 - TREND_EPOCHS)]
         return _Finding(UNDERFITTING, f"The network is underfitting: it has not learned the training images yet "
                                       f"({_pct(acc)} training accuracy) and was still improving.", [
             f"training accuracy only {_pct(acc)} at epoch {epoch}",
-            f"training loss still falling: {_loss(old_loss)} at epoch {old_epoch} to "
-            f"{_loss(train_loss[-1][1])} at epoch {train_loss[-1][0]}",
-        ], list(_UNDERFIT_ADVICE))
+            f"training loss still falling: {_loss_trend_line('it', falling)}",
+        ], advice)
     if not train_loss or not val_loss:
         return None
     t, v = train_loss[-1][1], val_loss[-1][1]
     if abs(v - t) > LOSS_CLOSE * max(t, v):
         return None
     evidence = [f"training loss {_loss(t)} and validation loss {_loss(v)} are close: no generalisation gap"]
-    advice = list(_UNDERFIT_ADVICE)
     if num_classes is not None and num_classes >= 2:
         chance = math.log(num_classes)
         if min(t, v) < HIGH_LOSS_OF_CHANCE * chance:
@@ -478,8 +696,8 @@ def _check_underfitting(c: _Curves, num_classes: int | None) -> _Finding | None:
         evidence.append(f"both are high: chance level for {num_classes} classes is ln({num_classes}) = "
                         f"{_loss(chance)}, and training loss is {100 * t / chance:.0f}% of it")
         if t >= CHANCE_LOSS * chance:
-            advice.insert(0, "The loss is at chance level: check that the labels match the images, and try "
-                             "another learning rate (lr='auto').")
+            advice.insert(0, "The loss is at chance level: check that the labels match the images (`cnnlab data "
+                             "check DATA_DIR`), and try another learning rate (--lr auto).")
     elif not train_acc or train_acc[-1][1] >= UNDERFIT_TRAIN_ACC:
         return None
     else:
@@ -488,7 +706,7 @@ def _check_underfitting(c: _Curves, num_classes: int | None) -> _Finding | None:
                                   "so it is too weak or too briefly trained for the task.", evidence, advice)
 
 
-# --- 8. plateau ----------------------------------------------------------------------------------------------------
+# --- 9. plateau ----------------------------------------------------------------------------------------------------
 def _last_improvement(points: Points, higher_is_better: bool) -> int | None:
     """Epoch of the last value that beat the best so far by the metric's min delta."""
     last, best = None, None
@@ -504,15 +722,26 @@ def _last_improvement(points: Points, higher_is_better: bool) -> int | None:
     return last
 
 
-def _check_plateau(c: _Curves, min_epochs: int) -> _Finding | None:
-    """Neither validation loss nor validation accuracy improved for min_epochs epochs."""
+def _plateau_advice(c: _Curves, s: _Setup, evidence: list[str]) -> list[str]:
+    """Decay the learning rate (named as the cause when it never decayed), a larger model, early stopping."""
+    advice = ["Lower the learning rate 10x (--lr) or use a schedule that decays it (--schedule cosine or onecycle)."]
+    lrs = [v for _, v in c.points("lr")]
+    if len(lrs) >= 2 and lrs[0] == lrs[-1]:
+        evidence.append(f"learning rate stayed at {lrs[-1]:.3g} for the whole run")
+        advice[0] = ("The learning rate never decayed: use --schedule cosine or onecycle, or lower the learning "
+                     "rate 10x (--lr).")
+    return advice + [_larger_model(s)] + _early_stopping(s)
+
+
+def _check_plateau(c: _Curves, s: _Setup) -> _Finding | None:
+    """Neither validation loss nor validation accuracy improved for PLATEAU_EPOCHS epochs."""
     val_loss, val_acc = c.points("val_loss"), c.points("val_acc")
     marks = [m for m in (_last_improvement(val_loss, False), _last_improvement(val_acc, True)) if m is not None]
     if not marks:
         return None
     since = max(marks)
     stalled = c.epochs[-1] - since
-    if stalled < min_epochs:
+    if stalled < PLATEAU_EPOCHS:
         return None
     evidence = [f"no validation improvement since epoch {since}: {stalled} epochs without progress"]
     if val_loss:
@@ -520,37 +749,57 @@ def _check_plateau(c: _Curves, min_epochs: int) -> _Finding | None:
                         f"{_loss(val_loss[-1][1])} at epoch {val_loss[-1][0]}")
     if val_acc:
         evidence.append(f"best validation accuracy {_pct(max(v for _, v in val_acc))}")
-    advice = ["Lower the learning rate (e.g. 10x) or use a schedule that decays it (cosine or onecycle)."]
-    lrs = [v for _, v in c.points("lr")]
-    if len(lrs) >= 2 and lrs[0] == lrs[-1]:
-        evidence.append(f"learning rate stayed at {lrs[-1]:.3g} for the whole run")
-        advice[0] = ("The learning rate never decayed: use the cosine or onecycle schedule, or lower the learning "
-                     "rate 10x.")
-    advice += ["Try a larger model (more channels or layers, or a pretrained torchvision model).",
-               f"Set patience (e.g. {PLATEAU_EPOCHS}) for early stopping so stalled runs end sooner."]
+    advice = _plateau_advice(c, s, evidence)
     return _Finding(PLATEAU, f"Training has stalled: validation results have not improved for {stalled} epochs.",
                     evidence, advice)
 
 
-# --- 9. anything else ---------------------------------------------------------------------------------------------
-def _check_still_improving(c: _Curves) -> _Finding | None:
-    """Not good, not overfitting, not stalled for long: still learning (more epochs) unless nothing improves now."""
-    recent = c.epochs[-1] - TREND_EPOCHS
-    last_best = max(_last_improvement(c.points("val_loss"), False) or 0,
-                    _last_improvement(c.points("val_acc"), True) or 0)
-    if not (last_best > recent or _still_falling(c.points("train_loss"))):
-        return None  # nothing improved for TREND_EPOCHS epochs: a (short) plateau
+# --- 10. still improving ------------------------------------------------------------------------------------------
+def _check_still_improving(c: _Curves, s: _Setup) -> _Finding | None:
+    """Not good yet, but the recent trend of validation loss or accuracy, or of training loss, still improves."""
+    val_loss, val_acc = _loss_falling(c.points("val_loss")), _acc_rising(c.points("val_acc"))
+    train_loss = _loss_falling(c.points("train_loss"))
+    if val_loss is None and val_acc is None and train_loss is None:
+        return None
     evidence = []
-    val_acc = c.points("val_acc")
-    if val_acc:
-        short = f", below the {_pct(GOOD_VAL_ACC)} of a good fit" if val_acc[-1][1] < GOOD_VAL_ACC else ""
-        evidence.append(f"validation accuracy {_pct(val_acc[-1][1])} at epoch {val_acc[-1][0]}{short}")
-    if last_best > recent:
-        evidence.append(f"validation results still improving: a new best at epoch {last_best}")
-    else:
-        evidence.append(f"training loss still falling over the last {TREND_EPOCHS} epochs")
+    accuracies = c.points("val_acc")
+    if accuracies:
+        short = f", below the {_pct(GOOD_VAL_ACC)} of a good fit" if accuracies[-1][1] < GOOD_VAL_ACC else ""
+        evidence.append(f"validation accuracy {_pct(accuracies[-1][1])} at epoch {accuracies[-1][0]}{short}")
+    if val_loss is not None:
+        evidence.append(f"validation loss still falling: {_loss_trend_line('it', val_loss)}")
+    if val_acc is not None:
+        evidence.append(f"validation accuracy still rising: {_acc_trend_line('it', val_acc)}")
+    if val_loss is None and val_acc is None:
+        evidence.append(f"training loss still falling: {_loss_trend_line('it', train_loss)}; validation results "
+                        "have not improved over those epochs")
     gap = _final_gap(c)
     if gap is not None:
         evidence.append(_gap_line(gap))
-    return _Finding(UNDERFITTING, "The network is still learning: not good yet, but still improving; "
-                                  "train for more epochs.", evidence, list(_UNDERFIT_ADVICE))
+    advice = [_longer(s)]
+    if _wide_gap(c):
+        advice += [f"Training accuracy runs {100 * (gap[1] - gap[2]):.0f} points ahead of validation accuracy: "
+                   "watch whether validation loss turns up, and regularise if it does."] + _regularise(s)
+    else:
+        advice.append(_larger_model(s))
+    return _Finding(STILL_IMPROVING, "The network is not good yet, but its recent epochs still make progress: "
+                                     "train longer.", evidence, advice)
+
+
+# --- 11. anything else: the recent trends are flat --------------------------------------------------------------------
+def _levelled_off(c: _Curves, s: _Setup) -> _Finding:
+    """Nothing improves over the recent epochs, even if the last new best is fewer than PLATEAU_EPOCHS ago."""
+    evidence = []
+    for label, name in (("validation loss", "val_loss"), ("training loss", "train_loss")):
+        t = _trend(c.points(name))
+        if t is not None:
+            evidence.append(_loss_trend_line(label, t))
+    t = _trend(c.points("val_acc"))
+    if t is not None:
+        evidence.append(_acc_trend_line("validation accuracy", t))
+    n = min(TREND_WINDOW, len(c.epochs))
+    evidence.insert(0, f"over the last {n} epochs no trend improves by more than {100 * STILL_FALLING:.0f}% "
+                       f"(losses) or {100 * STILL_RISING:.0f} points (accuracy)")
+    advice = _plateau_advice(c, s, evidence)
+    return _Finding(PLATEAU, f"Training has levelled off: over the last {n} epochs neither the validation results "
+                             "nor the training loss improved clearly.", evidence, advice)

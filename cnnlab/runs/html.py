@@ -138,9 +138,9 @@ details summary { cursor: pointer; font-size: .9rem; }
 .verdict ul, .verdict ol { margin: .2em 0 .6em; padding-left: 1.4em; }
 .verdict-good_fit { border-color: #1a7f37; background: #dafbe1; }
 .verdict-overfitting { border-color: #bc4c00; background: #fff1e5; }
-.verdict-underfitting { border-color: #0969da; background: #ddf4ff; }
+.verdict-underfitting, .verdict-still_improving { border-color: #0969da; background: #ddf4ff; }
 .verdict-plateau { border-color: #9a6700; background: #fff8c5; }
-.verdict-diverging { border-color: #cf222e; background: #ffebe9; }
+.verdict-diverging, .verdict-no_better_than_chance { border-color: #cf222e; background: #ffebe9; }
 .verdict-too_few_val, .verdict-too_short { border-color: #8250df; background: #fbefff; }
 footer { margin-top: 3em; padding-top: 10px; border-top: 1px solid var(--line); color: var(--muted);
          font-size: .82rem; }

@@ -132,14 +132,33 @@ def load_model(run_dir: str | os.PathLike, which: str = "best") -> tuple[torch.n
     return model, record
 
 
+# diagnose()'s arguments that come from the run's options: what advice must know the run had on
+SETUP_INPUTS = ("time_budget", "augment", "dropout", "pretrained", "weights", "img_size", "patience")
+
+
+def diagnosis_inputs(config: TrainConfig | None, val_counts: dict[str, int], num_classes: int) -> dict[str, Any]:
+    """diagnose()'s arguments besides the history, as finish() records them in diagnosis.json's inputs: the
+    validation images per class that were read, the number of classes, and the run's options (None if unknown)."""
+    inputs = {"val_size": sum(val_counts.values()), "num_classes": num_classes, "val_counts": dict(val_counts)}
+    if config is None:
+        return inputs | dict.fromkeys(SETUP_INPUTS)
+    return inputs | {"time_budget": config.time, "augment": config.augment, "dropout": config.dropout,
+                     "pretrained": config.pretrained, "weights": config.weights,
+                     "img_size": None if config.tile else config.img_size,  # a tiled run's size is --tile's
+                     "patience": config.patience}
+
+
 def diagnose_run(run_dir: str | os.PathLike) -> Diagnosis:
-    """The verdict on a run, from its files: the same call finish() made (its learning curves, the number
-    of validation images that were read, the number of classes), so it reproduces diagnosis.json."""
+    """The verdict on a run, from its files: the same call finish() made (its learning curves and the inputs
+    diagnosis.json records), so it reproduces diagnosis.json; what an older diagnosis.json lacks comes from
+    dataset.json (validation images per class) and config.yaml (the run's options)."""
     record = read_run(run_dir)
-    inputs = (read_optional_json(Path(run_dir) / DIAGNOSIS) or {}).get("inputs", {})
-    val_size = inputs.get("val_size")
-    if val_size is None:
-        counts = record.dataset.get("counts", {}).get("val", {})
-        val_size = sum(counts.values()) - len(record.dataset.get("unreadable", {}).get("val", [])) if counts else None
-    return diagnose(read_metrics(run_dir), val_size=val_size, num_classes=record.num_classes,
-                    time_budget=inputs.get("time_budget"))
+    recorded = (read_optional_json(Path(run_dir) / DIAGNOSIS) or {}).get("inputs", {})
+    counts = record.dataset.get("counts", {}).get("val", {})
+    inputs = diagnosis_inputs(record.config, counts, record.num_classes)
+    # the images that were read: the split's count less the unreadable ones (their classes are not recorded)
+    unreadable = len(record.dataset.get("unreadable", {}).get("val", []))
+    inputs["val_size"] = sum(counts.values()) - unreadable if counts else None
+    inputs["val_counts"] = counts or None
+    inputs |= {name: value for name, value in recorded.items() if name in inputs}
+    return diagnose(read_metrics(run_dir), **inputs)

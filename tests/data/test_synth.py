@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 
 from cnnlab.errors import CnnlabError
+from cnnlab.data import sparse
 from cnnlab.data.images import read_image
-from cnnlab.data.synth import (MARGIN, MAX_EXTENT, MIN_EXTENT, SHAPE_NAMES, SynthSummary, render,
-                          shape_mask, synthesize)
+from cnnlab.data.synth import (MARGIN, MAX_EXTENT, MIN_EXTENT, SHAPE_NAMES, SynthSummary, _write_one,
+                          pyramid_factors, render, shape_mask, synthesize)
 
 # Small enough that every dataset in this file is written in well under a second.
 SMALL = dict(classes=3, per_class=5, size=64, seed=0)
@@ -212,3 +214,92 @@ def test_empty_existing_folder_is_used(tmp_path):
     root = tmp_path / "d"
     root.mkdir()
     assert synthesize(root, **SMALL).counts["train"] == 12
+
+
+# --------------------------------------------------------------------------------------------
+# the sparse kind and TIFF files
+# --------------------------------------------------------------------------------------------
+
+SPARSE = dict(classes=2, per_class=2, val_fraction=0.5, size=sparse.MIN_SIZE, seed=0, kind="sparse")
+
+
+@pytest.mark.parametrize("size", [sparse.MIN_SIZE, 8000])
+def test_sparse_layout_puts_a_handful_of_objects_among_many_distractors(size):
+    """Laid out, not drawn (a scene costs no pixels): most 512 px squares of the file, a 256 px tile at
+    scale 0.5, hold no class object."""
+    scene = sparse.layout("star", size, np.random.default_rng([0, 1, 2]), (0, 1, 2))
+    assert sparse.OBJECTS_PER_IMAGE[0] <= len(scene.centres) <= sparse.OBJECTS_PER_IMAGE[1]
+    pastes = [item for item in scene.items if item[0] == "paste"]
+    assert len(pastes) - len(scene.centres) == round(sparse.DISTRACTORS_PER_MEGAPIXEL * size * size / 1e6)
+    tiles = (size // 512) ** 2
+    with_object = {(y // 512, x // 512) for x, y in scene.centres}
+    assert len(with_object) / tiles <= 8 / 16  # at the smallest size; at 8000 px 8 of 225 tiles at most
+    assert all(0 <= x < size and 0 <= y < size for x, y in scene.centres)
+
+
+def test_sparse_objects_stand_out_and_regions_are_seamless():
+    scene = sparse.layout("cross", sparse.MIN_SIZE, np.random.default_rng([3, 0, 1]), (3, 0, 1))
+    whole = sparse.render_region(scene, 0, 0, scene.size, scene.size)
+    # any region, tile-aligned or not, is the same pixels as the whole image there
+    assert np.array_equal(sparse.render_region(scene, 300, 517, 901, 1100), whole[517:1100, 300:901])
+    luma = whole.astype(float) @ np.array([0.299, 0.587, 0.114])
+    for x, y in scene.centres:  # light on dark: the drawing contract the other kinds keep
+        assert luma[y - 1:y + 2, x - 1:x + 2].mean() > np.median(luma[y - 60:y + 60, x - 60:x + 60]) + 40
+
+
+def test_sparse_tiff_is_tiled_pyramidal_and_reads_back_as_drawn(tmp_path):
+    root = tmp_path / "sparse"
+    summary = synthesize(root, file_format="tiff", **SPARSE)
+    assert summary.counts == {"train": 2, "val": 2} and summary.file_format == "tiff"
+    path = root / "train" / "cross" / "cross_0000.tif"
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        assert page.is_tiled and (page.tilewidth, page.tilelength) == (256, 256)
+        assert [level.shape for level in tif.series[0].levels] == [(2048, 2048, 3), (1024, 1024, 3)]
+    drawn = sparse.render_region(sparse.layout("cross", 2048, np.random.default_rng([0, 0, 0]), (0, 0, 0)),
+                                 0, 0, 2048, 2048)
+    pixels = read_image(path).permute(1, 2, 0).numpy()
+    assert np.abs(pixels.astype(int) - drawn).mean() < 6  # JPEG at quality 90 on grain
+    assert synthesize(root, file_format="tiff", **SPARSE).reused
+    with pytest.raises(CnnlabError, match="format 'tiff' there"):
+        synthesize(root, **SPARSE)
+    meta = json.loads((root / "synth.json").read_text())["parameters"]
+    assert meta["kind"] == "sparse" and meta["object_size"] == sparse.OBJECT_SIZE and meta["format"] == "tiff"
+
+
+def test_sparse_tiff_bytes_depend_only_on_the_arguments(tmp_path):
+    for name in ("a", "b"):
+        _write_one(4, 1, 3, sparse.MIN_SIZE, 90, tmp_path / f"{name}.tif", "sparse", "tiff")
+    assert (tmp_path / "a.tif").read_bytes() == (tmp_path / "b.tif").read_bytes()
+
+
+def test_objects_kind_as_tiff_holds_the_jpegs_pixels(tmp_path):
+    synthesize(tmp_path / "j", classes=2, per_class=2, val_fraction=0.5, size=600, kind="objects")
+    synthesize(tmp_path / "t", classes=2, per_class=2, val_fraction=0.5, size=600, kind="objects",
+               file_format="tiff")
+    jpeg = read_image(tmp_path / "j" / "train" / "cross" / "cross_0000.jpg").float()
+    tiff = read_image(tmp_path / "t" / "train" / "cross" / "cross_0000.tif").float()
+    assert (jpeg - tiff).abs().mean() < 1.0  # one encoder, two containers
+
+
+def test_pyramid_levels_halve_down_to_the_minimum_side():
+    assert pyramid_factors(1024) == [1]
+    assert pyramid_factors(4000) == [1, 2]
+    assert pyramid_factors(20_000) == [1, 2, 4, 8, 16]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(kind="sparse", size=2000), "at least 2048"),
+    (dict(kind="sparse", size=9000), "--format tiff"),  # refused before anything is drawn
+    (dict(file_format="png"), "choose one of jpeg, tiff"),
+    (dict(kind="tiles"), "shapes, objects, sparse"),
+])
+def test_bad_sparse_and_format_arguments_are_refused(tmp_path, kwargs, message):
+    with pytest.raises(CnnlabError, match=message):
+        synthesize(tmp_path / "d", **{**SMALL, **kwargs})
+    assert not (tmp_path / "d").exists()
+
+
+def test_images_over_the_default_pixel_cap_say_how_to_read_them():
+    summary = SynthSummary("d", ["cross", "star"], {"train": 2, "val": 2}, 20_000, "tiff", 1.0)
+    assert "--max-pixels 400000000" in summary.describe()

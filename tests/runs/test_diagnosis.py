@@ -7,9 +7,8 @@ import random
 import pytest
 
 from cnnlab.runs import diagnosis as dg
-from cnnlab.runs.diagnosis import (DIVERGING, GOOD_FIT, OVERFITTING, PLATEAU, TOO_FEW_VAL, TOO_SHORT, UNDERFITTING,
-                                   Diagnosis,
-                             Verdict, diagnose, wilson_interval)
+from cnnlab.runs.diagnosis import (DIVERGING, GOOD_FIT, NO_BETTER, OVERFITTING, PLATEAU, STILL_IMPROVING, TOO_FEW_VAL,
+                                   TOO_SHORT, UNDERFITTING, Diagnosis, Verdict, diagnose, wilson_interval)
 
 
 # --- curve generators -----------------------------------------------------------------------------------------
@@ -115,12 +114,21 @@ def test_overfitting_reports_best_epoch_and_the_numbers():
         assert remedy in text
 
 
-def test_large_accuracy_gap_alone_is_overfitting():
-    n = 12  # val loss keeps falling, but training accuracy runs 20 points ahead
-    result = diagnose(history(decay(n, 1.5, 0.02), decay(n, 1.5, 0.8), rise(n, 0.5, 1.0), rise(n, 0.5, 0.8)))
-    assert result.verdict == OVERFITTING
-    assert result.evidence == ["final train-val accuracy gap: 19.6 points (train 98.9%, val 79.4% at epoch 12)"]
-    assert not any("best.safetensors" in a for a in result.advice)  # the best epoch is the last one
+def test_an_accuracy_gap_alone_is_evidence_not_overfitting():
+    # Val loss keeps falling while training accuracy runs 20 points ahead: the network still gets better on new
+    # images, so it is still improving (until issue 20 the gap alone was called overfitting).
+    n = 12
+    result = diagnose(history(decay(n, 1.5, 0.02), decay(n, 1.5, 0.8), rise(n, 0.5, 1.0), rise(n, 0.5, 0.8)),
+                      augment="default", dropout=0.2)
+    assert result.verdict == STILL_IMPROVING
+    assert "final train-val accuracy gap: 19.6 points (train 98.9%, val 79.4% at epoch 12)" in result.evidence
+    assert result.evidence[1] == ("validation loss still falling: it fell 3.2% over epochs 9-12 "
+                                  "(fitted line 0.841 to 0.813)")
+    assert result.advice[0] == "Train for more epochs (e.g. --epochs 24)."
+    assert "watch whether validation loss turns up" in result.advice[1]
+    assert result.advice[2] == ("Raise dropout (--dropout 0.5; this run had 0.2) so the network cannot memorise "
+                                "single images.")
+    assert not any("--augment" in a for a in result.advice)  # augmentation was on
 
 
 def test_small_val_loss_rise_is_not_overfitting():
@@ -270,6 +278,203 @@ def test_diagnose_run_reproduces_the_runs_own_verdict(tiny_run):
     assert written["verdict"] == "too_few_val"
 
 
+# --- what a user ran into (issue 20): a verdict must match its evidence ---------------------------------------------
+# 2 classes, 245 training images, 153 validation images (83 of class b): the run was called overfitting after 3
+# epochs with validation loss lowest at its last epoch (train accuracy 11 points ahead), and after resuming to 5
+# epochs "underfitting ... still improving" (a one-image new best of validation accuracy after epoch 2) while
+# training loss rose from 0.652 at epoch 2 to 0.659 at epoch 5; its 56.9% is no better than answering b always.
+ISSUE20_COUNTS = {"a": 70, "b": 83}
+ISSUE20_SETUP = {"augment": "default", "dropout": 0.2, "pretrained": False, "weights": None, "img_size": 128,
+                 "patience": None}
+
+
+def issue20_run(n=5):
+    """The first n epochs of the issue's run (val accuracies are whole images of 153)."""
+    return history([0.690, 0.652, 0.660, 0.655, 0.659][:n], [0.820, 0.800, 0.795, 0.797, 0.790][:n],
+                   [0.52, 0.63, 0.66, 0.64, 0.65][:n], [k / 153 for k in (83, 85, 84, 86, 87)][:n])
+
+
+def test_three_epochs_with_val_loss_lowest_at_the_last_are_not_overfitting():
+    rows = issue20_run(3)
+    assert rows[2]["train_acc"] - rows[2]["val_acc"] >= dg.OVERFIT_GAP  # the gap that used to decide it
+    result = diagnose(rows, num_classes=2)
+    assert result.best_epoch == 3 and result.verdict != OVERFITTING
+    assert result.verdict == UNDERFITTING  # 66% on its own training images, training loss still falling
+    assert result.evidence == ["training accuracy only 66.0% at epoch 3",
+                               "training loss still falling: it fell 4.3% over epochs 1-3 (fitted line 0.69 to 0.66)"]
+
+
+def test_five_epochs_with_training_loss_rising_are_not_still_improving():
+    rows = issue20_run(5)
+    assert rows[4]["val_acc"] == max(r["val_acc"] for r in rows)  # a new best by one image at the last epoch
+    result = diagnose(rows, num_classes=2)
+    assert result.verdict == PLATEAU, result.describe()
+    assert result.headline.startswith("Training has levelled off: over the last 4 epochs")
+    assert result.evidence[1:4] == ["validation loss fell 1.1% over epochs 2-5 (fitted line 0.799 to 0.791)",
+                                    "training loss rose 0.9% over epochs 2-5 (fitted line 0.653 to 0.658)",
+                                    "validation accuracy rose 1.6 points over epochs 2-5 (fitted line 55.2% to 56.8%)"]
+    assert not any("still" in line for line in result.evidence + [result.headline])
+
+
+@pytest.mark.parametrize("epochs", [3, 5])
+def test_no_better_than_the_majority_class_comes_first(epochs):
+    result = diagnose(issue20_run(epochs), val_size=153, num_classes=2, val_counts=ISSUE20_COUNTS, **ISSUE20_SETUP)
+    assert result.verdict == NO_BETTER, result.describe()
+    if epochs == 5:
+        assert result.val_acc_interval == pytest.approx(wilson_interval(87, 153))
+        assert result.headline == ("No better than chance: the best validation accuracy, 56.9%, cannot be told apart "
+                                   "from the 54.2% of always answering the largest class, 'b'; the network has "
+                                   "learned (almost) nothing that carries over to new images.")
+        assert result.evidence[:2] == [
+            "validation accuracy 56.9% at epoch 5 on 153 images: 95% interval 48.9%-64.4% (15.5 points wide)",
+            "always answering the largest class, 'b' (83 of 153 validation images) scores 54.2%: inside that "
+            "interval, so the network is no better"]
+    advice = " ".join(result.advice)
+    assert "--pretrained" in result.advice[0] and "--weights FILE" in result.advice[0]
+    assert "more training images" in result.advice[1]
+    assert "--epochs 10" in advice and "--img-size 64; this run had 128" in advice
+    assert "--augment" not in advice and "--dropout" not in advice  # on already, and no cure for learning nothing
+
+
+def test_no_better_than_chance_takes_precedence_over_overfitting_and_its_advice_fits():
+    rows = u_shaped_run()  # memorises the training images (99%) ...
+    for row in rows:
+        row["val_acc"] = 0.52  # ... and gets 104 of 200 balanced validation images right
+    assert diagnose(rows, val_size=200).verdict == OVERFITTING  # the curves alone
+    result = diagnose(rows, val_size=200, val_counts={"a": 100, "b": 100}, augment="none", dropout=0.5,
+                      pretrained=False, img_size=64)
+    assert result.verdict == NO_BETTER
+    assert result.evidence[1] == ("guessing (1 in 2 for 2 equally large classes) scores 50.0%: inside that interval, "
+                                  "so the network is no better")
+    assert "training accuracy 99.0% at epoch 15: it fits its training images" in result.evidence[2]
+    assert result.advice[2] == ("Turn data augmentation on (--augment default; this run had --augment none) so "
+                                "each epoch sees new variants of every image.")
+    advice = " ".join(result.advice)
+    assert "--epochs" not in advice  # more epochs do not help a network that already fits its training images
+    assert "--img-size" not in advice and "--dropout" not in advice  # 64 px and dropout 0.5 already
+    started = diagnose(rows, val_size=200, val_counts={"a": 100, "b": 100}, pretrained=True)
+    assert started.verdict == NO_BETTER and not any("--pretrained" in a for a in started.advice)
+
+
+def test_no_better_than_chance_without_class_counts_uses_one_in_k():
+    result = diagnose(chance_run(), val_size=1000, num_classes=10)
+    assert result.verdict == NO_BETTER
+    assert result.evidence[1] == ("guessing (1 in 10 classes) scores 10.0%: inside that interval, so the network is "
+                                  "no better")
+    assert "near chance level ln(10) = 2.3" in result.evidence[2]
+    assert "labels match the images" in result.advice[-1]
+
+
+def test_unbalanced_classes_compare_with_the_largest():
+    rows = good_run()  # 93% validation accuracy: good on balanced classes
+    counts = {"common": 930, "rare": 70}
+    result = diagnose(rows, val_size=1000, val_counts=counts)
+    assert result.verdict == NO_BETTER  # always answering "common" scores as much
+    assert "the classes are unbalanced" in result.evidence[2]
+    for row in rows:
+        row["val_acc"] = min(row["val_acc"], 0.85)
+    below = diagnose(rows, val_size=1000, val_counts=counts)
+    assert below.headline.startswith("No better than chance: the best validation accuracy, 85.0%, is below the 93.0%")
+    assert below.evidence[1].endswith("above that interval, so the network does worse than that")
+    assert diagnose(good_run(), val_size=1000, val_counts={"a": 500, "b": 500}).verdict == GOOD_FIT
+
+
+def test_clearly_above_the_majority_class_is_judged_by_its_curves():
+    rows = issue20_run(5)
+    rows[-1]["val_acc"] = 101 / 153  # 66.0%: the interval's lower end, 58.2%, is above 54.2%
+    low, _ = wilson_interval(101, 153)
+    assert low > 83 / 153
+    result = diagnose(rows, val_size=153, num_classes=2, val_counts=ISSUE20_COUNTS)
+    assert result.verdict == STILL_IMPROVING  # validation accuracy rose 9 points over the last 4 epochs
+    assert result.evidence[1].startswith("validation accuracy still rising: it rose ")
+
+
+def test_one_lucky_epoch_is_not_a_trend_but_a_steady_fall_through_noise_is():
+    # Val loss flat at 0.8, then one epoch 2.5% lower: a new best (beyond LOSS_MIN_DELTA), not yet a trend.
+    n = 10
+    train = [1.0 - 0.02 * e for e in range(n - 4)] + [0.9] * 4
+    flat = history(train, [0.8] * (n - 1) + [0.78], [0.85] * n, [0.7] * n)
+    assert diagnose(flat).verdict == PLATEAU
+    # Val loss falling 2% an epoch with +-1.5% noise, the last epoch up: still improving.
+    wobble = [1.0, 0.99, 1.015, 0.985, 1.012]
+    falling = [0.9 * 0.98 ** e * (wobble[e % 5] if e >= n - 5 else 1) for e in range(n)]
+    falling[-1] = falling[-2] * 1.01
+    result = diagnose(history(train, falling, [0.85] * n, [0.7] * n))
+    assert result.verdict == STILL_IMPROVING, result.describe()
+    assert "validation loss still falling" in result.evidence[1]
+
+
+def test_diagnose_run_rederives_the_verdict_from_the_run_folder(tiny_run, tmp_path):
+    """The issue's run as a run folder: the validation counts come from diagnosis.json's inputs, or, for a
+    diagnosis.json written before they were recorded, from dataset.json; the options from config.yaml."""
+    import csv
+    import shutil
+
+    from cnnlab.runs.reader import diagnose_run, diagnosis_inputs, read_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, run)
+    rows = issue20_run(5)
+    with open(run / "metrics.csv", newline="") as handle:
+        columns = next(csv.reader(handle))
+    with open(run / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns, restval="")
+        writer.writeheader()
+        writer.writerows({k: v for k, v in row.items() if k in columns} for row in rows)
+    classes = json.loads((run / "classes.json").read_text())
+    counts = dict(zip(classes, (70, 83, 0)))
+    dataset = json.loads((run / "dataset.json").read_text())
+    dataset["counts"]["val"] = counts
+    (run / "dataset.json").write_text(json.dumps(dataset))
+    (run / "diagnosis.json").write_text(json.dumps({"inputs": {"val_size": 153, "num_classes": 3,
+                                                               "time_budget": None}}))  # before issue 20
+    old = diagnose_run(run)
+    assert old.verdict == NO_BETTER
+    assert old.evidence[1].startswith(f"always answering the largest class, {classes[1]!r} (83 of 153 validation "
+                                      "images) scores 54.2%")
+    assert "--pretrained" in old.advice[0]  # config.yaml: trained from scratch
+    assert not any("--img-size" in a for a in old.advice)  # config.yaml: 32 px already
+    inputs = diagnosis_inputs(read_run(run).config, counts, 3)  # what finish() records now
+    (run / "diagnosis.json").write_text(json.dumps({"inputs": inputs}))
+    assert diagnose_run(run) == diagnose(rows, **inputs) == old
+
+
+# --- advice names CLI flags and never what the run had on -----------------------------------------------------------
+EVERY_VERDICT = [(nan_run, {}), (good_run, {"val_size": 20}), (lambda: good_run()[:2], {}),
+                 (lambda: history([2.3, 1.0, 0.5, 0.4, 1.8, 1.9], [2.3, 1.1, 0.6, 0.5, 1.9, 2.0],
+                                  [0.2, 0.6, 0.8, 0.85, 0.4, 0.4], [0.2, 0.6, 0.8, 0.85, 0.4, 0.4]), {}),
+                 (issue20_run, {"val_size": 153, "val_counts": ISSUE20_COUNTS}), (u_shaped_run, {}),
+                 (good_run, {"val_size": 2000}), (underfit_run, {}), (chance_run, {"num_classes": 10}),
+                 (plateau_run, {}), (lambda: stalled_run(3), {}), (issue20_run, {})]
+
+
+def test_every_verdict_is_reachable_and_has_advice():
+    verdicts = {diagnose(make(), **kwargs).verdict for make, kwargs in EVERY_VERDICT}
+    assert verdicts == set(Verdict)
+
+
+@pytest.mark.parametrize("make, kwargs", EVERY_VERDICT)
+def test_advice_names_cli_flags_and_never_what_is_on(make, kwargs):
+    everything_on = {"augment": "default", "dropout": 0.5, "pretrained": True, "patience": 4, "img_size": 64}
+    result = diagnose(make(), **kwargs, **everything_on)
+    advice = " ".join(result.advice)
+    assert result.advice
+    for python_spelling in ("='", "val_fraction", "weight_decay", "the dropout option", "lr=", "img_size"):
+        assert python_spelling not in advice
+    for already_on in ("--augment default", "--pretrained", "--dropout 0.5", "--patience", "--img-size 32"):
+        assert already_on not in advice, result.describe()
+    # the same run with nothing known names what may help, as flags
+    unknown = " ".join(diagnose(make(), **kwargs).advice)
+    assert all(python_spelling not in unknown for python_spelling in ("='", "val_fraction", "weight_decay"))
+
+
+def test_a_time_budget_turns_more_epochs_into_more_time():
+    result = diagnose(underfit_run(), time_budget="2m")
+    assert result.advice[0].startswith("Give it more time than --time 2m")
+    assert not any("--epochs" in a for a in result.advice)
+    assert result.evidence[-1] == "the run was limited by its time budget (--time 2m): 10 epochs fit in it"
+
+
 # --- too few validation images --------------------------------------------------------------------------------------
 def test_too_few_val_reports_the_interval_and_how_many_images_would_do():
     rows = good_run()
@@ -331,8 +536,9 @@ def stalled_run(stalled_epochs):
 def test_plateau_needs_plateau_epochs_when_training_loss_still_falls():
     assert diagnose(stalled_run(4)).verdict == PLATEAU
     result = diagnose(stalled_run(3))
-    assert result.verdict == UNDERFITTING  # still improving on the training set: give it more epochs
-    assert "training loss still falling over the last 3 epochs" in result.evidence
+    assert result.verdict == STILL_IMPROVING  # still improving on the training set: give it more epochs
+    assert ("training loss still falling: it fell 8.7% over epochs 6-9 (fitted line 1.03 to 0.94); validation "
+            "results have not improved over those epochs") in result.evidence
 
 
 # --- short, empty and odd histories ---------------------------------------------------------------------------------
@@ -388,22 +594,33 @@ def test_describe_and_to_dict():
 
 def test_verdict_strings_are_stable():
     assert [str(v) for v in Verdict] == ["underfitting", "overfitting", "good_fit", "plateau", "diverging",
-                                         "too_few_val", "too_short"]
+                                         "too_few_val", "too_short", "no_better_than_chance", "still_improving"]
     assert TOO_SHORT.label == "Too short to tell" and GOOD_FIT.label == "Good fit"
+    assert NO_BETTER.label == "No better than chance" and STILL_IMPROVING.label == "Still improving"
 
 
-def test_a_deliberately_overfitting_run_is_diagnosed_with_its_best_epoch(tmp_path):
-    """Few training images, many validation images, no augmentation, no dropout, many epochs."""
+def test_a_run_that_memorises_without_generalising_is_no_better_than_chance(tmp_path):
+    """Few training images, many validation images, no augmentation, no dropout: an MLP learns its 45 training
+    images by heart and the 135 validation images at chance. Its curves alone look like overfitting (validation
+    loss rising while training loss falls), which is what they were called until issue 20; the run's own verdict
+    says what matters first: it learned nothing that carries over."""
     from cnnlab.data.synth import synthesize
     from cnnlab.commands.train import fit
 
     data = tmp_path / "few"
     synthesize(data, classes=3, per_class=60, size=128, seed=1, val_fraction=0.75)  # 15 train, 45 val per class
     result = fit(data=str(data), img_size=32, epochs=15, augment="none", dropout=0.0, weight_decay=0.0,
-                 schedule="constant", lr=1e-3, batch_size=16, workers=0, out=str(tmp_path / "run"),
-                 cache="off", model="simple_cnn", model_options={"widths": [16, 32]}, verbose=False)
+                 schedule="constant", lr=1e-3, batch_size=8, workers=0, out=str(tmp_path / "run"), cache="off",
+                 model="mlp", model_options={"hidden": 256}, label_smoothing=0.0, ema=False, progressive=False,
+                 precision="fp32", verbose=False)
     verdict = result.diagnosis
     lowest = min(result.history, key=lambda row: row["val_loss"])["epoch"]
-    assert verdict.verdict == dg.OVERFITTING
+    assert verdict.verdict == NO_BETTER, verdict.describe()
     assert verdict.best_epoch == lowest == result.best_epoch
-    assert result.history[-1]["train_loss"] < result.history[lowest - 1]["train_loss"]
+    assert result.history[-1]["train_acc"] >= dg.UNDERFIT_TRAIN_ACC  # it fits its training images
+    assert diagnose(result.history).verdict == OVERFITTING  # the curves without the validation counts
+    inputs = json.loads((result.run_dir / "diagnosis.json").read_text())["inputs"]
+    assert inputs["val_counts"] == {"circle": 45, "square": 45, "triangle": 45} and inputs["augment"] == "none"
+    assert ("Turn data augmentation on (--augment default; this run had --augment none) so each epoch sees new "
+            "variants of every image.") in verdict.advice
+    assert not any("--epochs" in a for a in verdict.advice)  # more epochs do not help what is memorised

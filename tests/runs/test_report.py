@@ -53,11 +53,15 @@ def _copy_run(run_dir: Path, target: Path, evaluated: bool = True) -> Path:
 # --- written by train and eval --------------------------------------------------------------------------------
 def test_train_writes_the_verdict_and_the_report(tiny_run):
     run = tiny_run.run_dir
-    expected = diagnose(tiny_run.history, val_size=12, num_classes=3)
+    classes = json.loads((run / "classes.json").read_text())
+    # what diagnose needs: the 12 validation images per class, and what the run had on (conftest's tiny_run)
+    inputs = {"val_size": 12, "num_classes": 3, "val_counts": dict.fromkeys(classes, 4), "time_budget": None,
+              "augment": "default", "dropout": 0.2, "pretrained": False, "weights": None, "img_size": 32,
+              "patience": None}
+    expected = diagnose(tiny_run.history, **inputs)
     assert isinstance(tiny_run.diagnosis, Diagnosis) and tiny_run.diagnosis == expected
     written = json.loads((run / "diagnosis.json").read_text())
-    assert written == json.loads(json.dumps(expected.to_dict())) | {"inputs": {"val_size": 12, "num_classes": 3,
-                                                                                  "time_budget": None}}
+    assert written == json.loads(json.dumps(expected.to_dict())) | {"inputs": inputs}
     assert (run / "report.html").is_file()
     # every file's header, not a sample: 48 images of 64x64 px, all JPEG
     sizes = json.loads((run / "dataset.json").read_text())["image_sizes"]
