@@ -18,13 +18,13 @@ import torch
 from cnnlab import plots
 from cnnlab.data.dataset import ImageDataset
 from cnnlab.data.folders import Sample, expand_inputs
-from cnnlab.data.tiles import aggregate
 from cnnlab.errors import CnnlabError, ImageReadError
 from cnnlab.config import Help, TrainConfig
 from cnnlab.runs.display import window_heatmap
 from cnnlab.runs.exported import is_onnx_file, open_onnx
 from cnnlab.runs.inference import open_trained
 from cnnlab.runs.reader import read_run
+from cnnlab.training.forward import Windows
 
 
 def _read_error(dataset: ImageDataset, index: int) -> str:
@@ -44,7 +44,7 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike],
             tta: bool = False, tiled: bool = False, scale: float | None = None,
             heatmap: Annotated[str | os.PathLike | None, Help(
                 "Write <image>.heatmap.png into this folder: the probability of the predicted class (or --class) for "
-                "every window position.")] = None,
+                "every window position (bag runs: each tile's attention).")] = None,
             heatmap_class: Annotated[str | None, Help("The class the heatmap shows.", flag="--class")] = None,
             verbose: bool = False) -> list[dict]:
     """Predict the top-k classes of images with a trained run or its exported ONNX file.
@@ -67,6 +67,10 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike],
     if tiled or scale is not None or (heatmap is not None and not trained.record.preprocessing.tile):
         trained = trained.with_tiles(scale)
     class_index = None
+    if heatmap_class is not None and trained.preprocessing.bags:
+        raise CnnlabError(f"--class {heatmap_class!r}: the heatmap of a bag run (--aggregate attention) is its "
+                          "attention over the tiles, the same for every class; leave --class out (`cnnlab explain "
+                          "--class` shows a class's Grad-CAM)")
     if heatmap_class is not None:
         if heatmap_class not in trained.record.classes:
             raise CnnlabError(f"--class {heatmap_class!r} is not one of the run's classes: "
@@ -78,9 +82,8 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike],
     readable = [k for k, (_, reason) in enumerate(expanded) if reason is None]
     if readable:
         dataset = trained.dataset([Sample(expanded[k][0], 0) for k in readable], cache, verbose, warn=False)
-        tiles: dict[int, tuple] = {}
-        on_image = (lambda index, positions, tile_logits: tiles.__setitem__(index, (positions, tile_logits))) \
-            if heatmap is not None else None
+        tiles: dict[int, Windows] = {}
+        on_image = tiles.__setitem__ if heatmap is not None else None  # (index, windows) of every whole image
         if workers is None:  # decoding in worker processes pays for their start-up from the second batch on
             workers = 0 if len(readable) <= batch_size else None
         outputs = trained.logits(trained.loader(dataset, batch_size, workers), "predict", show_progress=verbose,
@@ -97,26 +100,27 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike],
         for index in range(len(readable)):
             if index not in done:
                 rows[readable[index]]["error"] = _read_error(dataset, index)
-        for index, (positions, tile_logits) in tiles.items():
+        for index, windows in tiles.items():
             rows[readable[index]]["heatmap"] = str(write_heatmap(
-                dataset, index, positions, tile_logits, trained, Path(heatmap), class_index))
+                dataset, index, windows, trained, Path(heatmap), class_index))
     return rows
 
 
-def write_heatmap(dataset: ImageDataset, index: int, positions: list[tuple[int, int]], tile_logits: torch.Tensor,
-                  trained, folder: Path, class_index: int | None = None) -> Path:
+def write_heatmap(dataset: ImageDataset, index: int, windows: Windows, trained, folder: Path,
+                  class_index: int | None = None) -> Path:
     """folder/<image name>.heatmap.png: the probability of one class (the image's predicted class by default)
-    for every window position, over the image."""
+    for every window position over the image, or for a bag run every tile's attention."""
     pre = trained.preprocessing
     image = dataset.load(index)                                              # (3, H, W) at the run's scale
-    picture, heat, shown = window_heatmap(image, positions, tile_logits, pre, class_index)
-    predicted = int(aggregate(tile_logits, pre.aggregate).argmax())
+    picture, heat, shown = window_heatmap(image, windows, pre, class_index)
+    predicted = trained.record.classes[int(windows.image_logits(pre).argmax())]
     folder.mkdir(parents=True, exist_ok=True)
     name = Path(dataset.samples[index].path).name
     path = folder / f"{Path(dataset.samples[index].path).stem}.heatmap.png"
+    what = "attention (relative to the strongest tile)" if pre.bags else f"p({trained.record.classes[shown]})"
     return plots.heatmap_overlay(picture, heat, path,
-                                 title=f"{name}: p({trained.record.classes[shown]}) per {pre.tile} px window at scale "
-                                       f"{pre.scale:g} (predicted: {trained.record.classes[predicted]})")
+                                 title=f"{name}: {what} per {pre.tile} px {'tile' if pre.bags else 'window'} at scale "
+                                       f"{pre.scale:g} (predicted: {predicted})")
 
 
 # A share of failures is judged over at least this many inputs: with fewer, one failure is already over a 5%

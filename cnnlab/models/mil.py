@@ -12,7 +12,7 @@ and because fc is linear and the a_k sum to 1, the bag's logits are exactly the 
 tiles' own logits, sum_k a_k fc(h_k). So every tile has logits of its own (the bag of that tile alone), which is
 what forward() gives a 4-D batch of tiles: Grad-CAM, inspect and the export see an ordinary per-tile classifier,
 and a bag is pooled from its tiles' (logits, score) pairs without running the network on it again
-(`tile_outputs`, `pool_tiles`). A 5-D batch (B, M, 3, T, T) is B bags of M tiles: forward pools them (training).
+(`tile_outputs`; cnnlab.training.forward.Windows pools them). A 5-D batch (B, M, 3, T, T) is B bags of M tiles: forward pools them (training).
 
 Iterative Patch Selection (Bergner et al., ICLR 2023) decides which M tiles of an image a training step sees
 (cnnlab.training.bags); this module only scores and pools.
@@ -56,27 +56,27 @@ def attention_weights(scores: torch.Tensor, counts: torch.Tensor | None = None) 
     return torch.softmax(scores.float(), dim=1).to(scores.dtype)
 
 
-def pool_tiles(tile_logits: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """One bag from its tiles' own logits (n, K) and scores (n,): the attention-weighted mean of the logits, (K,),
-    equal to fc(sum_k a_k h_k) (fc is linear, the weights sum to 1)."""
-    weights = torch.softmax(scores.float(), dim=0)                                     # (n,)
-    return weights @ tile_logits.float()                                               # (K,)
+def top_tiles(scores: torch.Tensor, keep: int | None) -> torch.Tensor:
+    """Indices of the `keep` highest of a bag's scores (n,), highest first (all of them when there are fewer, or
+    with None): the tiles Iterative Patch Selection keeps."""
+    count = len(scores) if keep is None else min(keep, len(scores))
+    return scores.topk(count).indices
 
 
-def _take_out_classifier(encoder: nn.Module) -> int:
-    """Replace the encoder's classifier (the module its classifier() names) by nn.Identity, so that its head()
-    returns the pooled vector; returns that vector's width (the classifier's first Linear's in_features)."""
-    classifier = encoder.classifier()
-    linear = next((m for m in classifier.modules() if isinstance(m, nn.Linear)), None)
-    if linear is None:
-        raise CnnlabError(f"{type(encoder).__name__}'s classifier has no linear layer, so its tile vector's width is "
-                          "unknown; --aggregate attention needs a model whose head ends in one")
-    for name, module in encoder.named_modules():
-        for child_name, child in module.named_children():
-            if child is classifier:
-                setattr(module, child_name, nn.Identity())
-                return linear.in_features
-    raise CnnlabError(f"{type(encoder).__name__}.classifier() is not one of its modules")
+def take_out_classifier(encoder: nn.Module, name: str) -> int:
+    """Replace the last linear layer of the encoder's classifier() by nn.Identity, so that its head() returns the
+    vector that layer read (after the pooling and whatever norm, hidden layer or dropout come before it); returns
+    that vector's width."""
+    linears = [module for module in encoder.classifier().modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise CnnlabError(f"model '{name}' has no linear layer at the end of its classifier, so its tiles cannot be "
+                          "pooled into one vector; --aggregate attention needs one that has (e.g. --model resnet9)")
+    for parent in encoder.modules():
+        for child_name, child in parent.named_children():
+            if child is linears[-1]:
+                setattr(parent, child_name, nn.Identity())
+                return linears[-1].in_features
+    raise CnnlabError(f"model '{name}': its classifier() is not one of its own modules")
 
 
 class MilHead(nn.Module):
@@ -98,13 +98,13 @@ class BagClassifier(nn.Module):
     features(x) the encoder's maps, head(f) each tile's own logits, stage_modules() the encoder's stages,
     classifier() the MilHead (what --freeze trains)."""
 
-    def __init__(self, encoder: nn.Module, num_classes: int):
+    def __init__(self, encoder: nn.Module, num_classes: int, name: str):
         super().__init__()
         if not encoder.stage_modules():
-            raise CnnlabError(f"--aggregate attention pools tiles through a model's feature maps, and "
-                              f"{type(encoder).__name__} has none (an MLP flattens the image); choose a CNN with "
-                              "--model (e.g. --model resnet9)")
-        self.width = _take_out_classifier(encoder)
+            raise CnnlabError(f"--aggregate attention encodes each tile by a model's feature maps, and model "
+                              f"'{name}' has none (it flattens the image); choose a CNN with --model (e.g. --model "
+                              "resnet9), or leave --aggregate attention out")
+        self.width = take_out_classifier(encoder, name)
         self.encoder = encoder
         self.mil = MilHead(self.width, num_classes)
         self.min_input_size = encoder.min_input_size
@@ -133,7 +133,7 @@ class BagClassifier(nn.Module):
 
     def tile_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 3, T, T) tiles -> (their own logits (N, K), attention scores (N,)), from one encoder pass: what a
-        bag is pooled from (pool_tiles) and what the export computes."""
+        whole image's bag is pooled from (cnnlab.training.forward.Windows)."""
         h = self.embed(x)                                                               # (N, C)
         return self.mil.fc(h), self.mil.attention(h)
 
@@ -150,6 +150,6 @@ class BagClassifier(nn.Module):
         return self.mil
 
 
-def bag_model(encoder: nn.Module, num_classes: int) -> BagClassifier:
-    """`encoder` (a registered model, built for num_classes; its classifier is replaced) under a MilHead."""
-    return BagClassifier(encoder, num_classes)
+def bag_model(encoder: nn.Module, num_classes: int, name: str) -> BagClassifier:
+    """`encoder` (registered model `name`; its classifier's last linear layer is taken out) under a MilHead."""
+    return BagClassifier(encoder, num_classes, name)

@@ -103,4 +103,4 @@ def create_model(name: str, num_classes: int, *, bag: bool = False, **options) -
         model = entry.factory(num_classes=num_classes, **options)
     except (TypeError, ValueError) as error:  # an unknown option, or a known one with a value it cannot take
         raise CnnlabError(f"bad option for model '{name}': {error}") from None
-    return bag_model(model, num_classes) if bag else model
+    return bag_model(model, num_classes, name) if bag else model

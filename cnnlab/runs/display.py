@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from cnnlab.data.tiles import aggregate
 from cnnlab.data.tiles import heatmap as tiles_heatmap
 from cnnlab.data.transforms import Preprocessing
+from cnnlab.training.forward import Windows
 
 DISPLAY_SIDE = 1024  # overlays and heatmaps are drawn over the image shrunk to at most this long side
 GALLERY_SIDE = 256  # a gallery's thumbnails (top losses): many on one figure
@@ -31,16 +31,18 @@ def shrink(image: torch.Tensor, side: int = DISPLAY_SIDE) -> torch.Tensor:
     return shrunk.round().clamp(0, 255).to(torch.uint8) if image.dtype == torch.uint8 else shrunk
 
 
-def window_heatmap(image: torch.Tensor, positions: list[tuple[int, int]], tile_logits: torch.Tensor,
-                   preprocessing: Preprocessing, class_index: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
-    """The picture (h, w, 3) uint8 of a whole image (3, H, W) at its scale, shrunk for display; the probability of
-    one class for every window position as a map of the same (h, w) in 0..1, each cell the mean over the windows
-    covering it (nearest: a cell is one position's value, not a smooth field); and the class shown (the image's
-    predicted class unless `class_index`)."""
+def window_heatmap(image: torch.Tensor, windows: Windows, preprocessing: Preprocessing,
+                   class_index: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """The picture (h, w, 3) uint8 of a whole image (3, H, W) at its scale, shrunk for display; a map of the same
+    (h, w) in 0..1, each cell the mean over the windows covering it (nearest: a cell is one position's value, not a
+    smooth field): the probability of one class per window, or for a bag run each tile's attention relative to
+    the strongest (Windows.attention: the same for every class); and the class shown (the image's predicted class
+    unless `class_index`)."""
     height, width = image.shape[1:]
     stride = max(1, round(preprocessing.tile * (1 - preprocessing.overlap)))
-    grid = tiles_heatmap(torch.softmax(tile_logits, 1), positions, preprocessing.tile, height, width, stride)
-    shown = int(aggregate(tile_logits, preprocessing.aggregate).argmax()) if class_index is None else class_index
+    values = windows.attention()[:, None] if preprocessing.bags else torch.softmax(windows.logits, 1)  # (n, 1 or K)
+    grid = tiles_heatmap(values, windows.positions, preprocessing.tile, height, width, stride)
+    shown = int(windows.image_logits(preprocessing).argmax()) if class_index is None else class_index
     size = display_size(height, width)
-    heat = F.interpolate(grid[shown][None, None], size=size, mode="nearest")[0, 0]            # (h, w)
+    heat = F.interpolate(grid[0 if preprocessing.bags else shown][None, None], size=size, mode="nearest")[0, 0]
     return shrink(image).permute(1, 2, 0).numpy(), heat.numpy(), shown

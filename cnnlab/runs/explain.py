@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from cnnlab import plots
-from cnnlab.data.tiles import aggregate, cut_tiles
+from cnnlab.data.tiles import cut_tiles
 from cnnlab.errors import CnnlabError
 from cnnlab.models.gradcam import cam_layer, grad_cam, upsample
 from cnnlab.runs.display import shrink
@@ -81,13 +81,20 @@ def explain_batch(trained: TrainedModel, images: list[torch.Tensor], targets: li
 def _stitched_cam(trained: TrainedModel, image: torch.Tensor, class_index: int | None):
     """Tiled runs: the windows' logits (the image's prediction, by the one sliding window), then every window's map
     for the target class, placed where the window was cut and averaged where windows overlap; one map over the
-    whole image."""
+    whole image. Bag runs: each kept tile's map times its attention weight (the Grad-CAM of the bag's logit through
+    its tiles' own: the pooled logit is their attention-weighted sum, and ReLU(a x) = a ReLU(x) for a > 0), so
+    only the tiles the prediction used are explained, and a tile counts as much as it weighs."""
     pre = trained.preprocessing
     height, width = image.shape[1:]
-    positions, tile_logits = window_logits(trained.model, image, trained.pipeline, pre.tile, pre.overlap)
-    probabilities = torch.softmax(aggregate(tile_logits, pre.aggregate), 0)
+    windows = window_logits(trained.model, image, trained.pipeline, pre)
+    probabilities = torch.softmax(windows.image_logits(pre), 0)
     predicted = int(probabilities.argmax())
     target = predicted if class_index is None else class_index
+    positions, weights = windows.positions, torch.ones(len(windows.positions))
+    if pre.bags:
+        weights = windows.weights(pre)
+        kept = weights.nonzero().flatten().tolist()
+        positions, weights = [positions[k] for k in kept], weights[kept]
     total = torch.zeros(height, width)
     count = torch.zeros(height, width)
     step = window_batch(pre.tile)  # the sliding window's batching rule (a backward pass each)
@@ -95,10 +102,11 @@ def _stitched_cam(trained: TrainedModel, image: torch.Tensor, class_index: int |
         chunk = positions[start:start + step]
         cams, _ = grad_cam(trained.model, trained.pipeline(cut_tiles(image, chunk, pre.tile)), target)
         cams = upsample(cams, (pre.tile, pre.tile)).cpu()                               # (n, tile, tile)
-        for (top, left), cam in zip(chunk, cams):
-            total[top:top + pre.tile, left:left + pre.tile] += cam
+        for (top, left), cam, weight in zip(chunk, cams, weights[start:start + step].tolist()):
+            total[top:top + pre.tile, left:left + pre.tile] += weight * cam
             count[top:top + pre.tile, left:left + pre.tile] += 1
-    return total / count.clamp(min=1), probabilities, predicted, target
+    # bag runs: a sum of weighted maps (the weights already sum to 1); tiled runs: the mean where windows overlap
+    return (total if pre.bags else total / count.clamp(min=1)), probabilities, predicted, target
 
 
 def overlay_image(explanation: Explanation) -> np.ndarray:

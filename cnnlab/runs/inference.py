@@ -72,7 +72,7 @@ class TrainedModel:
     def logits(self, loader: DataLoader, description: str = "eval", show_progress: bool = False,
                tta: bool = False, on_image=None) -> Logits:
         """Logits of every readable image of the loader (flip-averaged with `tta`), as the view scores it (tiled:
-        the sliding window's aggregate, `on_image(index, positions, tile_logits)` seeing each image's windows)."""
+        the sliding window pooled as the run pools it, `on_image(index, windows)` seeing each image's Windows)."""
         return view_logits(self.model, loader, self.pipeline, self.preprocessing, description,
                            show_progress=show_progress, tta=tta, on_image=on_image)
 
@@ -84,7 +84,7 @@ class TrainedModel:
         tile = pre.tile or self.record.img_size
         tiles = dataclasses.replace(Preprocessing.for_tiles(
             tile, scale if scale is not None else pre.scale, overlap if overlap is not None else pre.overlap,
-            aggregate or pre.aggregate), mean=pre.mean, std=pre.std)
+            aggregate or pre.aggregate, pre.bag_tiles), mean=pre.mean, std=pre.std)
         return dataclasses.replace(self, tiles=tiles)
 
 

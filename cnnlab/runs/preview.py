@@ -25,7 +25,7 @@ from cnnlab.data.transforms import Preprocessing, denormalize
 from cnnlab.errors import CnnlabError
 from cnnlab.training.forward import InputPipeline
 from cnnlab.training.record import AUGMENT_PREVIEW
-from cnnlab.training.setup import environment, find_splits, input_pipeline, prepare_data
+from cnnlab.training.setup import environment, find_splits, input_pipeline, prepare_data, preprocessing_of
 
 
 def pick_images(labels: list[int], images: int, seed: int) -> list[int]:
@@ -78,9 +78,15 @@ def preview_tensors(config: TrainConfig, n: int = 8, images: int = 4, parts: Pre
     rows, names = [], []
     readable = [i for i in range(len(dataset)) if i not in parts.unreadable]
     chosen = pick_images([dataset.samples[i].label for i in readable], images, config.seed)
+    record = preprocessing_of(config)
+    if record.bags:  # a bag run's dataset reads whole images; the step augments each kept tile on the device
+        view = record.one_input
     for row, index in enumerate(readable[k] for k in chosen):
         crops = []
         for column in range(n):
+            if record.bags:  # one tile (the central one), augmented with each read's seed
+                crops.append(view(dataset.load(index)))
+                continue
             item = dataset[(index, int(seeds[row, column]))]  # (uint8 image, label, index, seed), or None
             if item is None:
                 raise CnnlabError(f"cannot read {dataset.samples[index].path}; run `cnnlab data check`")

@@ -7,6 +7,7 @@ run's pixel cap (a bomb is refused from its header) and prepared as `cnnlab pred
                       Grad-CAM of the predicted class (one forward and one backward pass) -> overlay
     tiled runs        decode at the run's pixel scale -> the sliding window of cnnlab.data.tiles -> tile logits,
                       aggregated as the run does -> heatmap of the predicted class's probability per window
+                      (bag runs: of each tile's attention, cnnlab.runs.display.window_heatmap)
 
 Decoding runs in parallel in the caller's threads; the model runs under one lock, because Grad-CAM hooks the
 model's last stage and reads gradients, which two requests at once would mix.
@@ -23,7 +24,6 @@ import torch
 
 from cnnlab import plots
 from cnnlab.data.images import encode_png, image_header, read_at
-from cnnlab.data.tiles import aggregate
 from cnnlab.errors import CnnlabError
 from cnnlab.runs.display import window_heatmap
 from cnnlab.runs.explain import explain_image, overlay_image
@@ -99,10 +99,10 @@ class UploadPredictor:
         return explanation.probabilities, overlay_image(explanation)
 
     def _tiled(self, image: torch.Tensor):
-        """(K,) probabilities by the run's sliding window, and the predicted class's probability per window over
-        the image (h, w, 3) uint8."""
+        """(K,) probabilities by the run's sliding window, and the predicted class's probability (bag runs: the
+        attention) per window over the image (h, w, 3) uint8."""
         trained, pre = self.trained, self.trained.preprocessing
-        positions, tile_logits = window_logits(trained.model, image, trained.pipeline, pre.tile, pre.overlap)
-        probabilities = torch.softmax(aggregate(tile_logits, pre.aggregate), 0)
-        picture, heat, _ = window_heatmap(image, positions, tile_logits, pre)
+        windows = window_logits(trained.model, image, trained.pipeline, pre)
+        probabilities = torch.softmax(windows.image_logits(pre), 0)
+        picture, heat, _ = window_heatmap(image, windows, pre)
         return probabilities, plots.blend_map(picture, heat)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from cnnlab.data.bags import BagBatch, grid, image_shape, read_tiles, tile_seeds
+from cnnlab.models.mil import top_tiles
 from cnnlab.training.forward import InputPipeline
 
 
@@ -57,11 +58,6 @@ def score_tiles(model: nn.Module, images: list[torch.Tensor], positions: list[li
             module.training = mode
     flat = torch.cat(scores) if scores else torch.empty(0)
     return list(flat.split([len(p) for p in positions]))
-
-
-def top_tiles(scores: torch.Tensor, keep: int) -> torch.Tensor:
-    """Indices of the `keep` highest scores (all when there are fewer), highest first."""
-    return scores.topk(min(keep, len(scores))).indices
 
 
 def random_tiles(count: int, keep: int, seed: int) -> torch.Tensor:

@@ -113,13 +113,14 @@ class CompiledOrEager(nn.Module):
         print(f"warning: torch.compile failed ({self.failure}); running the model without it",
               file=sys.stderr, flush=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """The model's forward on its inputs (images, or bags of tiles and their counts)."""
         if self.failure is None:
             try:
-                return self.compiled(x)
+                return self.compiled(*inputs)
             except Exception as error:  # noqa: BLE001 - compiler errors come in many types
                 self._fall_back(error)
-        return self.model(x)
+        return self.model(*inputs)
 
 
 def compile_model(model: nn.Module, backend: str | object = "inductor") -> nn.Module:

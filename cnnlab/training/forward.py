@@ -16,11 +16,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cnnlab.data.augment import mix_batch
-from cnnlab.data.bags import grid, read_tiles
 from cnnlab.data.dataset import Batch
 from cnnlab.data.tiles import aggregate, cut_tiles, tile_positions
 from cnnlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, normalize
-from cnnlab.models.mil import pool_tiles
+from cnnlab.models.mil import attention_weights, top_tiles
 from cnnlab.training.device import Precision
 from cnnlab.training.progress import Progress
 
@@ -117,10 +116,46 @@ def collect_logits(model: nn.Module, loader: DataLoader, pipeline: InputPipeline
     return Logits(torch.cat(all_logits), torch.cat(all_labels), torch.cat(all_indices))
 
 
+@dataclass
+class Windows:
+    """One whole image as the network saw it at the run's scale: every window's (top, left), its own logits (n, K)
+    float32 on the CPU, and in bag runs its attention score (n,). How the run pools them is the view's
+    (Preprocessing: mean, max, or attention over the bag's top `bag_tiles`)."""
+
+    positions: list[tuple[int, int]]
+    logits: torch.Tensor
+    scores: torch.Tensor | None = None
+
+    def weights(self, view: Preprocessing) -> torch.Tensor:
+        """(n,) each window's weight in the image's logits for mean or attention pooling (they sum to 1): a bag's
+        softmax over its `bag_tiles` highest scores (what IPS keeps in training), 0 for the other tiles."""
+        if not view.bags:
+            if view.aggregate != "mean":
+                raise ValueError(f"aggregate {view.aggregate!r} pools by no weights")
+            return torch.full((len(self.logits),), 1 / len(self.logits))
+        kept = top_tiles(self.scores, view.bag_tiles)
+        weights = torch.zeros(len(self.scores))
+        weights[kept] = attention_weights(self.scores[kept][None])[0]
+        return weights
+
+    def image_logits(self, view: Preprocessing) -> torch.Tensor:
+        """(K,) the image's logits: its windows' mean or max, or a bag's attention-weighted mean of its kept tiles'
+        logits (equal to the classifier on the attention-pooled tile vectors, cnnlab.models.mil)."""
+        if view.bags:
+            return self.weights(view) @ self.logits
+        return aggregate(self.logits, view.aggregate)
+
+    def attention(self) -> torch.Tensor:
+        """(n,) a bag's attention relative to its strongest tile, exp(score - max score) in (0, 1]: for the kept
+        tiles their pooling weight over the top tile's, for the others the same ratio (the heatmap)."""
+        return torch.exp(self.scores - self.scores.max())
+
+
 # Tiles per forward pass of the sliding window: at most this many pixels (16 tiles of 256 px, 4 of 512 px).
 # Inference memory grows with the pixels of a batch (activations) on top of torch's own ~0.5-0.7 GB; this
 # keeps a whole tiled prediction under 1 GB whatever the tile size, at no cost in speed on a CPU (a batch of
-# 16 tiles already fills its matrix units). Grad-CAM's windows (a backward pass each) use the same rule.
+# 16 tiles already fills its matrix units). Grad-CAM's windows (a backward pass each) use the same rule, and so
+# does a bag run's scoring pass (cnnlab.training.bags).
 TILE_BATCH_PIXELS = 16 * 256 * 256
 
 
@@ -131,94 +166,54 @@ def window_batch(tile: int, requested: int | None = None) -> int:
     return most if requested is None else max(1, min(requested, most))
 
 
+def tile_outputs(model: nn.Module, tiles: torch.Tensor, bags: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Normalised tiles (n, 3, T, T) -> (their own logits (n, K), and for a bag model their attention scores (n,))."""
+    if bags:
+        return model.tile_outputs(tiles)
+    return model(tiles), None
+
+
 @torch.no_grad()
-def window_logits(model: nn.Module, image: torch.Tensor, pipeline: InputPipeline, tile: int, overlap: float,
-                  tta: bool = False, batch_size: int | None = None) -> tuple[list[tuple[int, int]], torch.Tensor]:
-    """The sliding window over one whole uint8 image (3, H, W) at its scale: every window's (top, left) and its
-    logits (n, K) float32 on the CPU (flip-averaged with `tta`), in batches of window_batch(tile, batch_size).
-    Prediction, evaluation, validation, serve and Grad-CAM all slide through here."""
+def window_logits(model: nn.Module, image: torch.Tensor, pipeline: InputPipeline, view: Preprocessing,
+                  tta: bool = False, batch_size: int | None = None) -> Windows:
+    """The sliding window over one whole uint8 image (3, H, W) at its scale: every window's position, logits and
+    (bag runs) attention score, float32 on the CPU (flip-averaged with `tta`), in batches of
+    window_batch(tile, batch_size). Prediction, evaluation, validation, serve and Grad-CAM all slide through here."""
     model.eval()
-    positions = tile_positions(image.shape[1], image.shape[2], tile, overlap)
-    step = window_batch(tile, batch_size)
-    outputs = []
-    for start in range(0, len(positions), step):
-        tiles = pipeline(cut_tiles(image, positions[start:start + step], tile))      # (n, 3, tile, tile)
-        with pipeline.precision.autocast(pipeline.device):
-            logits = model(tiles).float()                                            # (n, K)
-            if tta:
-                logits = (logits + model(tiles.flip(-1)).float()) / 2
-        outputs.append(logits.cpu())
-    return positions, torch.cat(outputs)
-
-
-@torch.no_grad()
-def collect_tiled_logits(model: nn.Module, loader: DataLoader, pipeline: InputPipeline, tile: int, overlap: float,
-                         how: str = "mean", batch_size: int | None = None, description: str = "eval",
-                         show_progress: bool = True, tta: bool = False, on_image: Callable | None = None) -> Logits:
-    """Slide a `tile` window over every whole image of `loader` (one scaled uint8 image per batch) and aggregate
-    each image's window logits (mean or max).
-
-    `on_image(index, positions, tile_logits (n, K))`, if given, sees every image's windows (heatmaps)."""
-    all_logits, all_labels, all_indices = [], [], []
-    with Progress(len(loader.dataset), description, enabled=show_progress, show_loss=False) as progress:
-        for batch in loader:
-            for image, label, index in zip(batch.images, batch.labels, batch.indices):
-                positions, tile_logits = window_logits(model, image, pipeline, tile, overlap, tta, batch_size)
-                if on_image is not None:
-                    on_image(int(index), positions, tile_logits)
-                all_logits.append(aggregate(tile_logits, how)[None])
-                all_labels.append(label[None])
-                all_indices.append(index[None])
-            progress.update(len(batch))
-    if not all_logits:
-        empty = torch.empty(0, dtype=torch.long)
-        return Logits(torch.empty(0, 0), empty, empty)
-    return Logits(torch.cat(all_logits), torch.cat(all_labels), torch.cat(all_indices))
-
-
-@torch.no_grad()
-def bag_outputs(model: nn.Module, image: torch.Tensor, pipeline: InputPipeline, tile: int, overlap: float,
-                batch_size: int | None = None) -> tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor]:
-    """Every tile of a bag's image (3, H, W), scored once: the grid's (top, left), each tile's own logits (n, K) and
-    attention scores (n,), float32 on the CPU, in batches of window_batch(tile, batch_size) tiles (the model's
-    tile_outputs: one encoder pass per tile)."""
-    model.eval()
-    positions = grid(image.shape[-2], image.shape[-1], tile, overlap)
-    step = window_batch(tile, batch_size)
+    positions = tile_positions(image.shape[1], image.shape[2], view.tile, view.overlap)
+    step = window_batch(view.tile, batch_size)
     logits, scores = [], []
     for start in range(0, len(positions), step):
-        tiles = pipeline(read_tiles(image, positions[start:start + step], tile))          # (n, 3, tile, tile)
+        tiles = pipeline(cut_tiles(image, positions[start:start + step], view.tile))  # (n, 3, tile, tile)
         with pipeline.precision.autocast(pipeline.device):
-            tile_logits, tile_scores = model.tile_outputs(tiles)                          # (n, K), (n,)
+            tile_logits, tile_scores = tile_outputs(model, tiles, view.bags)          # (n, K), (n,) or None
+            if tta:
+                flipped_logits, flipped_scores = tile_outputs(model, tiles.flip(-1), view.bags)
+                tile_logits = (tile_logits.float() + flipped_logits.float()) / 2
+                if tile_scores is not None:
+                    tile_scores = (tile_scores.float() + flipped_scores.float()) / 2
         logits.append(tile_logits.float().cpu())
-        scores.append(tile_scores.float().cpu())
-    return positions, torch.cat(logits), torch.cat(scores)
-
-
-def pool_bag(tile_logits: torch.Tensor, scores: torch.Tensor, keep: int | None) -> torch.Tensor:
-    """An image's logits (K,) from its tiles' own logits (n, K) and attention scores (n,): the attention-weighted
-    mean over the `keep` highest-scoring tiles (all with None), as training pools the tiles it selected."""
-    if keep is not None and keep < len(scores):
-        top = scores.topk(keep).indices
-        tile_logits, scores = tile_logits[top], scores[top]
-    return pool_tiles(tile_logits, scores)
+        if tile_scores is not None:
+            scores.append(tile_scores.float().cpu())
+    return Windows(positions, torch.cat(logits), torch.cat(scores) if scores else None)
 
 
 @torch.no_grad()
-def collect_bag_logits(model: nn.Module, loader: DataLoader, pipeline: InputPipeline, view: Preprocessing,
-                       batch_size: int | None = None, description: str = "eval", show_progress: bool = True,
-                       on_image: Callable | None = None) -> Logits:
-    """Each whole image of `loader` as one bag: every tile scored once (bag_outputs), pooled (pool_bag).
-    `on_image(index, positions, tile_logits (n, K), scores (n,))`, if given, sees every image's tiles (heatmaps)."""
+def collect_tiled_logits(model: nn.Module, loader: DataLoader, pipeline: InputPipeline, view: Preprocessing,
+                         batch_size: int | None = None, description: str = "eval", show_progress: bool = True,
+                         tta: bool = False, on_image: Callable | None = None) -> Logits:
+    """Slide the view's window over every whole image of `loader` (whole images, one or more per batch) and pool
+    each image's windows as the view says (Windows.image_logits).
+
+    `on_image(index, windows)`, if given, sees every image's Windows (heatmaps)."""
     all_logits, all_labels, all_indices = [], [], []
     with Progress(len(loader.dataset), description, enabled=show_progress, show_loss=False) as progress:
         for batch in loader:
             for image, label, index in zip(batch.images, batch.labels, batch.indices):
-                positions, tile_logits, scores = bag_outputs(model, image, pipeline, view.tile, view.overlap,
-                                                             batch_size)
+                windows = window_logits(model, image, pipeline, view, tta, batch_size)
                 if on_image is not None:
-                    on_image(int(index), positions, tile_logits, scores)
-                all_logits.append(pool_bag(tile_logits, scores, view.bag_tiles)[None])
+                    on_image(int(index), windows)
+                all_logits.append(windows.image_logits(view)[None])
                 all_labels.append(label[None])
                 all_indices.append(index[None])
             progress.update(len(batch))
@@ -231,15 +226,12 @@ def collect_bag_logits(model: nn.Module, loader: DataLoader, pipeline: InputPipe
 def view_logits(model: nn.Module, loader: DataLoader, pipeline: InputPipeline, view: Preprocessing,
                 description: str = "eval", show_progress: bool = True, tta: bool = False,
                 on_image: Callable | None = None) -> Logits:
-    """Logits of every readable image of `loader` as the run's view scores it: crops in batches, whole images by
-    the sliding window, aggregated as the record says, or whole images as bags of tiles pooled by attention
-    (`on_image` sees each whole image's windows)."""
-    if view.bags:
-        return collect_bag_logits(model, loader, pipeline, view, description=description,
-                                  show_progress=show_progress, on_image=on_image)
+    """Logits of every readable image of `loader` as the run's view scores it: crops in batches, or whole images by
+    the sliding window, pooled as the record says (mean, max, or a bag's attention; `on_image(index, windows)` sees
+    each whole image's Windows)."""
     if view.tiled:
-        return collect_tiled_logits(model, loader, pipeline, view.tile, view.overlap, view.aggregate,
-                                    description=description, show_progress=show_progress, tta=tta, on_image=on_image)
+        return collect_tiled_logits(model, loader, pipeline, view, description=description,
+                                    show_progress=show_progress, tta=tta, on_image=on_image)
     return collect_logits(model, loader, pipeline, description, show_progress=show_progress, tta=tta)
 
 

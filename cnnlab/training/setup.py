@@ -603,7 +603,9 @@ def _assemble(config: TrainConfig, env: Environment, data: RunData, model: nn.Mo
         torch.manual_seed(config.seed * 1_000_003 + world.rank)  # dropout: other masks on each process
     net = compile_model(net) if config.compile else net
     parts = TrainingParts(model, net, optimisation.optimizer, optimisation.scheduler, optimisation.scaler, loss_fn,
-                          pipeline, optimisation.average, validation_net=model if world.distributed else net,
+                          pipeline, optimisation.average,
+                          # bags validate through the model's tile_outputs, which a compiled wrapper hides
+                          validation_net=model if world.distributed or preprocessing.bags else net,
                           inputs=step_inputs(config, pipeline, len(splits.classes)))
     run = Run(resolved, run_dir, splits, metadata, preprocessing, parts, loaders["train"], loaders["val"],
               unreadable, dataset_info, verbose=verbose, budget=optimisation.budget, world=world,
