@@ -11,7 +11,7 @@ from cnnlab.config import Help, TrainConfig
 from cnnlab.training.record import LR_FIND_PNG, write_lr_find
 from cnnlab.training.lr_find import LRFindResult, as_json, run_for_config
 from cnnlab.training.setup import (environment, find_splits, input_pipeline, make_loaders, prepare_data,
-                                   prepare_model, resolve_balance)
+                                   prepare_model, resolve_balance, step_inputs)
 
 
 def default_plot_path(data: str, model: str) -> Path:
@@ -37,7 +37,9 @@ def find_lr(data: str,
     model, _ = prepare_model(config, len(splits.classes), env)
     prepared = prepare_data(config, splits, verbose=verbose)
     loader = make_loaders(config, prepared, env, resolve_balance(config.balance, prepared.train_counts))["train"]
-    result = run_for_config(config, model, loader, input_pipeline(config, env.device, env.precision), num_steps=steps)
+    pipeline = input_pipeline(config, env.device, env.precision)
+    result = run_for_config(config, model, loader, pipeline, num_steps=steps,
+                            inputs=step_inputs(config, pipeline, len(splits.classes)))
     path = Path(run) / LR_FIND_PNG if run else Path(out) if out else default_plot_path(data, config.model)
     plots.lr_find_curve(result.lrs, result.losses, result.smoothed, result.suggestion, path,
                         title=f"LR range test: {config.model}, {config.optimizer}, {config.img_size}px, "

@@ -66,11 +66,22 @@ def random_tiles(count: int, keep: int, seed: int) -> torch.Tensor:
     return order[:min(keep, count)]
 
 
+# A sample's seed feeds three draws of a step; each gets its own stream (a seed shared between two draws would
+# tie them: the grid's offset would decide which tiles a warm-up step draws)
+GRID_STREAM, DRAW_STREAM, AUGMENT_STREAM = 0, 1, 2
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    """A seed for one of a sample's draws, a pure function of (seed, stream)."""
+    return int(torch.randint(0, 2**62, (), generator=torch.Generator().manual_seed(seed * 3 + stream)))
+
+
 @dataclass(frozen=True)
 class BagInputs:
     """A batch of whole images -> the model's input for one step: ((B, M', 3, T, T) normalised and augmented tiles on
     the device, counts (B,) of real tiles per bag), no soft targets. M' is the batch's largest bag (at most `keep`).
-    Called as cnnlab.training.forward.ImageInputs is: inputs(model, batch, epoch, side)."""
+    Called as cnnlab.training.forward.ImageInputs is: inputs(model, batch, epoch, side); `side` does not apply
+    (bag runs train at full tile size)."""
 
     pipeline: InputPipeline
     tile: int
@@ -82,19 +93,28 @@ class BagInputs:
     warmup: int = 0
     """Epochs (from the first) whose steps draw M tiles at random instead of scoring."""
 
+    @property
+    def steady_epoch(self) -> int:
+        """The first epoch that selects by attention: what most of a run's steps cost (--time measures it)."""
+        return self.warmup + 1
+
     def select(self, model: nn.Module, batch: BagBatch, epoch: int) -> list[list[tuple[int, int]]]:
-        """Each image's kept tiles, as (top, left) positions in it: its top M by attention (after the warm-up)."""
+        """Each image's kept tiles, as (top, left) positions in it: its top M by attention (after the warm-up; all of
+        them, unscored, when no image has more than M)."""
         seeds = [int(seed) for seed in batch.seeds]
-        positions = [grid(*image_shape(image), self.tile, self.overlap, seed)
+        positions = [grid(*image_shape(image), self.tile, self.overlap, stream_seed(seed, GRID_STREAM))
                      for image, seed in zip(batch.images, seeds)]
+        if all(len(p) <= self.keep for p in positions):
+            return positions
         if epoch <= self.warmup:
-            chosen = [random_tiles(len(p), self.keep, seed) for p, seed in zip(positions, seeds)]
+            chosen = [random_tiles(len(p), self.keep, stream_seed(seed, DRAW_STREAM))
+                      for p, seed in zip(positions, seeds)]
         else:
             scores = score_tiles(model, batch.images, positions, self.tile, self.pipeline, self.score_batch)
             chosen = [top_tiles(s, self.keep) for s in scores]
         return [[p[i] for i in c.tolist()] for p, c in zip(positions, chosen)]
 
-    def __call__(self, model: nn.Module, batch: BagBatch, epoch: int, side: int
+    def __call__(self, model: nn.Module, batch: BagBatch, epoch: int, side: int | None = None
                  ) -> tuple[tuple[torch.Tensor, torch.Tensor], None]:
         kept = self.select(model, batch, epoch)
         counts = torch.tensor([len(k) for k in kept])
@@ -103,6 +123,6 @@ class BagInputs:
         for image, positions, seed in zip(batch.images, kept, batch.seeds):
             padded = [positions[i % len(positions)] for i in range(length)]  # padding: the bag's own tiles again
             tiles.append(read_tiles(image, padded, self.tile))                              # (M', 3, T, T) uint8
-            seeds.append(tile_seeds(int(seed), length))
+            seeds.append(tile_seeds(stream_seed(int(seed), AUGMENT_STREAM), length))
         x = self.pipeline(torch.cat(tiles), torch.cat(seeds), train=True)                 # (B * M', 3, T, T)
         return (x.view(len(kept), length, *x.shape[1:]), counts.to(x.device)), None

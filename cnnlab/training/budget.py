@@ -27,7 +27,7 @@ from torch import nn
 
 from cnnlab.config import format_duration
 from cnnlab.errors import CnnlabError
-from cnnlab.training.forward import smaller_side
+from cnnlab.training.forward import ImageInputs
 
 VALIDATION_SHARE = 1 / 3  # a forward pass without gradients costs about a third of a training step
 FINISH_SECONDS = 3.0  # evaluation files, plots, layer table, preview and report at the end of the run
@@ -71,10 +71,14 @@ class Plan:
 
 
 def measure_seconds_per_image(model: nn.Module, loader, pipeline, loss_fn: nn.Module, side: int | None = None,
-                              batches: int = MEASURE_BATCHES, keep_scale: bool = False) -> float:
+                              batches: int = MEASURE_BATCHES, keep_scale: bool = False,
+                              inputs: Callable | None = None) -> float:
     """Seconds per image of full training steps (loading, augmentation, forward, backward, update) on a copy of
     `model` with its own optimizer, at the loader's side or brought to `side` as training does (smaller_side: tiles,
-    `keep_scale`, cropped); the run's weights, optimizer and random numbers are untouched."""
+    `keep_scale`, cropped); the run's weights, optimizer and random numbers are untouched. `inputs`: how training
+    makes the net's input from a batch (cnnlab.training.forward.ImageInputs, or a bag run's BagInputs: its
+    scoring pass and selected tiles are part of the step), at its steady_epoch."""
+    inputs = inputs or ImageInputs(pipeline, keep_scale, num_classes=0)
     work = copy.deepcopy(model).train()
     optimizer = torch.optim.AdamW(work.parameters(), lr=1e-6)
     device = pipeline.device
@@ -93,11 +97,9 @@ def measure_seconds_per_image(model: nn.Module, loader, pipeline, loss_fn: nn.Mo
             read += 1
             if len(batch) == 0:
                 continue
-            x = pipeline(batch.images, batch.seeds, train=True)
-            if side is not None and side != x.shape[-1]:
-                x = smaller_side(x, side, keep_scale)
+            x, _ = inputs(work, batch, inputs.steady_epoch, side)  # the net's inputs: images, or bags and counts
             with pipeline.precision.autocast(device):
-                loss = loss_fn(work(x).float(), batch.labels.to(device))
+                loss = loss_fn(work(*x).float(), batch.labels.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -113,12 +115,12 @@ def measure_seconds_per_image(model: nn.Module, loader, pipeline, loss_fn: nn.Mo
 
 
 def measure_speed(model: nn.Module, loader, pipeline, loss_fn: nn.Module, full_side: int, small_side: int,
-                  keep_scale: bool = False) -> Speed:
+                  keep_scale: bool = False, inputs: Callable | None = None) -> Speed:
     """The Speed of full training steps at `full_side` and, when progressive resizing starts smaller, at
     `small_side` (measure_seconds_per_image at each)."""
-    full = measure_seconds_per_image(model, loader, pipeline, loss_fn)
-    small = measure_seconds_per_image(model, loader, pipeline, loss_fn, side=small_side, keep_scale=keep_scale) \
-        if small_side < full_side else full
+    full = measure_seconds_per_image(model, loader, pipeline, loss_fn, inputs=inputs)
+    small = measure_seconds_per_image(model, loader, pipeline, loss_fn, side=small_side, keep_scale=keep_scale,
+                                      inputs=inputs) if small_side < full_side else full
     # a smaller side never costs more: a measurement that says so caught a burst of other load on the cores
     return Speed(full_side, full, small_side, min(small, full))
 

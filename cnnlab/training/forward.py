@@ -53,9 +53,9 @@ class InputPipeline:
 @dataclass(frozen=True)
 class ImageInputs:
     """A training batch of crops (or tiles) -> the model's input on the device: augmented per image, at the epoch's
-    side (progressive resizing), MixUp/CutMix-blended when asked. Called as inputs(model, batch, epoch, side) ->
-    ((images (N, 3, side, side),), soft targets (N, K) or None); cnnlab.training.bags.BagInputs is the same call
-    for bags of tiles."""
+    side (progressive resizing; None: as loaded), MixUp/CutMix-blended when asked. Called as inputs(model, batch,
+    epoch, side) -> ((images (N, 3, side, side),), soft targets (N, K) or None); cnnlab.training.bags.BagInputs is
+    the same call for bags of tiles. Training, the --time measurement and the LR finder all step through it."""
 
     pipeline: InputPipeline
     keep_scale: bool
@@ -63,11 +63,13 @@ class ImageInputs:
     num_classes: int
     mixup: float = 0.0
     cutmix: float = 0.0
+    steady_epoch: int = 1
+    """An epoch whose steps cost what most of a run's do (what --time measures): any."""
 
-    def __call__(self, model: nn.Module, batch: Batch, epoch: int, side: int
+    def __call__(self, model: nn.Module, batch: Batch, epoch: int, side: int | None = None
                  ) -> tuple[tuple[torch.Tensor], torch.Tensor | None]:
         images = self.pipeline(batch.images, batch.seeds, train=True)                  # (N, 3, S, S) on the device
-        if side != images.shape[-1]:
+        if side is not None and side != images.shape[-1]:
             images = smaller_side(images, side, self.keep_scale)
         targets = None
         if self.mixup or self.cutmix:

@@ -31,6 +31,7 @@ import math
 import random
 import sys
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ from cnnlab import plots
 from cnnlab.config import TrainConfig, default
 from cnnlab.data.loaders import skip_sampler
 from cnnlab.errors import CnnlabError
-from cnnlab.training.forward import InputPipeline
+from cnnlab.training.forward import ImageInputs, InputPipeline
 from cnnlab.training.optim import DEFAULT_LR, build_optimizer
 from cnnlab.training.record import LR_FIND_PNG, write_lr_find
 
@@ -119,8 +120,9 @@ def _set_rng_states(states: dict) -> None:
 
 def lr_find(model: nn.Module, loader, optimizer_name: str, pipeline: InputPipeline, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 200, smoothing: float = 0.98,
             diverge_factor: float = 4.0, weight_decay: float = default(TrainConfig, "weight_decay"),
-            loss_fn: nn.Module | None = None) -> LRFindResult:
-    """Run the LR range test on the training loader and restore the model afterwards."""
+            loss_fn: nn.Module | None = None, inputs: Callable | None = None) -> LRFindResult:
+    """Run the LR range test on the training loader and restore the model afterwards. `inputs`: how training makes
+    the net's input from a batch (cnnlab.training.forward.ImageInputs by default; a bag run's BagInputs)."""
     if not 0 < start_lr < end_lr:
         raise CnnlabError(f"lr_find needs 0 < start_lr < end_lr; got start_lr={start_lr}, end_lr={end_lr}")
     if not 0 <= smoothing < 1:
@@ -137,6 +139,7 @@ def lr_find(model: nn.Module, loader, optimizer_name: str, pipeline: InputPipeli
     saved_generator = generator.get_state() if generator is not None else None
     device, precision = pipeline.device, pipeline.precision
     saved_rng = _rng_states(device)
+    inputs = inputs or ImageInputs(pipeline, keep_scale=False, num_classes=0)
 
     optimizer = build_optimizer(model, optimizer_name, start_lr, weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
@@ -151,10 +154,10 @@ def lr_find(model: nn.Module, loader, optimizer_name: str, pipeline: InputPipeli
             lr = start_lr * ratio ** len(lrs)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            images = pipeline(batch.images, batch.seeds, train=True)  # as training sees them
+            x, _ = inputs(model, batch, inputs.steady_epoch)  # as training sees them: images, or bags and counts
             labels = batch.labels.to(device, non_blocking=True)
             with precision.autocast(device):
-                logits = model(images)                   # (N, K)
+                logits = model(*x)                       # (N, K)
                 loss = loss_fn(logits.float(), labels)   # fp32 loss, as in train_one_epoch
             value = loss.item()
             lrs.append(lr)
@@ -249,17 +252,17 @@ def suggest_lr(lrs: list[float], smoothed: list[float], fallback: float | None =
 # --------------------------------------------------------------------------------------------
 
 def run_for_config(config: TrainConfig, model: nn.Module, train_loader, pipeline: InputPipeline,
-                   num_steps: int = 200) -> LRFindResult:
-    """lr_find with the optimizer, weight decay and label smoothing the training run will use."""
+                   num_steps: int = 200, inputs: Callable | None = None) -> LRFindResult:
+    """lr_find with the optimizer, weight decay, label smoothing and batch inputs the training run will use."""
     return lr_find(model, train_loader, config.optimizer, pipeline, num_steps=num_steps,
                    weight_decay=config.weight_decay,
-                   loss_fn=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing))
+                   loss_fn=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), inputs=inputs)
 
 
 def suggest_lr_for_config(config: TrainConfig, model: nn.Module, train_loader, pipeline: InputPipeline,
-                          verbose: bool = True, run_dir: Path | None = None) -> float:
+                          verbose: bool = True, run_dir: Path | None = None, inputs: Callable | None = None) -> float:
     """The suggested LR for fit(lr='auto'); with `run_dir`, also writes lr_find.png and lr_find.json there."""
-    result = run_for_config(config, model, train_loader, pipeline)
+    result = run_for_config(config, model, train_loader, pipeline, inputs=inputs)
     if verbose:
         print(f"lr finder: {result.describe()}", file=sys.stderr, flush=True)
     if run_dir is not None:

@@ -314,7 +314,8 @@ class Run:
 
 
 def plan_budget(config: TrainConfig, model: nn.Module, loader: DataLoader, pipeline: InputPipeline,
-                loss_fn: nn.Module, val_images: int, started: float, verbose: bool) -> Budget:
+                loss_fn: nn.Module, val_images: int, started: float, verbose: bool,
+                inputs: ImageInputs | BagInputs | None = None) -> Budget:
     """Time a few real training steps and plan the steps that fit config.time (cnnlab.training.budget)."""
     seconds = parse_duration(config.time)
 
@@ -322,7 +323,7 @@ def plan_budget(config: TrainConfig, model: nn.Module, loader: DataLoader, pipel
         return epoch_sizes(epochs, config.img_size, model.min_input_size, config.progressive)
     smallest = min(sides(100))  # progressive resizing's first side (the full side when it is off)
     speed = measure_speed(model, loader, pipeline, loss_fn, config.img_size, smallest,
-                          keep_scale=bool(config.tile))
+                          keep_scale=bool(config.tile), inputs=inputs)
     result = plan(seconds, time.monotonic() - started, speed, len(loader), config.batch_size,
                   samples_per_epoch(loader), val_images, sides)
     if verbose:
@@ -496,14 +497,16 @@ class Optimisation:
 
 def prepare_optimisation(config: TrainConfig, model: nn.Module, loaders: dict[str, DataLoader],
                          pipeline: InputPipeline, loss_fn: nn.Module, env: Environment, run_dir: Path,
-                         checkpoint: TrainingCheckpoint | None, started: float, verbose: bool) -> Optimisation:
+                         checkpoint: TrainingCheckpoint | None, started: float, verbose: bool,
+                         inputs: ImageInputs | BagInputs | None = None) -> Optimisation:
     """Stage 4: the learning rate (--lr auto: the range test), the steps (--epochs, a --time plan, or a resumed
-    run's plan), the optimizer, its schedule, the fp16 scaler and the weight average."""
+    run's plan), the optimizer, its schedule, the fp16 scaler and the weight average. `inputs`: how a training
+    batch becomes the net's input (step_inputs), which the range test and the --time measurement step through."""
     world = env.world
     lr = config.lr
     if lr == "auto":  # every process runs the test on its share; rank 0's suggestion is the run's
         lr = distributed.broadcast(suggest_lr_for_config(config, model, loaders["train"], pipeline, verbose=verbose,
-                                                         run_dir=run_dir if world.is_main else None))
+                                                         run_dir=run_dir if world.is_main else None, inputs=inputs))
     lr = float(lr) if lr is not None else DEFAULT_LR[config.optimizer]
     steps_per_epoch = len(loaders["train"])  # the same on every process (EpochSampler evens the shares)
     total_steps, budget = steps_per_epoch * config.epochs, None
@@ -511,7 +514,7 @@ def prepare_optimisation(config: TrainConfig, model: nn.Module, loaders: dict[st
         total_steps = checkpoint.state.planned_steps  # a budgeted run resumes its plan, not a new one
     elif config.time and checkpoint is None:
         budget = plan_budget(config, model, loaders["train"], pipeline, loss_fn, len(loaders["val"].dataset),
-                             started, verbose)
+                             started, verbose, inputs)
         budget.plan = distributed.broadcast(budget.plan)  # every process follows rank 0's plan
         total_steps = budget.plan.total_steps
     optimizer = build_optimizer(model, config.optimizer, lr, config.weight_decay)
@@ -576,8 +579,9 @@ def _assemble(config: TrainConfig, env: Environment, data: RunData, model: nn.Mo
     unreadable.known_in_advance()
     pipeline = input_pipeline(config, env.device, env.precision)
     loss_fn = loss_function(config, balance, data.train_counts).to(env.device)
+    inputs = step_inputs(config, pipeline, len(splits.classes))
     optimisation = prepare_optimisation(config, model, loaders, pipeline, loss_fn, env, run_dir, checkpoint,
-                                        started, verbose)
+                                        started, verbose, inputs)
     if optimisation.budget is not None:
         config = dataclasses.replace(config, epochs=optimisation.budget.plan.epochs)
     resolved = dataclasses.replace(config, data=splits.root, lr=optimisation.lr, workers=env.workers,
@@ -606,7 +610,7 @@ def _assemble(config: TrainConfig, env: Environment, data: RunData, model: nn.Mo
                           pipeline, optimisation.average,
                           # bags validate through the model's tile_outputs, which a compiled wrapper hides
                           validation_net=model if world.distributed or preprocessing.bags else net,
-                          inputs=step_inputs(config, pipeline, len(splits.classes)))
+                          inputs=inputs)
     run = Run(resolved, run_dir, splits, metadata, preprocessing, parts, loaders["train"], loaders["val"],
               unreadable, dataset_info, verbose=verbose, budget=optimisation.budget, world=world,
               created_folder=created)
