@@ -126,6 +126,10 @@ def export(run_dir: str | os.PathLike, format: Annotated[str, Help("File format 
         raise CnnlabError(f"--tolerance {tolerance:g}: give a difference >= 0 (default {TOLERANCE:g})")
     started = time.perf_counter()
     trained = open_trained(run_dir, which, device="cpu")
+    if trained.preprocessing.bags:  # the file's single output would be each tile's logits without its attention
+        raise CnnlabError(f"{run_dir} is a bag run (--aggregate attention): its ONNX export (the encoder with the "
+                          "attention head) is not written yet, nothing was written; predict with the run folder "
+                          "(cnnlab predict RUN IMAGES) or serve it")
     # float32, NCHW: the graph a deployment runs, whatever this machine's fastest training format is
     model = trained.model.float().to(memory_format=torch.contiguous_format).eval()
     images, names = verification_inputs(trained, data)                          # (5, 3, S, S) float32

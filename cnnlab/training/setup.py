@@ -334,13 +334,18 @@ def plan_budget(config: TrainConfig, model: nn.Module, loader: DataLoader, pipel
 def auto_batch_size(config: TrainConfig, num_classes: int, device: torch.device, precision: Precision,
                     train_images: int, workers: int, verbose: bool) -> int:
     """--batch-size auto: the largest batch whose measured training step fits the free memory
-    (cnnlab.training.memory.choose_batch_size)."""
+    (cnnlab.training.memory.choose_batch_size). A bag run's step trains --bag-tiles tiles of each image with
+    gradients (its scoring pass holds no gradients, a batch of at most score_batch tiles): it is measured as a step
+    of tiles, and the batch is the images whose kept tiles that step holds."""
+    per_image = config.bag_tiles if preprocessing_of(config).bags else 1
     spec = step_spec(config, num_classes, precision, model_options(config), workers)
     with MemoryProbe(spec, device) as probe:
-        choice = choose_batch_size(probe, train_images)
+        choice = choose_batch_size(probe, train_images * per_image)
+    batch = max(1, choice.batch_size // per_image)
     if verbose:
-        print(choice.describe(), file=sys.stderr, flush=True)
-    return choice.batch_size
+        print(choice.describe() + (f"; in bags of --bag-tiles {per_image}: {batch} images a step"
+                                   if per_image > 1 else ""), file=sys.stderr, flush=True)
+    return batch
 
 
 def shared_auto_batch_size(config: TrainConfig, num_classes: int, device: torch.device, precision: Precision,
