@@ -154,8 +154,9 @@ def lr_find(model: nn.Module, loader, optimizer_name: str, pipeline: InputPipeli
             lr = start_lr * ratio ** len(lrs)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, _ = inputs(model, batch, inputs.steady_epoch)  # as training sees them: images, or bags and counts
-            labels = batch.labels.to(device, non_blocking=True)
+            # as training sees them: images (MixUp/CutMix-blended, with soft targets, when it blends), or bags
+            x, targets = inputs(model, batch, inputs.steady_epoch)
+            labels = batch.labels.to(device, non_blocking=True) if targets is None else targets
             with precision.autocast(device):
                 logits = model(*x)                       # (N, K)
                 loss = loss_fn(logits.float(), labels)   # fp32 loss, as in train_one_epoch
