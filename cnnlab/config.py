@@ -110,11 +110,23 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CACHE_MODES = ("auto", "disk", "ram", "off")
 AGGREGATES = ("mean", "max", "attention")
 BATCH = 32  # images (or tiles) per step by default
-# Bag runs: images per step by default. A step trains 2 x 16 = 32 tiles with gradients, the activations of a tiled
-# run's default batch of 32 tiles (plus a scoring pass, whose memory is --score-batch tiles without gradients).
-# Measured on the objects set (benchmarks/bags.py, 2 CPU cores): see the comment at BAG_TILES' choice in
-# cnnlab/training/bags.py.
+# Bag runs (--aggregate attention, cnnlab.training.bags). Measured: benchmarks/results/bag_step.md (one step of
+# resnet9 on 256 px tiles, 2 images, 2 CPU cores).
+# M, the tiles of each image a step learns from: Bergner et al. keep 10 of 192 patches (traffic signs) and 100 of
+# 900 (megapixel MNIST), room for every patch that can decide the class and more, since a deciding tile left out of
+# the top M gets no gradient that step. The sparse kind puts at most 8 class objects in an image (one on a tile
+# border shows in two tiles); 16 holds them with room to spare. A step's peak memory grew by 52 / 168 / 448 MB for
+# M = 8 / 16 / 32, and stayed flat with the image (214 / 168 / 152 MB for 1024 / 2048 / 4096 px images).
+BAG_TILES = 16
+# Images (bags) per step: 2 x BAG_TILES = 32 tiles with gradients, the activations of a tiled run's BATCH of tiles.
 BAG_BATCH = 2
+# Epochs whose steps draw M tiles at random instead of the top M. The attention starts untrained: its top M are
+# whatever an arbitrary function of the pixels ranks first, the same kind of tile step after step, and the
+# attention can learn only among the tiles it is shown. One epoch of random draws shows the encoder and the
+# attention every kind of tile first (each image's M of n per epoch), and costs no scoring pass. (IPS's reference
+# code selects from the first step and ramps its learning rate up over 10 of 150 epochs; cnnlab's schedules warm
+# the rate up as well.)
+BAG_WARMUP = 1
 
 
 @dataclass
@@ -135,11 +147,11 @@ class TrainConfig:
     """With --tile: the share of a tile that overlaps its neighbour when sliding over a whole image; None: 0.5, or 0 for --aggregate attention (a bag is the image's grid of tiles, each pixel in one tile)."""
     aggregate: str = "mean"
     """With --tile: how tile logits become the image's: mean, max (a class present anywhere in the image), or attention: train on whole images, each a bag of tiles with the image's label, pooled by learned attention (multiple-instance learning with Iterative Patch Selection; for labels true of the image, not of every tile)."""
-    bag_tiles: int = 16
+    bag_tiles: int = BAG_TILES
     """With --aggregate attention: the tiles of each image a training step learns from (M): a pass without gradients scores every tile of the image, the M with the highest attention are encoded again with gradients and pooled; memory grows with M and --batch-size, never with the image's size."""
     score_batch: int | None = None
     """With --aggregate attention: tiles per forward pass when scoring a whole image (memory grows with it, not with the image); None: as many as the sliding window batches (16 of 256 px)."""
-    bag_warmup: int = 1
+    bag_warmup: int = BAG_WARMUP
     """With --aggregate attention: epochs at the start in which each step learns from --bag-tiles tiles drawn at random instead of the top-scoring ones (the attention is untrained then), without the scoring pass."""
     epochs: int = 10
     """Maximum number of passes over the training split."""
