@@ -47,7 +47,7 @@ from cnnlab.training.memory import MARGIN, BatchChoice, MemoryProbe, OutOfMemory
     format_bytes, free_memory, step_spec
 from cnnlab.training.optim import epoch_sizes
 from cnnlab.training.setup import build_model, decode_resolution, environment, find_splits, input_pipeline, \
-    loss_function, make_datasets, model_options, resolve_balance
+    loss_function, make_datasets, model_options, preprocessing_of, resolve_balance, step_inputs
 
 # Distinct training files the speed is measured on: fewer than the cache's POOL_MIN_FILES, so they are decoded
 # in this process one after another and their time is the decoder's per file.
@@ -157,8 +157,12 @@ def plan(config: TrainConfig | None = None, *,
     _log(verbose, f"plan: measuring a training step of {config.model} at {config.img_size} px on {device} "
                   f"({format_bytes(free)} free)")
     spec = step_spec(config, len(splits.classes), precision, model_options(config), workers)
+    # a bag run's step trains --bag-tiles tiles of each image with gradients: measured as a step of those tiles
+    per_image = config.bag_tiles if preprocessing_of(config).bags else 1
     with MemoryProbe(spec, device, free) as probe:
-        step, choice, batch = _memory(probe, config.batch_size, train_images)
+        step, choice, tiles = _memory(probe, config.batch_size if config.batch_size == "auto" else
+                                      config.batch_size * per_image, train_images * per_image)
+    batch = max(1, tiles // per_image)
     runnable = dataclasses.replace(config, batch_size=batch)  # the requested batch, or the largest that fits
     network = (step if batch == config.batch_size else choice.step).seconds_per_image
     _log(verbose, f"plan: timing training steps of batch {batch} on a sample of {min(SAMPLE_FILES, train_images)} "
@@ -252,10 +256,11 @@ def _measure_speed(config: TrainConfig, splits: DatasetSplits, model, device: to
     counts = list(splits.counts()["train"].values())
     loss_fn = loss_function(config, resolve_balance(config.balance, counts), counts).to(device)
     smallest = min(epoch_sizes(100, config.img_size, model.min_input_size, config.progressive))
-    speed = measure_speed(model, loader, input_pipeline(config, device, precision), loss_fn, config.img_size, smallest,
-                          keep_scale=bool(config.tile))
+    pipeline = input_pipeline(config, device, precision)
+    speed = measure_speed(model, loader, pipeline, loss_fn, config.img_size, smallest, keep_scale=bool(config.tile),
+                          inputs=step_inputs(config, pipeline, len(splits.classes)))
     windows, draws = 1.0, 1.0
-    if config.tile:
+    if config.tile and not preprocessing_of(config).bags:  # a bag run's speed is per image (its bag) already
         shapes = [tuple(int(v) for v in cache.shapes[i]) for i in range(len(cache)) if i not in cache.problems] \
             if cache is not None else [_scaled_size(path, config) for path in paths]
         shapes = [shape for shape in shapes if shape is not None]
@@ -300,7 +305,9 @@ def _describe(p: TrainingPlan) -> str:
         optimizer = "AdamW" if config.optimizer == "adamw" else "SGD momentum"
         average = f", weight average {format_bytes(step.average_bytes)}" if step.average_bytes else ""
         share = step.peak_bytes / max(p.free_bytes, 1)
-        lines += [f"memory of a training step at batch {step.batch_size} (measured: {step.method}):",
+        bags = (f" (bags: {config.batch_size} images x --bag-tiles {config.bag_tiles} kept tiles)"
+                if preprocessing_of(config).bags else "")
+        lines += [f"memory of a training step at batch {step.batch_size}{bags} (measured: {step.method}):",
                   _row("parameters", f"{step.parameters:,} = {format_bytes(step.parameter_bytes)}, gradients "
                        f"{format_bytes(step.gradient_bytes)}, {optimizer} state "
                        f"{format_bytes(step.optimizer_bytes)}{average}"),
@@ -326,8 +333,9 @@ def _describe(p: TrainingPlan) -> str:
     if p.device.startswith("cuda"):  # on a CPU the measuring child maps every large block afresh: not its speed
         lines.append(_row("network alone", f"{1 / p.network_seconds_per_image:,.0f} img/s at {config.img_size} px "
                           "(synthetic batches, no reading: its fastest step)"))
-    windows = f" ({p.val_passes:,.0f} windows)" if config.tile else ""
-    tiles = f" ({p.train_passes:,.0f} tiles)" if config.tile else ""
+    tiled = config.tile and not preprocessing_of(config).bags  # a bag run's images are its samples
+    windows = f" ({p.val_passes:,.0f} windows)" if tiled else ""
+    tiles = f" ({p.train_passes:,.0f} tiles)" if tiled else ""
     progressive = f", progressive resizing from {min(p.sides)} px" if min(p.sides) < config.img_size else ""
     epochs = f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}"
     lines += ["time:",
