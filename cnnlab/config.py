@@ -115,8 +115,9 @@ BATCH = 32  # images (or tiles) per step by default
 # M, the tiles of each image a step learns from: Bergner et al. keep 10 of 192 patches (traffic signs) and 100 of
 # 900 (megapixel MNIST), room for every patch that can decide the class and more, since a deciding tile left out of
 # the top M gets no gradient that step. The sparse kind puts at most 8 class objects in an image (one on a tile
-# border shows in two tiles); 16 holds them with room to spare. A step's peak memory grew by 52 / 168 / 448 MB for
-# M = 8 / 16 / 32, and stayed flat with the image (214 / 168 / 152 MB for 1024 / 2048 / 4096 px images).
+# border shows in two tiles); 16 holds them with room to spare. The training process's peak resident memory was
+# 967 / 1214 / 1450 MB for M = 8 / 16 / 32, and 1108 / 1214 / 1180 MB for 1024 / 2048 / 4096 px images at M = 16
+# (flat: 50 to 578 tiles scored; the rest is torch, the model and the two decoded images).
 BAG_TILES = 16
 # Images (bags) per step: 2 x BAG_TILES = 32 tiles with gradients, the activations of a tiled run's BATCH of tiles.
 BAG_BATCH = 2

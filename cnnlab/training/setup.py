@@ -180,8 +180,9 @@ def step_inputs(config: TrainConfig, pipeline: InputPipeline, num_classes: int) 
     view = preprocessing_of(config)
     if view.bags:
         # the scoring pass is the sliding window's forward pass without gradients: its batching rule by default.
-        # Its memory stays under the training part's (a step's peak was the same with chunks of 4, 16 and 64 tiles
-        # at M 16: benchmarks/results/bag_step.md), so the chunk is chosen for speed, as the window's is.
+        # Its memory stays under the training part's (the peak was 1189 / 1214 / 1235 MB with chunks of 4, 16 and 64
+        # tiles at M 16, 2048 px images: benchmarks/results/bag_step.md), so the chunk is chosen for speed, as the
+        # window's is.
         return BagInputs(pipeline, view.tile, view.overlap, config.bag_tiles,
                          config.score_batch or window_batch(view.tile), config.bag_warmup)
     return ImageInputs(pipeline, keep_scale=view.tiled, num_classes=num_classes, mixup=config.mixup,
