@@ -23,6 +23,13 @@ os.environ.setdefault("TORCH_HOME", "/nonexistent-torch-home")
 # The header of the test session says which kind it runs as.
 
 
+def pytest_collection_modifyitems(config, items):
+    """A test that asks for the `chromium` fixture is a browser test (the fast tier leaves those out)."""
+    for item in items:
+        if "chromium" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)
+
+
 def pytest_report_header(config):
     from cnnlab.training.device import FAST_BF16_ENV, cpu_has_fast_bf16
 

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SMALL = {"model": "simple_cnn", "img_size": 64, "batch_size": 8, "workers": 0, "cache": "off", "progressive": False}
 
 
+@pytest.mark.slow
 def test_the_plan_against_a_real_run(tiny_data, tmp_path):
     """The plan's speed and times against the same run really trained right after it, in this process.
 
@@ -53,6 +54,7 @@ def test_the_plan_against_a_real_run(tiny_data, tmp_path):
     assert planned.run_seconds * 0.9 <= wall <= planned.run_seconds * 2.5
 
 
+@pytest.mark.slow
 def test_auto_and_a_batch_that_does_not_fit(tiny_data, monkeypatch):
     """With the free memory set between what batch 2 and batch 4 need, auto plans batch 2, and a requested batch
     of 8 is reported as not fitting, with the times for batch 2.
@@ -111,6 +113,7 @@ def test_a_tiled_plan_counts_the_windows_validation_slides(tmp_path):
     assert "48 px tiles at scale 0.5" in text and "(400 windows)" in text
 
 
+@pytest.mark.slow
 def test_the_cache_line_says_what_is_built_already(tiny_data, tmp_path):
     options = SMALL | {"data": str(tiny_data), "epochs": 1, "cache": "disk", "cache_dir": str(tmp_path / "cache")}
     before = plan(**options, verbose=False)
@@ -141,6 +144,7 @@ def one_error_line(result) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_not_even_batch_one_is_one_line_naming_the_memory_and_what_to_change(tiny_data):
     line = one_error_line(cnnlab_with_free_memory(20_000_000, "plan", "--data", tiny_data, "--model", "simple_cnn",
                                                   "--img-size", 128, "--workers", 0))
@@ -149,6 +153,7 @@ def test_not_even_batch_one_is_one_line_naming_the_memory_and_what_to_change(tin
     assert "more than 80% of the 20 MB free on cpu; use a smaller --img-size, or --tile T --scale X" in line
 
 
+@pytest.mark.slow
 def test_other_errors_are_one_line(tiny_data):
     free = 10**10
     too_small = one_error_line(cnnlab_with_free_memory(free, "plan", "--data", tiny_data, "--img-size", 16))

@@ -44,6 +44,7 @@ def test_default_workers_follow_the_cores(monkeypatch, cores, workers):
     assert default_workers() == workers
 
 
+@pytest.mark.slow
 def test_bf16_learns_as_well_as_fp32(tmp_path, one_torch_thread):
     """Same seed, same batches: bf16 autocast (what auto picks on CPUs with AVX-512 BF16/AMX) must fit the data as
     fp32 does. Both precisions are named: comparing fp32 with auto would compare fp32 with itself on other CPUs

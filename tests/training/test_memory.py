@@ -139,6 +139,7 @@ def real_run(options: dict, env: dict | None = None) -> dict:
     return json.loads(result.stdout.splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_the_measured_step_matches_a_real_run(tiny_data, tmp_path):
     """simple_cnn at 64 px, batch 32 (on tiny_data's 36 training images: a step of 32 and one of 4 an epoch).
 
@@ -170,6 +171,7 @@ def test_the_measured_step_matches_a_real_run(tiny_data, tmp_path):
 
 
 # --- --batch-size auto ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_auto_picks_the_largest_batch_that_fits_and_records_it(tiny_data, tmp_path, monkeypatch):
     """With the free memory set between what batch 2 and batch 4 need (simple_cnn at 128 px: ~12 MB of
     activations an image), auto picks 2; config.yaml has it.

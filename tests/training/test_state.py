@@ -204,6 +204,7 @@ def test_two_plus_two_epochs_in_two_processes_equal_four_fp32(tiny_data, tmp_pat
     assert (config["epochs"], config["workers"], config["precision"], config["dropout"]) == (4, 2, "fp32", 0.2)
 
 
+@pytest.mark.slow
 def test_sigterm_mid_run_then_resume_is_bit_identical_bf16(tiny_data, tmp_path):
     """SIGTERM exits 143 with a checkpoint and the resume hint; resuming gives the uninterrupted run's bits.
     bf16 (what auto is on CPUs with AVX-512 BF16/AMX; named, so that every CPU tests it: fp32 is the test above)
