@@ -202,7 +202,7 @@ def test_the_plan_counts_the_classifier_phase_before_fine_tuning():
     assert budget_with_head(300.0, 10.0, 0, 0.005, speed, 32, 32, 1000, 200, sides)[:2] == (0, 0.0)
 
 
-def test_a_pretrained_run_fits_its_classifier_first_then_fine_tunes(tiny_data, tmp_path):
+def test_a_pretrained_run_fits_its_classifier_first_then_fine_tunes(tiny_data, tmp_path, capsys):
     """End to end with the installed ImageNet weights: the classifier phase runs before epoch 1, the backbone
     BatchNorm statistics stay ImageNet's while its weights fine-tune, and the run's config records what was used."""
     from cnnlab.models.weights import load_weights
@@ -210,8 +210,12 @@ def test_a_pretrained_run_fits_its_classifier_first_then_fine_tunes(tiny_data, t
 
     torch.manual_seed(0)
     start = create_model("efficientnet_lite0", 3, pretrained=True).state_dict()
-    result = fit(data=str(tiny_data), model="efficientnet_lite0", pretrained=True, epochs=1, ema=False,
-                 out=str(tmp_path / "run"), **(TINY | {"model": "efficientnet_lite0", "model_options": {}}))
+    result = fit(data=str(tiny_data), pretrained=True, epochs=1, ema=False, out=str(tmp_path / "run"),
+                 **(TINY | {"model": "efficientnet_lite0", "model_options": {}, "verbose": True}))
+    log = capsys.readouterr().err
+    # tiny_data: 3 classes x 12 training images, each encoded under 3 views, before epoch 1's line
+    assert "classifier phase: features of 36 training images x 3 views" in log
+    assert log.index("classifier phase") < log.index("epoch 1")
     trained, _ = load_weights(result.run_dir / "last.safetensors")
     assert torch.equal(trained["net.bn1.running_mean"], start["net.bn1.running_mean"])
     assert not torch.equal(trained["net.conv_stem.weight"], start["net.conv_stem.weight"])
