@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean bench
+.PHONY: demo test test-fast install clean bench
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cnnlab demo
 
+# The whole suite (CI), printing the 30 slowest tests so that their cost is measured, not guessed.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 -q --durations=30
+
+# The fast tier while working: everything but the slow, browser and multiprocess tests (pyproject.toml's markers);
+# it still runs each real component once (training, exact resume, ONNX export with onnxruntime, serve).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q -m "not slow and not browser and not multiprocess" --durations=10
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/conv2d.py

@@ -220,7 +220,8 @@ def cli_type(node: ast.AST | None) -> Any:
         return Optional[inner] if optional else inner
     if isinstance(node, ast.Subscript) and getattr(node.value, "id", None) in ("list", "tuple", "dict"):
         return list[str]
-    return {"bool": bool, "int": int, "float": float, "str": str}.get(getattr(node, "id", None), str)
+    return {"bool": bool, "int": int, "float": float, "str": str, "list": list[str], "tuple": list[str],
+            "dict": list[str]}.get(getattr(node, "id", None), str)  # bare dict: repeated NAME=VALUE
 
 
 @functools.cache
@@ -359,7 +360,7 @@ def parse_model_options(items: list[str]) -> dict:
     import yaml
 
     options = {}
-    for item in items:
+    for item in items or ():  # None: the flag was not given
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise CnnlabError(f"--model-option {item!r} must look like NAME=VALUE, e.g. widths=[16,32,64]")

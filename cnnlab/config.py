@@ -128,6 +128,9 @@ BAG_BATCH = 2
 # code selects from the first step and ramps its learning rate up over 10 of 150 epochs; cnnlab's schedules warm
 # the rate up as well.)
 BAG_WARMUP = 1
+# Fine-tuning pretrained weights (cnnlab.training.transfer; measured in docs/recipe.md)
+TRANSFER_HEAD_VIEWS = 3  # the evaluation view and two augmented ones
+TRANSFER_BACKBONE_LR = 0.1  # the backbone's learning rate as a share of the classifier's
 
 
 @dataclass
@@ -218,6 +221,12 @@ class TrainConfig:
     """Start from these weights: a run's .safetensors, or a .pt/.pth state dict (torchvision's official files included) read as tensors only; a classifier for another number of classes starts fresh."""
     freeze: int = 0
     """Train only the classifier for the first N epochs, the rest of the network frozen (N >= epochs: a linear probe); for fine-tuning pretrained weights."""
+    head_views: int | None = None
+    """Before the epochs, fit the classifier alone on the frozen network's features of this many views of each training image (the evaluation view, then augmented ones), each computed once and kept: a linear probe in seconds, so fine-tuning starts from a classifier that fits (cnnlab.training.transfer); 0: off; None: 3 with --pretrained (with --time, fewer when they would take more than half of it), else 0."""
+    backbone_lr: float | None = None
+    """Learning rate of everything but the classifier, as a share of --lr; None: 0.1 with --pretrained (large steps would wear down the ImageNet features the run starts from), else 1."""
+    freeze_bn: bool | None = None
+    """Hold BatchNorm in eval mode while training: it normalises with the statistics the starting weights came with and keeps them (its scale and shift still train); None: on with --pretrained (small batches of one folder's crops estimate them worse than ImageNet did), else off."""
     model_options: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for the model factory (e.g. widths for simple_cnn)."""
     out: str | None = None
@@ -275,6 +284,14 @@ class TrainConfig:
         if self.tile is not None:
             check_range("tile", self.tile, 8, 8192)
             self.img_size = self.tile  # the network sees tiles: one side for both
+        if self.head_views is not None:
+            check_range("head_views", self.head_views, 0, 64)
+            if self.head_views and self.tile:
+                raise CnnlabError("--head-views fits the classifier on whole images' features; tiled runs (--tile) "
+                                  "train it with the rest: give --head-views 0, or --freeze N for a linear probe")
+        if self.backbone_lr is not None:
+            check_range("backbone_lr", self.backbone_lr, 0.0, 1.0)
+        self.resolve_transfer()
         if self.progressive is None:
             self.progressive = not self.tile
         if self.time is not None:
@@ -290,6 +307,15 @@ class TrainConfig:
                 raise CnnlabError(f"--lr {self.lr!r} is not a number; give e.g. 0.003, or 'auto'") from None
         if isinstance(self.lr, float):
             check_range("lr", self.lr, 0.0, 10.0, low_open=True)
+
+    def resolve_transfer(self) -> None:
+        """The transfer options left at None, from whether the run starts from ImageNet weights (see their fields)."""
+        if self.head_views is None:
+            self.head_views = TRANSFER_HEAD_VIEWS if self.pretrained and not self.tile else 0
+        if self.backbone_lr is None:
+            self.backbone_lr = TRANSFER_BACKBONE_LR if self.pretrained else 1.0
+        if self.freeze_bn is None:
+            self.freeze_bn = bool(self.pretrained)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for YAML/JSON."""

@@ -14,6 +14,28 @@ import pytest
 # Keep every test offline and quiet: no hub downloads, a private cache folder per session.
 os.environ.setdefault("TORCH_HOME", "/nonexistent-torch-home")
 
+# Two kinds of x86-64 CPU: `--precision auto` is bf16 on one with AVX-512 BF16 or AMX and fp32 on the others
+# (cnnlab.training.device). The suite passes on both: a test that needs a precision names it, a test about auto
+# asserts what auto chose. To run it as the other kind of machine, set CNNLAB_FAST_BF16 (cpu_has_fast_bf16 reads
+# it; child processes inherit it; bf16 runs emulated, slower, where the CPU lacks the instructions):
+#     CNNLAB_FAST_BF16=1 make test    # an AVX2 / AVX-512 machine run as one with AVX-512 BF16/AMX
+#     CNNLAB_FAST_BF16=0 make test    # a machine with AVX-512 BF16/AMX run as an AVX2 one
+# The header of the test session says which kind it runs as.
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that asks for the `chromium` fixture is a browser test (the fast tier leaves those out)."""
+    for item in items:
+        if "chromium" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)
+
+
+def pytest_report_header(config):
+    from cnnlab.training.device import FAST_BF16_ENV, cpu_has_fast_bf16
+
+    how = f"{FAST_BF16_ENV}={os.environ[FAST_BF16_ENV]}" if os.environ.get(FAST_BF16_ENV) else "detected"
+    return f"cnnlab: --precision auto is {'bf16' if cpu_has_fast_bf16() else 'fp32'} on this CPU ({how})"
+
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
@@ -27,22 +49,27 @@ def tiny_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_data, tmp_path_factory):
-    """A 2-epoch simple_cnn run at 32 px on tiny_data (returns the TrainResult)."""
+    """A 2-epoch simple_cnn run at 32 px on tiny_data (returns the TrainResult).
+
+    In fp32, the precision prediction and evaluation run in: tests compare its validation numbers with what
+    `evaluate` and `predict` compute, which a bf16 run (auto on a CPU with AVX-512 BF16/AMX) would only match
+    to bf16's rounding. bf16 training is tested where it is named (tests/training/test_device.py, test_state.py)."""
     from cnnlab.commands.train import fit
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     return fit(data=str(tiny_data), img_size=32, epochs=2, batch_size=8, workers=0, out=str(out),
-               model="simple_cnn", model_options={"widths": [8, 16]}, cache="off", verbose=False)
+               model="simple_cnn", model_options={"widths": [8, 16]}, cache="off", precision="fp32", verbose=False)
 
 
 @pytest.fixture(scope="session")
 def tiny_tiled_run(tiny_data, tmp_path_factory):
-    """A 1-epoch simple_cnn run on 32 px tiles of tiny_data's 64 px images at scale 1 (3x3 windows per image)."""
+    """A 1-epoch simple_cnn run on 32 px tiles of tiny_data's 64 px images at scale 1 (3x3 windows per image);
+    fp32 as tiny_run."""
     from cnnlab.commands.train import fit
 
     out = tmp_path_factory.mktemp("runs") / "tiled"
     return fit(data=str(tiny_data), tile=32, scale=1.0, epochs=1, batch_size=8, workers=0, out=str(out),
-               model="simple_cnn", model_options={"widths": [8, 16]}, cache="off", verbose=False)
+               model="simple_cnn", model_options={"widths": [8, 16]}, cache="off", precision="fp32", verbose=False)
 
 
 @pytest.fixture(scope="session")

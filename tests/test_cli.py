@@ -149,6 +149,7 @@ def test_image_size_too_small(tiny_data, tmp_path):
                         "too small")
 
 
+@pytest.mark.slow
 def test_run_folder_without_weights(tmp_path, tiny_data):
     (tmp_path / "run").mkdir()
     _assert_clear_error(cnnlab("eval", tmp_path / "run", "--data", tiny_data), "model.json is missing")

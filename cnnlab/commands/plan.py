@@ -41,11 +41,12 @@ from cnnlab.data.loaders import PREFETCH_FACTOR, make_loader
 from cnnlab.data.tiles import tile_draws, tile_positions
 from cnnlab.errors import CnnlabError
 from cnnlab.training.budget import FINISH_SECONDS, MEASURE_BATCHES, VALIDATION_SHARE, Plan, Speed, \
-    epoch_seconds, measure_speed
+    epoch_seconds, head_views, measure_speed
 from cnnlab.training.budget import plan as plan_budget
 from cnnlab.training.memory import MARGIN, BatchChoice, MemoryProbe, OutOfMemory, StepMemory, choose_batch_size, \
     format_bytes, free_memory, step_spec
 from cnnlab.training.optim import epoch_sizes
+from cnnlab.training.transfer import encode_seconds_per_image, fit_seconds
 from cnnlab.training.setup import build_model, decode_resolution, environment, find_splits, input_pipeline, \
     loss_function, make_datasets, model_options, preprocessing_of, resolve_balance, step_inputs
 
@@ -110,6 +111,10 @@ class TrainingPlan:
     cache: CachePlan
     budget: Plan | None = None
     """With --time: the plan `train` would make."""
+    head_views: int = 0
+    """Views per training image the classifier phase encodes (--head-views; with --time, those that fit)."""
+    head_seconds: float = 0.0
+    """The classifier phase: encoding those views once, and the classifier's fit."""
 
     @property
     def batch_size(self) -> int:
@@ -128,7 +133,7 @@ class TrainingPlan:
     @property
     def run_seconds(self) -> float:
         """The requested epochs and the finish, after the cache is built."""
-        return sum(self.epoch_seconds(side) for side in self.sides) + FINISH_SECONDS
+        return self.head_seconds + sum(self.epoch_seconds(side) for side in self.sides) + FINISH_SECONDS
 
     def describe(self) -> str:
         """The plan as printed by `cnnlab plan`."""
@@ -170,8 +175,8 @@ def plan(config: TrainConfig | None = None, *,
     model = model.to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    speed, decode_seconds, windows, draws = _measure_speed(runnable, splits, model, device, precision, cache.mode,
-                                                           workers)
+    speed, decode_seconds, windows, draws, encode_seconds = _measure_speed(runnable, splits, model, device, precision,
+                                                                           cache.mode, workers)
     cache = dataclasses.replace(cache, decode_seconds=decode_seconds)
     val_passes = len(splits.splits["val"]) * windows
     train_passes = train_images * draws
@@ -186,9 +191,31 @@ def plan(config: TrainConfig | None = None, *,
             return epoch_sizes(epochs, config.img_size, model.min_input_size, config.progressive)
         # before it plans, a --time run builds its cache and times MEASURE_BATCHES + 1 batches at each side
         setup = cache.build_seconds + (MEASURE_BATCHES + 1) * batch * (speed.full + speed.small)
-        result.budget = plan_budget(parse_duration(config.time), setup, speed, math.ceil(train_passes / batch), batch,
-                                    round(train_passes), val_passes, sides_of)
+        result.head_views, result.head_seconds, result.budget = budget_with_head(
+            parse_duration(config.time), setup, config.head_views, encode_seconds, speed,
+            math.ceil(train_passes / batch), batch, round(train_passes), val_passes, sides_of)
+    elif config.head_views:
+        result.head_views = config.head_views
+        result.head_seconds = head_seconds(config.head_views, encode_seconds, train_images)
     return result
+
+
+def head_seconds(views: int, encode_seconds: float, train_images: int) -> float:
+    """The classifier phase (cnnlab.training.transfer): `views` forward passes over the training images, then the
+    classifier's fit on the cached features."""
+    return views * train_images * encode_seconds + fit_seconds(views * train_images) if views else 0.0
+
+
+def budget_with_head(budget_seconds: float, setup: float, requested_views: int, encode_seconds: float, speed: Speed,
+                     steps_per_epoch: int, batch_size: int, train_images: int, val_images: float,
+                     sides) -> tuple[int, float, Plan]:
+    """A --time run's two phases, as `train` plans them: the classifier phase's views that fit its share of the
+    budget after `setup` (budget.head_views), its seconds, then the fine-tuning steps that fit what is left."""
+    per_view = train_images * encode_seconds
+    views = head_views(requested_views, per_view, setup, budget_seconds)
+    seconds = head_seconds(views, encode_seconds, train_images)
+    return views, seconds, plan_budget(budget_seconds, setup + seconds, speed, steps_per_epoch, batch_size,
+                                       train_images, val_images, sides)
 
 
 def _memory(probe: MemoryProbe, requested: int | str, train_images: int
@@ -232,11 +259,11 @@ def _cache_plan(config: TrainConfig, splits: DatasetSplits) -> CachePlan:
 
 
 def _measure_speed(config: TrainConfig, splits: DatasetSplits, model, device: torch.device, precision,
-                   cache_mode: str, workers: int) -> tuple[Speed, float, float, float]:
+                   cache_mode: str, workers: int) -> tuple[Speed, float, float, float, float]:
     """(the Speed of full training steps on a sample of the training images, seconds to decode one of its files
     for the cache, validation passes per image: 1, or with --tile the windows slid over an image, training
-    draws per image: 1, or with --tile the tiles an epoch draws from an image), the last two averaged over the
-    sample."""
+    draws per image: 1, or with --tile the tiles an epoch draws from an image, the last two averaged over the
+    sample; and with --head-views the classifier phase's seconds per image and view, else 0)."""
     train = splits.splits["train"]
     files = random.Random(config.seed).sample(train, min(SAMPLE_FILES, len(train)))
     paths = [sample.path for sample in files]
@@ -259,6 +286,7 @@ def _measure_speed(config: TrainConfig, splits: DatasetSplits, model, device: to
     pipeline = input_pipeline(config, device, precision)
     speed = measure_speed(model, loader, pipeline, loss_fn, config.img_size, smallest, keep_scale=bool(config.tile),
                           inputs=step_inputs(config, pipeline, len(splits.classes)))
+    encode = encode_seconds_per_image(model, loader, pipeline, MEASURE_BATCHES) if config.head_views else 0.0
     windows, draws = 1.0, 1.0
     if config.tile and not preprocessing_of(config).bags:  # a bag run's speed is per image (its bag) already
         shapes = [tuple(int(v) for v in cache.shapes[i]) for i in range(len(cache)) if i not in cache.problems] \
@@ -267,7 +295,7 @@ def _measure_speed(config: TrainConfig, splits: DatasetSplits, model, device: to
         windows = sum(len(tile_positions(h, w, config.tile, config.tile_overlap)) for h, w in shapes) / \
             max(len(shapes), 1)
         draws = sum(tile_draws(h, w, config.tile) for h, w in shapes) / max(len(shapes), 1)
-    return speed, decode_seconds, windows, draws
+    return speed, decode_seconds, windows, draws, encode
 
 
 def _scaled_size(path: str, config: TrainConfig) -> tuple[int, int] | None:
@@ -342,6 +370,10 @@ def _describe(p: TrainingPlan) -> str:
               _row("an epoch", f"{_duration(p.epoch_seconds())} at {config.img_size} px (training "
                    f"{_duration(p.train_passes * speed.full)}{tiles}, validating {p.val_images:,} images{windows} "
                    f"{_duration(p.val_passes * speed.full * VALIDATION_SHARE)})")]
+    if p.head_views:
+        lines.append(_row("classifier phase", f"{_duration(p.head_seconds)} ({p.head_views} view"
+                          f"{'s' if p.head_views != 1 else ''} of each of the {p.train_images:,} training images "
+                          "encoded once, then the classifier fit on them)"))
     if p.budget is not None:  # the question asked was "what fits in T", not "how long do --epochs take"
         fitted = f"{p.budget.epochs} epoch{'s' if p.budget.epochs != 1 else ''}"
         lines.append(_row(f"--time {config.time}", f"{fitted} fit ({p.budget.total_steps:,} steps){progressive}, "

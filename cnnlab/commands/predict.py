@@ -24,6 +24,7 @@ from cnnlab.runs.display import window_heatmap
 from cnnlab.runs.exported import is_onnx_file, open_onnx
 from cnnlab.runs.inference import open_trained
 from cnnlab.runs.reader import read_run
+from cnnlab.runs.tables import table_format, write_table
 from cnnlab.training.forward import Windows
 
 
@@ -46,6 +47,9 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike],
                 "Write <image>.heatmap.png into this folder: the probability of the predicted class (or --class) for "
                 "every window position (bag runs: each tile's attention).")] = None,
             heatmap_class: Annotated[str | None, Help("The class the heatmap shows.", flag="--class")] = None,
+            out: Annotated[str | os.PathLike | None, Help(
+                "Also write the rows as a table: FILE.csv, FILE.jsonl or FILE.parquet (path, error, class_i, "
+                "probability_i), written whole or not at all.")] = None,
             verbose: bool = False) -> list[dict]:
     """Predict the top-k classes of images with a trained run or its exported ONNX file.
 
@@ -58,8 +62,11 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike],
     `cache` do not apply). Folders are expanded to the images inside. A run trained on tiles predicts by sliding its
     tile over the whole image at its scale; `tiled` (or a `scale`) does that for any run, with windows of its input
     size. `heatmap`: a folder for one PNG per image (rows get "heatmap"). `workers`: decoding processes (None: none
-    for one batch of inputs, else as many as the cores allow). `exit_code(rows, max_bad)` applies --max-bad.
+    for one batch of inputs, else as many as the cores allow). `out`: a table of the rows (cnnlab.runs.tables).
+    `exit_code(rows, max_bad)` applies --max-bad.
     """
+    if out is not None:
+        table_format(out)  # a wrong extension is refused before any image is read
     if is_onnx_file(run_dir):
         trained, cache = open_onnx(run_dir), "off"
     else:
@@ -103,6 +110,8 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike],
         for index, windows in tiles.items():
             rows[readable[index]]["heatmap"] = str(write_heatmap(
                 dataset, index, windows, trained, Path(heatmap), class_index))
+    if out is not None:
+        write_table(rows, out)
     return rows
 
 

@@ -104,8 +104,9 @@ class Preprocessing:
     @property
     def resolution(self) -> int | float:
         """What images are read (and cached) at, read_at's argument: the short side the crop starts from (int), or
-        for tiles the pixel scale (float)."""
-        return float(self.scale) if self.tiled else self.decode_size
+        for tiles the pixel scale (float). Never below resize_short_side: a record whose resize asks for more than the
+        decode ratio gives (an older or edited model.json) must not be shrunk first and enlarged after."""
+        return float(self.scale) if self.tiled else max(self.decode_size, self.resize_short_side)
 
     def eval_transform(self) -> v2.Compose:
         """uint8 in and out, deterministic: the resize and centre crop of a whole image; for tiles the whole image

@@ -37,6 +37,7 @@ CHECK_AFTER_EPOCH = 2  # the first epoch also pays for starting the workers: the
 REPLAN_DRIFT = 0.15  # re-plan once when that epoch took 15% more or less than planned
 MEASURE_BATCHES = 5  # timed after one untimed batch (which pays for first-call allocations)
 MIN_PART = 0.2  # a last epoch cut short to fit the budget must train at least a fifth of an epoch
+HEAD_SHARE = 0.5  # the classifier phase (transfer) may take up to half the budget; fine-tuning gets the rest
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,27 @@ def corrected_speed(speed: Speed, side: int, actual: float, train_images: int, v
 def replan_needed(planned_epoch_seconds: float, actual_epoch_seconds: float) -> bool:
     """True when an epoch's real time is more than REPLAN_DRIFT away from the plan's."""
     return abs(actual_epoch_seconds / max(planned_epoch_seconds, 1e-9) - 1) > REPLAN_DRIFT
+
+
+def another_view(done: int, requested: int, seconds_per_view: float, elapsed: float,
+                 budget_seconds: float | None) -> bool:
+    """Whether the classifier phase (cnnlab.training.transfer) encodes one more view after `done`: view 0 always;
+    the others up to `requested`, and with a budget only while the phase still ends within HEAD_SHARE of it
+    (`elapsed`: seconds since the run started, `seconds_per_view`: what a view has taken)."""
+    if done == 0:
+        return requested > 0
+    if done >= requested:
+        return False
+    return budget_seconds is None or elapsed + seconds_per_view <= HEAD_SHARE * budget_seconds
+
+
+def head_views(requested: int, seconds_per_view: float, elapsed: float, budget_seconds: float | None) -> int:
+    """The views the classifier phase will encode when it starts after `elapsed` seconds (another_view, view
+    after view): what `cnnlab plan` predicts."""
+    views = 0
+    while another_view(views, requested, seconds_per_view, elapsed + views * seconds_per_view, budget_seconds):
+        views += 1
+    return views
 
 
 def describe(budget_seconds: float, result: Plan) -> str:

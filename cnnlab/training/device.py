@@ -29,8 +29,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+# Overrides the CPU check below: "1" makes `--precision auto` pick bf16 on any CPU, "0" fp32. bf16 autocast
+# runs on every x86-64 CPU (emulated, slowly, without AVX-512 BF16), so one machine can run the test suite
+# as either kind: `CNNLAB_FAST_BF16=1 make test` on an AVX2 machine, `=0` on one with AVX-512 BF16/AMX.
+FAST_BF16_ENV = "CNNLAB_FAST_BF16"
+
+
 def cpu_has_fast_bf16() -> bool:
-    """True if the CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX)."""
+    """True if the CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX), or CNNLAB_FAST_BF16 says so."""
+    forced = os.environ.get(FAST_BF16_ENV, "")
+    if forced:
+        if forced not in ("0", "1"):
+            raise CnnlabError(f"{FAST_BF16_ENV}={forced!r} is not 0 or 1; unset it to detect the CPU")
+        return forced == "1"
     caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
     return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 

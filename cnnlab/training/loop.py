@@ -35,6 +35,7 @@ from cnnlab.training.distributed import SINGLE, World
 from cnnlab.training.setup import Run, TrainingParts
 from cnnlab.signals import StopOnSignal, TrainingInterrupted
 from cnnlab.training.state import LoopState, capture_rng, save_training_checkpoint
+from cnnlab.training.transfer import hold_batchnorm
 
 # Stop when this many steps in a row had a non-finite loss: the run has diverged, and skipping on
 # would only hide it.
@@ -132,6 +133,8 @@ def train_one_epoch(run: Run, epoch: int, stop: StopOnSignal | None = None) -> b
     parts.net.train()
     if config.freeze:
         set_frozen(parts.model, epoch <= config.freeze)
+    if config.freeze_bn:  # fine-tuning: BatchNorm keeps the starting weights' statistics (transfer.hold_batchnorm)
+        hold_batchnorm(parts.model)
     side = epoch_sizes(config.epochs, config.img_size, parts.model.min_input_size, config.progressive)[epoch - 1]
     first = state.batches_done
     world = run.world

@@ -75,8 +75,8 @@ from cnnlab.training.optim import build_optimizer
 # GPU; 80% keeps a fifth for all that here (tests/training/test_memory.py compares with real runs).
 MARGIN = 0.8
 # Larger batches do not train faster on a CPU: measured img/s of a training step (1 thread, synthetic
-# batches, see README "Plan before you train") rise up to batch 64-256 and fall beyond: resnet9 at 64 px
-# 239/365/413/345 img/s at 64/128/256/512, at 128 px 105/117/88/68; simple_cnn at 64 px 116/106/100/77.
+# batches; benchmarks/batch_size.py measures it and writes benchmarks/results/batch_size.md) rise up to
+# batch 64-256 and fall beyond, while memory keeps growing linearly.
 CPU_MAX_BATCH = 256
 # An epoch of at least this many steps: the one-cycle schedule warms up over a quarter of the steps and
 # the weight average looks back over a tenth of them; a batch of a quarter of the data would give a

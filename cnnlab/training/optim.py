@@ -11,18 +11,28 @@ from torch import nn
 DEFAULT_LR = {"adamw": 2e-3, "sgd": 0.05}
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weight matrices and kernels only; not on biases and norm scales (ndim <= 1)."""
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        if parameter.requires_grad:
-            (decay if parameter.ndim > 1 else no_decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def parameter_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
+                     backbone_lr: float = 1.0) -> list[dict]:
+    """Weight decay on weight matrices and kernels only; not on biases and norm scales (ndim <= 1). With `lr` and
+    `backbone_lr` < 1 (fine-tuning), everything but `model.classifier()` gets lr x backbone_lr: four groups, the
+    classifier's first (its learning rate is the run's, the one logged)."""
+    def split(parameters: list) -> list[dict]:
+        trained = [p for p in parameters if p.requires_grad]
+        return [{"params": [p for p in trained if p.ndim > 1], "weight_decay": weight_decay},
+                {"params": [p for p in trained if p.ndim <= 1], "weight_decay": 0.0}]
+    if backbone_lr == 1.0 or lr is None:
+        return split(list(model.parameters()))
+    head = list(model.classifier().parameters())
+    head_ids = {id(p) for p in head}
+    body = [p for p in model.parameters() if id(p) not in head_ids]
+    return split(head) + [group | {"lr": lr * backbone_lr} for group in split(body)]
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW, or SGD with Nesterov momentum 0.9."""
-    groups = parameter_groups(model, weight_decay)
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
+                    backbone_lr: float = 1.0) -> torch.optim.Optimizer:
+    """AdamW, or SGD with Nesterov momentum 0.9; `backbone_lr`: the share of `lr` everything but the classifier
+    trains at (parameter_groups)."""
+    groups = parameter_groups(model, weight_decay, lr, backbone_lr)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
     return torch.optim.AdamW(groups, lr=lr)

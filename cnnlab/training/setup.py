@@ -12,6 +12,8 @@ prepare runs named stages, each a plain function of the config and the stages be
     make_loaders                           this process's loaders (balance, shares of the batch)
     run_folder                             the new run's folder (a run failing before its first checkpoint
                                            leaves none behind: discard_unstarted)
+    classifier_first                       --head-views (default with --pretrained): the classifier fitted alone on
+                                           features computed once per image and view (cnnlab.training.transfer)
     prepare_optimisation                   learning rate, the --time plan, optimizer, schedule, weight average
     restore                                --resume: the checkpoint's state
 
@@ -53,7 +55,7 @@ from cnnlab.models.weights import load_start_weights
 from cnnlab.training import distributed
 from cnnlab.training.device import Precision, compile_model, default_workers, resolve_device, resolve_precision
 from cnnlab.training.distributed import SINGLE, World
-from cnnlab.training.budget import Budget, measure_speed, plan
+from cnnlab.training.budget import Budget, another_view, measure_speed, plan
 from cnnlab.training.budget import describe as describe_plan
 from cnnlab.training.ema import WeightAverage, decay_for
 from cnnlab.training.bags import BagInputs
@@ -64,6 +66,7 @@ from cnnlab.training.optim import DEFAULT_LR, build_optimizer, build_scheduler, 
 from cnnlab.training.record import (discard_unstarted, model_metadata, new_run_dir, write_classes, write_config,
                                    write_dataset, write_model)
 from cnnlab.training.state import LoopState, TrainingCheckpoint, restore_training
+from cnnlab.training.transfer import HeadPhase, train_classifier_first
 
 
 def seed_everything(seed: int) -> None:
@@ -526,11 +529,27 @@ def prepare_optimisation(config: TrainConfig, model: nn.Module, loaders: dict[st
                              started, verbose, inputs)
         budget.plan = distributed.broadcast(budget.plan)  # every process follows rank 0's plan
         total_steps = budget.plan.total_steps
-    optimizer = build_optimizer(model, config.optimizer, lr, config.weight_decay)
+    optimizer = build_optimizer(model, config.optimizer, lr, config.weight_decay, config.backbone_lr)
     scheduler = build_scheduler(optimizer, config.schedule, total_steps, round(config.warmup_epochs * steps_per_epoch))
     scaler = torch.amp.GradScaler(env.device.type, enabled=env.precision.name == "fp16")
     average = WeightAverage(model, decay_for(total_steps)) if config.ema else None
     return Optimisation(lr, total_steps, optimizer, scheduler, scaler, average, budget)
+
+
+def classifier_first(config: TrainConfig, model: nn.Module, data: RunData, pipeline: InputPipeline,
+                     loss_fn: nn.Module, env: Environment, started: float, verbose: bool) -> HeadPhase:
+    """Stage 4a (--head-views, on by default with --pretrained): the classifier fitted alone on the frozen
+    network's features of config.head_views views per training image, each computed once (cnnlab.training.transfer);
+    with --time, the views that fit in budget.HEAD_SHARE of it (rank 0's clock decides for every process)."""
+    budget = parse_duration(config.time) if config.time else None
+
+    def more_views(done: int, seconds_per_view: float) -> bool:
+        return bool(distributed.broadcast(another_view(done, config.head_views, seconds_per_view,
+                                                       time.monotonic() - started, budget)))
+    return train_classifier_first(model, data.datasets["train"], preprocessing_of(config).eval_transform(), pipeline,
+                                  seed=config.seed, batch_size=config.batch_size * 2, workers=env.workers,
+                                  more_views=more_views, label_smoothing=config.label_smoothing,
+                                  class_weight=loss_fn.weight, verbose=verbose)
 
 
 def run_folder(config: TrainConfig, world: World, overwrite: bool) -> tuple[Path, bool]:
@@ -588,6 +607,8 @@ def _assemble(config: TrainConfig, env: Environment, data: RunData, model: nn.Mo
     unreadable.known_in_advance()
     pipeline = input_pipeline(config, env.device, env.precision)
     loss_fn = loss_function(config, balance, data.train_counts).to(env.device)
+    if config.head_views and checkpoint is None:  # a resumed run's classifier is in its checkpoint
+        classifier_first(config, model, data, pipeline, loss_fn, env, started, verbose)
     inputs = step_inputs(config, pipeline, len(splits.classes))
     optimisation = prepare_optimisation(config, model, loaders, pipeline, loss_fn, env, run_dir, checkpoint,
                                         started, verbose, inputs)

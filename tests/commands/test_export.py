@@ -212,8 +212,13 @@ def test_unknown_format_and_cli_default():
 
 # --- every registered model ------------------------------------------------------------------------------------------
 # and resnet9 as tiled runs build it (max-and-average pooling: cnnlab.models.registry.tiled_options)
-@pytest.mark.parametrize("name, options", [(name, {}) for name in list_models()] + [("resnet9", {"pool": "avgmax"})],
-                         ids=list_models() + ["resnet9-avgmax"])
+# The zoo's large networks take 15-25 s each on 2 cores: the fast tier exports the small ones (its own models).
+FAST_EXPORTS = ("simple_cnn", "mlp", "resnet9")
+
+
+@pytest.mark.parametrize("name, options", [pytest.param(name, {}, id=name, marks=() if name in FAST_EXPORTS
+                                                        else pytest.mark.slow) for name in list_models()]
+                         + [pytest.param("resnet9", {"pool": "avgmax"}, id="resnet9-avgmax")])
 def test_every_registered_model_exports(name, options, one_torch_thread):
     """Random weights, BatchNorm statistics from 16 random 32 px images (with the default statistics ReLU6 saturates
     and mobilenet's logits are one constant, which a wrong graph would match too), compared at 1, 2 and 5."""

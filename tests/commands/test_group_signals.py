@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.multiprocess  # the fast tier (make test-fast) leaves these out
+
 ONE_THREAD = dict(os.environ, OMP_NUM_THREADS="1")
 
 

@@ -36,6 +36,7 @@ def cnnlab(*args, cwd=None):
 
 
 # --- 1. a run is never overwritten by accident -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_run_folder_is_not_overwritten_by_accident(tiny_run, tiny_data, tmp_path):
     run = tmp_path / "run1"
     shutil.copytree(tiny_run.run_dir, run)
@@ -55,6 +56,7 @@ def test_a_run_folder_is_not_overwritten_by_accident(tiny_run, tiny_data, tmp_pa
 
 
 # --- 2. paths are absolute; a moved data folder is named, and --data points at its new place ----------------------
+@pytest.mark.slow
 def test_relative_paths_work_from_anywhere_and_a_moved_folder_is_explained(tiny_data, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
@@ -81,6 +83,7 @@ def test_relative_paths_work_from_anywhere_and_a_moved_folder_is_explained(tiny_
 
 
 # --- 4. predict says what failed, for each input, and exits non-zero ------------------------------------------------
+@pytest.mark.slow
 def test_predict_gives_every_input_its_row_and_reason(tiny_run, tiny_data, tmp_path):
     good = next((tiny_data / "val" / "circle").iterdir())
     (tmp_path / "notes.jpg").write_text("not an image at all")

@@ -3,6 +3,7 @@ and one clear line for what cannot work."""
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
 import subprocess
@@ -18,6 +19,7 @@ from cnnlab.commands.plan import plan
 from cnnlab.commands.train import fit
 from cnnlab.errors import CnnlabError
 from cnnlab.training.budget import EPOCH_FILES_SECONDS
+from cnnlab.training.device import FAST_BF16_ENV
 from cnnlab.training.memory import MARGIN, MemoryProbe, StepSpec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -25,6 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SMALL = {"model": "simple_cnn", "img_size": 64, "batch_size": 8, "workers": 0, "cache": "off", "progressive": False}
 
 
+@pytest.mark.slow
 def test_the_plan_against_a_real_run(tiny_data, tmp_path):
     """The plan's speed and times against the same run really trained right after it, in this process.
 
@@ -51,37 +54,45 @@ def test_the_plan_against_a_real_run(tiny_data, tmp_path):
     assert planned.run_seconds * 0.9 <= wall <= planned.run_seconds * 2.5
 
 
+@pytest.mark.slow
 def test_auto_and_a_batch_that_does_not_fit(tiny_data, monkeypatch):
     """With the free memory set between what batch 2 and batch 4 need, auto plans batch 2, and a requested batch
     of 8 is reported as not fitting, with the times for batch 2.
 
-    The plan is given this test's own measurements of batch 2 and 4 (its probe must ask for the same step): two
-    measuring processes differ by up to ~13 MB in what their first step pages in (memory.py: "12-25 MB"), as
-    much as half the gap between the two batches here, so a plan that measured them afresh could land on
-    either side of the midpoint (it did, once in five full runs). Batch 1 and 8 are measured for real."""
+    The plan is given this test's own measurements of every batch it asks for (1, 2, 4 and 8), all made in one
+    measuring process, and may measure nothing afresh: two measuring processes differ by up to ~13 MB in what
+    their first step pages in (memory.py: "12-25 MB"), as much as half the gap between batch 2 and 4 here, so a
+    batch measured afresh could land on either side of the midpoint (batch 2 did, once in five full runs, when
+    only 2 and 4 were injected; batch 1 could as well). fp32 is named: the step measured here must be the plan's
+    step on every CPU (auto is bf16 on one with AVX-512 BF16/AMX)."""
+    options = SMALL | {"data": str(tiny_data), "img_size": 128, "epochs": 2, "precision": "fp32"}
     spec = StepSpec("simple_cnn", 3, {"dropout": 0.2, "img_size": 128}, 128, False, "fp32", True, "default", "device",
                     "adamw", 0.1, True, 0, torch.get_num_threads())
     with MemoryProbe(spec, torch.device("cpu")) as probe:
-        measured = {2: probe.measure(2), 4: probe.measure(4)}
+        measured = {batch: probe.measure(batch) for batch in (1, 2, 4, 8)}
+    peaks = [measured[batch].peak_bytes for batch in (1, 2, 4, 8)]
+    assert peaks == sorted(peaks), peaks  # one process: each image adds its activations
     two, four = measured[2].peak_bytes, measured[4].peak_bytes
-    real_measure = MemoryProbe.measure
+    asked = []
 
     def measure(self, batch_size: int, side: int | None = None):
-        if batch_size in measured and side in (None, spec.side):
-            assert self.spec == spec, f"the plan measures another step: {self.spec}"
-            return measured[batch_size]
-        return real_measure(self, batch_size, side)
+        assert self.spec == spec, f"the plan measures another step: {self.spec}"
+        assert batch_size in measured and side in (None, spec.side), f"batch {batch_size} at {side} measured afresh"
+        asked.append(batch_size)
+        return measured[batch_size]
 
     monkeypatch.setattr(MemoryProbe, "measure", measure)
     monkeypatch.setattr(plan_module, "free_memory", lambda device: int((two + four) / 2 / MARGIN))
-    options = SMALL | {"data": str(tiny_data), "img_size": 128, "epochs": 2}
 
     auto = plan(**options | {"batch_size": "auto"}, verbose=False)
-    assert auto.fits and auto.batch_size == 2 and auto.choice.batch_size == 2
+    assert sorted(set(asked)) == [1, 2, 4]  # batch 1 fits, 4 does not (the cap of 36 images / 8 steps), 2 does
+    assert auto.fits and auto.batch_size == 2 and auto.choice.batch_size == 2 and auto.precision == "fp32"
     text = auto.describe()
     assert "batch 2 (auto)" in text and re.search(r"largest batch +2 \(.*; batch 4 would not fit\)", text)
 
+    asked.clear()
     too_big = plan(**options | {"batch_size": 8}, verbose=False)
+    assert asked[0] == 8 and sorted(set(asked)) == [1, 2, 4, 8]
     assert not too_big.fits and too_big.batch_size == 2 and too_big.requested_batch == 8
     assert "verdict: batch 8 does not fit in 80% of the free memory; with --batch-size 2 (or auto) 2 epochs take" \
         in too_big.describe()
@@ -102,6 +113,7 @@ def test_a_tiled_plan_counts_the_windows_validation_slides(tmp_path):
     assert "48 px tiles at scale 0.5" in text and "(400 windows)" in text
 
 
+@pytest.mark.slow
 def test_the_cache_line_says_what_is_built_already(tiny_data, tmp_path):
     options = SMALL | {"data": str(tiny_data), "epochs": 1, "cache": "disk", "cache_dir": str(tmp_path / "cache")}
     before = plan(**options, verbose=False)
@@ -120,7 +132,8 @@ def cnnlab_with_free_memory(free: int, *args) -> subprocess.CompletedProcess:
             "; from cnnlab.cli import main; sys.argv = ['cnnlab'] + sys.argv[1:]; main()")
     package = str(Path(plan_module.__file__).resolve().parents[2])
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300,
-                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": package, "OMP_NUM_THREADS": "1"})
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": package, "OMP_NUM_THREADS": "1",
+                               **{name: os.environ[name] for name in [FAST_BF16_ENV] if name in os.environ}})
 
 
 def one_error_line(result) -> str:
@@ -131,6 +144,7 @@ def one_error_line(result) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_not_even_batch_one_is_one_line_naming_the_memory_and_what_to_change(tiny_data):
     line = one_error_line(cnnlab_with_free_memory(20_000_000, "plan", "--data", tiny_data, "--model", "simple_cnn",
                                                   "--img-size", 128, "--workers", 0))
@@ -139,6 +153,7 @@ def test_not_even_batch_one_is_one_line_naming_the_memory_and_what_to_change(tin
     assert "more than 80% of the 20 MB free on cpu; use a smaller --img-size, or --tile T --scale X" in line
 
 
+@pytest.mark.slow
 def test_other_errors_are_one_line(tiny_data):
     free = 10**10
     too_small = one_error_line(cnnlab_with_free_memory(free, "plan", "--data", tiny_data, "--img-size", 16))

@@ -428,6 +428,7 @@ def test_the_page_is_self_contained_and_locked_down(client):
     assert response.headers["x-frame-options"] == "DENY" and response.headers["x-content-type-options"] == "nosniff"
 
 
+@pytest.mark.browser
 def test_upload_through_the_page_in_headless_chromium(tiny_run, tiny_data, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip("headless Chromium is not installed at /usr/bin/chromium "

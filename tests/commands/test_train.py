@@ -34,7 +34,8 @@ def test_run_folder_has_every_file(tiny_run):
         rows = list(csv.DictReader(handle))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert list(rows[0]) == ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
-                             "skipped_steps"]
+                             "skipped_steps", "side", "fraction"]
+    assert [(r["side"], r["fraction"]) for r in rows] == [("32", "1"), ("32", "1")]  # 2 epochs: no smaller side
     assert read_metrics(run)[1]["val_loss"] == pytest.approx(tiny_run.history[1]["val_loss"], rel=1e-5)
     meta = json.loads((run / "model.json").read_text())
     assert meta["model"] == "simple_cnn" and meta["model_options"]["widths"] == [8, 16]

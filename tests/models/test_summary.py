@@ -202,4 +202,7 @@ def test_cli_summary():
     assert "3,000,001,000" in result.output and "391,466" in result.output
     result = CliRunner().invoke(app, ["summary", "--input", "64x64", "--model-option", "widths=[4,8]", "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["input_shape"] == [3, 64, 64]
+    summary = json.loads(result.output)
+    assert summary["input_shape"] == [3, 64, 64]
+    narrow = create_model("simple_cnn", 10, widths=[4, 8])  # the repeated NAME=VALUE flag reached the model
+    assert summary["total_params"] == sum(p.numel() for p in narrow.parameters()) < 391_466

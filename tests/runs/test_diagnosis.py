@@ -599,6 +599,7 @@ def test_verdict_strings_are_stable():
     assert NO_BETTER.label == "No better than chance" and STILL_IMPROVING.label == "Still improving"
 
 
+@pytest.mark.slow
 def test_a_run_that_memorises_without_generalising_is_no_better_than_chance(tmp_path):
     """Few training images, many validation images, no augmentation, no dropout: an MLP learns its 45 training
     images by heart and the 135 validation images at chance. Its curves alone look like overfitting (validation

@@ -93,6 +93,7 @@ def test_a_short_budget_ends_on_time_with_a_complete_run_folder(tiny_data, tmp_p
     assert state.planned_steps > 0 and not state.stopped_early
 
 
+@pytest.mark.slow
 def test_a_budgeted_run_resumes_its_plan(tiny_data, tmp_path, monkeypatch):
     import os
     import signal

@@ -148,6 +148,7 @@ def test_find_lr_writes_the_plot(tiny_data, tmp_path):
     assert width > 300 and height > 200
 
 
+@pytest.mark.slow
 def test_fit_with_lr_auto_records_the_suggestion(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(lr_find_module, "MIN_STEPS", 10)  # keep the range test short: 2 passes of 5 batches
     monkeypatch.setattr(lr_find_module, "MAX_PASSES", 2)

@@ -4,6 +4,7 @@ the search for the largest batch that fits, and --batch-size auto end to end."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,16 +16,18 @@ import yaml
 from cnnlab.config import TrainConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.training import memory
+from cnnlab.training.device import FAST_BF16_ENV
 from cnnlab.training.memory import (MARGIN, MemoryProbe, OutOfMemory, StepMemory, StepSpec, batch_cap,
                                     largest_batch, not_even_batch_one)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CPU = torch.device("cpu")
+KIND_OF_CPU = {name: os.environ[name] for name in [FAST_BF16_ENV] if name in os.environ}  # for a clean child's env
 
 
 def spec_of(model="simple_cnn", side=64, options=None, workers=0) -> StepSpec:
-    """A run's step as `train` would describe it: fp32 channels_last on this CPU, the default augmentation."""
+    """A run's step as `train --precision fp32` describes it on a CPU: channels_last, the default augmentation."""
     return StepSpec(model, 3, {"dropout": 0.2, "img_size": side, **(options or {})}, side, False, "fp32", True,
                     "default", "device", "adamw", 0.1, True, workers, torch.get_num_threads())
 
@@ -130,11 +133,13 @@ def real_run(options: dict, env: dict | None = None) -> dict:
     """A real `fit` in a fresh process: its resident set before each epoch's training steps and the peak during them."""
     package = str(Path(memory.__file__).resolve().parents[2])
     result = subprocess.run([sys.executable, "-c", REAL_RUN, json.dumps(options)], capture_output=True, text=True,
-                            timeout=600, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": package, **(env or {})})
+                            timeout=600,
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": package, **KIND_OF_CPU, **(env or {})})
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_the_measured_step_matches_a_real_run(tiny_data, tmp_path):
     """simple_cnn at 64 px, batch 32 (on tiny_data's 36 training images: a step of 32 and one of 4 an epoch).
 
@@ -151,7 +156,7 @@ def test_the_measured_step_matches_a_real_run(tiny_data, tmp_path):
     the batch search keeps is for this and for what a run holds besides its steps.
     """
     options = {"data": str(tiny_data), "model": "simple_cnn", "img_size": 64, "batch_size": 32, "epochs": 2,
-               "workers": 0, "cache": "off", "progressive": False, "out": str(tmp_path / "run")}
+               "workers": 0, "cache": "off", "progressive": False, "precision": "fp32", "out": str(tmp_path / "run")}
     with MemoryProbe(spec_of("simple_cnn", 64), CPU) as probe:
         planned = probe.measure(32)
 
@@ -166,20 +171,37 @@ def test_the_measured_step_matches_a_real_run(tiny_data, tmp_path):
 
 
 # --- --batch-size auto ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_auto_picks_the_largest_batch_that_fits_and_records_it(tiny_data, tmp_path, monkeypatch):
     """With the free memory set between what batch 2 and batch 4 need (simple_cnn at 128 px: ~12 MB of
-    activations an image), auto picks 2; config.yaml has it."""
-    with MemoryProbe(spec_of("simple_cnn", 128, workers=0), CPU) as probe:
-        two, four = probe.measure(2).peak_bytes, probe.measure(4).peak_bytes
-    assert four - two > 15e6  # room on each side of the line for the measurement's noise
-    free = int((two + four) / 2 / MARGIN)
-    monkeypatch.setattr(memory, "free_memory", lambda device: free)
+    activations an image), auto picks 2; config.yaml has it.
+
+    The run is given this test's measurements of every batch it asks for (1, 4, then 2), made in one measuring
+    process: another process's first step pages in up to ~13 MB more or less (memory.py), as much as the room
+    on either side of the midpoint, so a batch measured afresh could land on its other side. fp32 is named:
+    the step measured here must be the run's on every CPU (auto is bf16 on one with AVX-512 BF16/AMX)."""
+    spec = spec_of("simple_cnn", 128, workers=0)
+    with MemoryProbe(spec, CPU) as probe:
+        measured = {batch: probe.measure(batch) for batch in (1, 2, 4)}
+    two, four = measured[2].peak_bytes, measured[4].peak_bytes
+    assert measured[1].peak_bytes < two and four - two > 15e6  # room on each side of the line
+    asked = []
+
+    def measure(self, batch_size: int, side: int | None = None):
+        assert self.spec == spec, f"the run measures another step: {self.spec}"
+        assert batch_size in measured and side in (None, spec.side), f"batch {batch_size} at {side} measured afresh"
+        asked.append(batch_size)
+        return measured[batch_size]
+
+    monkeypatch.setattr(MemoryProbe, "measure", measure)
+    monkeypatch.setattr(memory, "free_memory", lambda device: int((two + four) / 2 / MARGIN))
     from cnnlab.commands.train import fit
 
     result = fit(data=str(tiny_data), model="simple_cnn", img_size=128, batch_size="auto", epochs=1, workers=0,
-                 cache="off", out=str(tmp_path / "run"), verbose=False)
+                 cache="off", precision="fp32", out=str(tmp_path / "run"), verbose=False)
+    assert asked == [1, 4, 2]  # the line through 1 and 4; 4 does not fit (36 images / 8 steps caps at 4), 2 does
     config = yaml.safe_load((result.run_dir / "config.yaml").read_text())
-    assert config["batch_size"] == 2
+    assert config["batch_size"] == 2 and config["precision"] == "fp32"
     assert len(result.history) == 1
 
 
