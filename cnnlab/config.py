@@ -118,7 +118,7 @@ class TrainConfig:
     """Every option of a training run; written resolved to the run folder as config.yaml."""
 
     data: str = ""
-    """Image folder: ImageFolder layout, with or without train/val/test split folders."""
+    """Image folder (ImageFolder layout, with or without train/val/test split folders), or a label file: a CSV of path,label[,split] (or a folder holding labels.csv), relative paths from its folder."""
     model: str = "resnet9"
     """Model name from the registry (`cnnlab models` lists them); resnet9 is the fast default for training from scratch."""
     img_size: int = 128
