@@ -256,12 +256,14 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 def _quarantine(root: Path, problems: list[Problem], raw_paths: dict[str, str], target: Path
                 ) -> tuple[list[tuple[str, str]], set[str]]:
-    """Move files with error-severity problems to `target`, keeping their path relative to root.
+    """Move unreadable files (error-severity problems, not a label file's bad rows) to `target`, keeping their path
+    relative to root (a file outside root: its absolute path under `target`).
 
     Returns the moves (from, to) and every reported path now gone (a file reached through a
     symlinked folder too is moved once, and gone under both paths).
     """
-    bad = {p.path: raw_paths[p.path] for p in problems if p.severity == "error" and p.path in raw_paths}
+    bad = {p.path: raw_paths[p.path] for p in problems  # a label file's bad row may name a good file: not moved
+           if p.severity == "error" and p.problem not in ROW_PROBLEMS and p.path in raw_paths}
     real = {shown: os.path.realpath(path) for shown, path in bad.items()}  # before anything moves
     moved, done = [], set()
     for shown, source in bad.items():

@@ -101,8 +101,8 @@ def read_labels(file: str | os.PathLike, split_names: dict[str, str]) -> LabelTa
         meanings = sorted({(label, split) for _, label, split in said})
         if len(meanings) > 1:  # which one is right cannot be known here: the file is left out until the CSV says
             shown = "; ".join(f"{label}" + (f" ({split})" if has_split else "") for label, split in meanings)
-            notes.append(RowNote(path, "", "", "error", "conflicting-rows", f"{name} {lines} disagree: "
-                                 f"{shown}; keep the one right row for this file"))
+            detail = f"{name} {lines} disagree: {shown}; keep the one right row for this file"
+            notes += [RowNote(path, split, label, "error", "conflicting-rows", detail) for _, label, split in said]
             continue
         label, split = meanings[0]
         if not os.path.isfile(path):
