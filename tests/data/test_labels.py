@@ -253,3 +253,8 @@ def test_fit_on_a_label_file_trains_and_evaluates_again(tmp_path):
     evaluation = evaluate(result.run_dir, split="val", workers=0, verbose=False)  # re-finds the splits from the CSV
     assert sorted(evaluation.paths) == sorted(s.path for s in find_samples(table).splits["val"])
     assert evaluation.accuracy == pytest.approx(result.history[result.best_epoch - 1]["val_acc"], abs=1e-6)
+    report = (result.run_dir / "report.html").read_text(encoding="utf-8")
+    assert f"Label file <code>{table}</code>; split: split column of shapes.csv" in report
+    assert "1 row(s) of the label file were left out" in report
+    resumed = fit(resume=result.run_dir, epochs=2, verbose=False)  # --resume finds its data again too
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
