@@ -51,7 +51,8 @@ SHARED_HELP = {
     "workers": Help("Decoding processes (default: from the core count)."),
 }
 # Help of a run's data folder where a command reads it again
-RUN_DATA_HELP = Help("Image folder (default: the one the run was trained on; give its new place if it moved).")
+RUN_DATA_HELP = Help("Image folder or label file (default: the one the run was trained on; give its new place if it "
+                     "moved).")
 
 
 def check_choice(field_name: str, value: Any, allowed: tuple) -> None:

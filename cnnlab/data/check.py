@@ -4,9 +4,9 @@
     print(report.describe()); report.exit_code   # 0: trainable, 1: not
 
 The files are those training reads (cnnlab.data.folders.walk_images, the one folder walk, whose notes
-say what it left out; for a label file, its usable rows, and the rows it left out as errors). Every image is decoded in parallel through cnnlab.data.images (the reader
-training uses), hashed (its bytes), shrunk to a grey thumbnail (on which near-duplicates are found) and
-measured; cnnlab.data.findings turns the facts into findings. Severities: fatal (the layout cannot be
+say what it left out; for a label file, cnnlab.data.labels: its usable rows, and the rows it leaves out as
+errors). Every image is decoded in parallel through cnnlab.data.images (the reader training uses), hashed
+(its bytes), shrunk to a grey thumbnail (on which near-duplicates are found) and measured; cnnlab.data.findings turns the facts into findings. Severities: fatal (the layout cannot be
 trained), error (a file cannot be read), warning (duplicates and near-duplicates, label conflicts,
 train/val/test leakage, format and size outliers, blank images, class imbalance, empty classes, ignored
 hidden files, symlink loops, non-UTF-8 names) and info (read fine after a conversion: CMYK, 16-bit,

@@ -96,8 +96,10 @@ def read_labels(file: str | os.PathLike, split_names: dict[str, str]) -> LabelTa
         else:
             claims.setdefault(path, []).append((line, label, split))
     found: dict[str, dict[str, list[str]]] = {}
+    lines_of = {path: ("lines " if len(said) > 1 else "line ") + ", ".join(str(line) for line, _, _ in said)
+                for path, said in claims.items()}  # "line 7", "lines 3, 12"
     for path, said in claims.items():
-        lines = ("lines " if len(said) > 1 else "line ") + ", ".join(str(line) for line, _, _ in said)
+        lines = lines_of[path]
         meanings = sorted({(label, split) for _, label, split in said})
         if len(meanings) > 1:  # which one is right cannot be known here: the file is left out until the CSV says
             shown = "; ".join(f"{label}" + (f" ({split})" if has_split else "") for label, split in meanings)
@@ -117,7 +119,8 @@ def read_labels(file: str | os.PathLike, split_names: dict[str, str]) -> LabelTa
         for split in [s for s in found if s != "train"]:
             for label in sorted(set(found[split]) - set(found["train"])):
                 notes += [RowNote(path, split, label, "error", "unknown-label",
-                                  f"{name}: label {label!r} has no train row, so the network cannot learn it")
+                                  f"{name} {lines_of[path]}: label {label!r} has no train row, so the network "
+                                  "cannot learn it")
                           for path in found[split].pop(label)]
     order = ["all", *dict.fromkeys(split_names.values())]  # all, or train, val, test: as tables show splits
     found = {split: {label: sorted(paths) for label, paths in sorted(per_label.items())}

@@ -14,10 +14,9 @@ import yaml
 
 from cnnlab.config import TrainConfig
 from cnnlab.data.check import check_dataset
-from cnnlab.data.folders import find_samples
+from cnnlab.data.folders import SPLIT_FOLDERS, find_samples
 from cnnlab.data.images import is_image_file, save_image
 from cnnlab.data.labels import LABEL_FILE, label_file, read_labels
-from cnnlab.data.folders import SPLIT_FOLDERS
 from cnnlab.errors import CnnlabError
 from cnnlab.training.setup import find_splits
 from .test_images import write_text_as_jpeg
@@ -73,8 +72,8 @@ def test_split_column_gives_what_split_folders_give(tmp_path):
     # the CSV in a sibling folder: relative paths go through "..", every third path is absolute
     table = _write_csv(tmp_path / "meta" / "annotations.csv", ["path", "label", "split"],
                        _rows_of(images, splits=True, absolute_every=3, base=tmp_path / "meta"))
-    assert any(row[0].startswith("../images/") for row in csv.reader(open(table)))
-    assert any(row[0].startswith("/") for row in csv.reader(open(table)))
+    shown = [row[0] for row in csv.reader(table.read_text().splitlines())]
+    assert any(path.startswith("../images/") for path in shown) and any(path.startswith("/") for path in shown)
     labelled = find_samples(table)
     _same_splits(labelled, folder)
     assert labelled.counts() == {"train": {"cat": 4, "dog": 3, "fox": 3}, "val": {"cat": 1, "dog": 2, "fox": 1},
@@ -199,6 +198,9 @@ def test_data_check_reports_bad_rows_like_unreadable_images(tmp_path):
     assert "split 'trian' is not one of train, val, test" in details["unknown-split"]
     assert "did you mean 'train'?" in details["unknown-split"]
     assert details["duplicate-row"] == "labels.csv lines 7, 16 are the same row; read once"
+    assert details["unknown-label"] == ("labels.csv line 18: label 'cow' has no train row, so the network cannot "
+                                        "learn it")
+    assert details["empty-path"] == "labels.csv line 15: no path given"
     assert not report.usable and report.exit_code == 1
     assert report.reasons == ["8 row(s) of the label file left out (training skips them): fix or remove them",
                               "1 unreadable file(s) left: fix or remove them, or move them aside with --quarantine DIR"]
