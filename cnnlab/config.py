@@ -51,7 +51,8 @@ SHARED_HELP = {
     "workers": Help("Decoding processes (default: from the core count)."),
 }
 # Help of a run's data folder where a command reads it again
-RUN_DATA_HELP = Help("Image folder (default: the one the run was trained on; give its new place if it moved).")
+RUN_DATA_HELP = Help("Image folder or label file (default: the one the run was trained on; give its new place if it "
+                     "moved).")
 
 
 def check_choice(field_name: str, value: Any, allowed: tuple) -> None:
@@ -138,7 +139,7 @@ class TrainConfig:
     """Every option of a training run; written resolved to the run folder as config.yaml."""
 
     data: str = ""
-    """Image folder: ImageFolder layout, with or without train/val/test split folders."""
+    """Image folder (ImageFolder layout, with or without train/val/test split folders), or a label file: a CSV of path,label[,split] (or a folder holding labels.csv), relative paths from its folder."""
     model: str = "resnet9"
     """Model name from the registry (`cnnlab models` lists them); resnet9 is the fast default for training from scratch."""
     img_size: int = 128

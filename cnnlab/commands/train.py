@@ -224,7 +224,7 @@ def resume_config(run_dir: str | os.PathLike, given: dict[str, Any]):
     if state.epoch >= values["epochs"]:
         raise CnnlabError(f"{run_dir} has already finished its {state.epoch} epochs; pass --epochs N with N > "
                           f"{state.epoch} to train it further")
-    if not Path(values["data"]).is_dir():
+    if not Path(values["data"]).exists():  # a folder, or a label file
         raise CnnlabError(f"the data folder this run was trained on, {values['data']}, no longer exists (moved or "
                           "deleted?); pass --data with its new place")
     return TrainConfig.from_dict(values), checkpoint

@@ -4,9 +4,9 @@
     print(report.describe()); report.exit_code   # 0: trainable, 1: not
 
 The files are those training reads (cnnlab.data.folders.walk_images, the one folder walk, whose notes
-say what it left out). Every image is decoded in parallel through cnnlab.data.images (the reader
-training uses), hashed (its bytes), shrunk to a grey thumbnail (on which near-duplicates are found) and
-measured; cnnlab.data.findings turns the facts into findings. Severities: fatal (the layout cannot be
+say what it left out; for a label file, cnnlab.data.labels: its usable rows, and the rows it leaves out as
+errors). Every image is decoded in parallel through cnnlab.data.images (the reader training uses), hashed
+(its bytes), shrunk to a grey thumbnail (on which near-duplicates are found) and measured; cnnlab.data.findings turns the facts into findings. Severities: fatal (the layout cannot be
 trained), error (a file cannot be read), warning (duplicates and near-duplicates, label conflicts,
 train/val/test leakage, format and size outliers, blank images, class imbalance, empty classes, ignored
 hidden files, symlink loops, non-UTF-8 names) and info (read fine after a conversion: CMYK, 16-bit,
@@ -34,6 +34,7 @@ from cnnlab.data.findings import (COPY_PROBLEMS, FileFacts, duplicate_findings, 
                                   outlier_findings)
 from cnnlab.data.folders import SPLIT_FOLDERS, _is_hidden, find_samples, safe_path, walk_images
 from cnnlab.data.images import DEFAULT_MAX_PIXELS, ImageInfo, image_header, inspect_image
+from cnnlab.data.labels import ROW_PROBLEMS, label_file, read_labels
 from cnnlab.errors import CnnlabError
 
 SEVERITIES = ("fatal", "error", "warning", "info")
@@ -255,18 +256,23 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 def _quarantine(root: Path, problems: list[Problem], raw_paths: dict[str, str], target: Path
                 ) -> tuple[list[tuple[str, str]], set[str]]:
-    """Move files with error-severity problems to `target`, keeping their path relative to root.
+    """Move unreadable files (error-severity problems, not a label file's bad rows) to `target`, keeping their path
+    relative to root (a file outside root: its absolute path under `target`).
 
     Returns the moves (from, to) and every reported path now gone (a file reached through a
     symlinked folder too is moved once, and gone under both paths).
     """
-    bad = {p.path: raw_paths[p.path] for p in problems if p.severity == "error" and p.path in raw_paths}
+    bad = {p.path: raw_paths[p.path] for p in problems  # a label file's bad row may name a good file: not moved
+           if p.severity == "error" and p.problem not in ROW_PROBLEMS and p.path in raw_paths}
     real = {shown: os.path.realpath(path) for shown, path in bad.items()}  # before anything moves
     moved, done = [], set()
     for shown, source in bad.items():
         if real[shown] in done:
             continue
-        destination = target / os.path.relpath(source, root)
+        relative = os.path.relpath(source, root)
+        if relative.split(os.sep)[0] == os.pardir:  # a label file may name files anywhere: keep their full path
+            relative = os.path.abspath(source).lstrip(os.sep)
+        destination = target / relative
         if os.path.lexists(destination):
             continue  # never overwrite: an earlier quarantine holds a file of that name
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -284,8 +290,8 @@ def _check_quarantine_target(root: Path, target: Path) -> None:
                           f"{root / '.quarantine'}")
 
 
-def _scan(root: Path) -> tuple[dict[str, dict[str, Path]], list[tuple[str, str, str]], list[tuple]]:
-    """Class folders {split: {class: folder}}, image files (path, split, class) and walk notes."""
+def _scan(root: Path) -> tuple[dict[str, list[str]], list[tuple[str, str, str]], list[tuple]]:
+    """Classes {split: [class folder names]}, image files (path, split, class) and walk notes."""
     splits = _split_folders(root)
     folders = {split: {p.name: p for p in _visible_dirs(folder)} for split, folder in splits.items()}
     located: list[tuple[str, str, str]] = []
@@ -301,16 +307,26 @@ def _scan(root: Path) -> tuple[dict[str, dict[str, Path]], list[tuple[str, str, 
                 notes.append((str(folder), split, name, "warning", "empty-class",
                               f"class folder with no images{refused}"))
     notes += [(path, split, "", *rest) for path, split, *rest in _outer_notes(root, splits)]
-    return folders, located, notes
+    return {split: list(per_class) for split, per_class in folders.items()}, located, notes
+
+
+def _scan_label_file(file: Path) -> tuple[dict[str, list[str]], list[tuple[str, str, str]], list[tuple]]:
+    """Labels {split: [labels]}, the files of usable rows (path, split, label) and the rows left out, as _scan."""
+    table = read_labels(file, SPLIT_FOLDERS)
+    located = [(path, split, label) for split, per_label in table.found.items()
+               for label, paths in per_label.items() for path in paths]
+    notes = [(n.path, n.split, n.label, n.severity, n.problem, n.detail) for n in table.notes]
+    return {split: list(per_label) for split, per_label in table.found.items()}, located, notes
 
 
 def check_dataset(root: Annotated[str | os.PathLike, Help("Image folder: <class>/ folders, or train/ val/ test/ "
-                                                         "holding them.")],
+                                                         "holding them; or a CSV of path,label[,split] (a folder "
+                                                         "holding labels.csv: that file).")],
                   fix_report: Annotated[str | os.PathLike | None, Help(
                       "Write every problem to this CSV (path, split, class, severity, problem, detail).")] = None,
                   quarantine: Annotated[str | os.PathLike | None, Help(
                       "Move unreadable files into this folder, keeping their relative paths (nothing is deleted or "
-                      "rewritten).")] = None,
+                      "rewritten; a label file's rows are not changed).")] = None,
                   max_pixels: Annotated[int, Help("Images with more pixels are errors (read from the header).")]
                   = DEFAULT_MAX_PIXELS,
                   workers: Annotated[int | None, Help("Parallel readers; default: the number of CPU cores.")] = None
@@ -320,7 +336,8 @@ def check_dataset(root: Annotated[str | os.PathLike, Help("Image folder: <class>
 
     Scans in parallel and reports counts, sizes and every problem (see the module's docstring)."""
     root = Path(root)
-    if quarantine is not None:
+    table = label_file(root)
+    if quarantine is not None and table is None:  # a label file's folder is not scanned: any target is safe
         _check_quarantine_target(root, Path(quarantine))
     report = DataReport(root=safe_path(root), layout="")
     try:
@@ -328,14 +345,17 @@ def check_dataset(root: Annotated[str | os.PathLike, Help("Image folder: <class>
     except CnnlabError as error:
         report.layout = "cannot be trained as it is"
         report.problems.append(Problem(safe_path(root), "", "", "fatal", "layout", str(error)))
-    if not root.is_dir():
+    if table is None and not root.is_dir():
         report.reasons = _reasons(report)
         return _finish(report, fix_report)
-
-    folders, located, notes = _scan(root)
-    report.classes = sorted({name for per_class in folders.values() for name in per_class})
-    report.counts = {split: dict.fromkeys(per_class, 0) for split, per_class in folders.items()}
-    report.unreadable = {split: dict.fromkeys(per_class, 0) for split, per_class in folders.items()}
+    try:
+        classes, located, notes = _scan_label_file(table) if table is not None else _scan(root)
+    except CnnlabError:  # a label file that cannot be read (its header, its encoding): the fatal problem above says why
+        report.reasons = _reasons(report)
+        return _finish(report, fix_report)
+    report.classes = sorted({name for names in classes.values() for name in names})
+    report.counts = {split: dict.fromkeys(names, 0) for split, names in classes.items()}
+    report.unreadable = {split: dict.fromkeys(names, 0) for split, names in classes.items()}
     facts: list[FileFacts] = []
     results = _examine_all([path for path, _, _ in located], max_pixels, workers)
     for (path, split, name), (info, digest) in zip(located, results):
@@ -348,7 +368,7 @@ def check_dataset(root: Annotated[str | os.PathLike, Help("Image folder: <class>
                                    digest, info.grey_std, info.thumbnail))
         else:
             report.unreadable[split][name] += 1
-    notes += duplicate_findings(facts, flat="all" in folders)
+    notes += duplicate_findings(facts, flat="all" in classes)
     notes += outlier_findings(facts)
     train_like = "train" if "train" in report.counts else "all"
     notes += imbalance_finding(report.counts.get(train_like, {}), str(root))
@@ -362,7 +382,8 @@ def check_dataset(root: Annotated[str | os.PathLike, Help("Image folder: <class>
                               key=lambda p: (rank[p.severity], p.problem, p.path))
     if quarantine is not None:
         raw_paths = {safe_path(path): path for path, _, _ in located}
-        report.quarantined, gone = _quarantine(root, report.problems, raw_paths, Path(quarantine))
+        base = table.parent if table is not None else root  # relative paths in a label file are from its folder
+        report.quarantined, gone = _quarantine(base, report.problems, raw_paths, Path(quarantine))
         report.problems = [replace(p, detail=p.detail + " (moved to quarantine)") if p.path in gone else p
                            for p in report.problems]
     report.reasons = _reasons(report)
@@ -372,7 +393,11 @@ def check_dataset(root: Annotated[str | os.PathLike, Help("Image folder: <class>
 def _reasons(report: DataReport) -> list[str]:
     """Why the data cannot be trained on as it now is (empty list: it can)."""
     reasons = [p.detail for p in report.problems if p.severity == "fatal"]
-    left = [p for p in report.problems if p.severity == "error" and not p.detail.endswith("(moved to quarantine)")]
+    rows = [p for p in report.problems if p.severity == "error" and p.problem in ROW_PROBLEMS]
+    if rows:
+        reasons.append(f"{len(rows)} row(s) of the label file left out (training skips them): fix or remove them")
+    left = [p for p in report.problems if p.severity == "error" and p.problem not in ROW_PROBLEMS
+            and not p.detail.endswith("(moved to quarantine)")]
     if left:
         reasons.append(f"{len(left)} unreadable file(s) left: fix or remove them, or move them aside "
                        "with --quarantine DIR")

@@ -3,6 +3,7 @@
 Layouts understood (class names come from folder names; hidden files and folders are ignored):
     ROOT/<class>/*.jpg                          -> stratified train/val split by seed
     ROOT/train/<class>/..., ROOT/val|validation/<class>/..., ROOT/test/<class>/...
+    labels.csv (or ROOT/labels.csv) of path,label[,split]  -> the same, from a label file (cnnlab.data.labels)
 
 Paths are absolute, so a run folder that records them works from any working directory.
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cnnlab.data.images import IMAGE_EXTENSIONS, is_image_file
+from cnnlab.data.labels import ROW_PROBLEMS, label_file, read_labels
 from cnnlab.errors import CnnlabError
 
 # Folder names recognised as splits, and the canonical split they map to.
@@ -34,16 +36,22 @@ class Sample:
 class DatasetSplits:
     """What was found in an image folder: class names and the samples of each split."""
 
-    root: str
+    root: str  # the image folder, or the label file (a CSV)
     classes: list[str]
     splits: dict[str, list[Sample]]
-    split_source: str  # "folders" (train/val/test present) or "seeded split of <folder>"
-    notes: list[WalkNote] = field(default_factory=list)  # what the walk left out, for reports
+    split_source: str  # "folders" (train/val/test present), "seeded split (...)", ...: where the splits came from
+    notes: list[WalkNote] = field(default_factory=list)  # what the walk (or the label file) left out, for reports
 
     @property
     def ignored(self) -> list[str]:
         """Hidden or non-image files inside the class folders, which are not trained on."""
         return [n.path for n in self.notes if n.problem in ("hidden-ignored", "ignored-file")]
+
+    @property
+    def skipped_rows(self) -> list[WalkNote]:
+        """Rows of a label file left out (missing file, empty label, unknown split, ...); `cnnlab data check`
+        lists them."""
+        return [n for n in self.notes if n.severity == "error" and n.problem in ROW_PROBLEMS]
 
     def only(self, *names: str) -> "DatasetSplits":
         """The same folder with just these splits (e.g. the training images alone, for a look or a test run)."""
@@ -94,7 +102,8 @@ class WalkNote:
 
     path: str
     severity: str  # "warning" or "info"
-    problem: str  # hidden-ignored, ignored-file, symlink-loop, symlink-duplicate, symlink-resolved, non-utf8-name
+    problem: str  # hidden-ignored, ignored-file, symlink-loop, symlink-duplicate, symlink-resolved, non-utf8-name;
+    # for a label file's rows: cnnlab.data.labels.ROW_PROBLEMS and duplicate-row
     detail: str
 
 
@@ -211,51 +220,83 @@ def stratified_split(samples: list[Sample], val_fraction: float, seed: int
 
 
 def find_samples(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> DatasetSplits:
-    """Scan an image folder and return its classes and train/val(/test) samples."""
+    """Scan an image folder, or read a label file (a CSV of path,label[,split], or a folder holding labels.csv),
+    and return its classes and train/val(/test) samples."""
+    table = label_file(root)
+    if table is not None:
+        return _label_file_samples(Path(os.path.abspath(table)), val_fraction, seed)
     root = Path(os.path.abspath(root))  # absolute: a run folder must work from any directory
     if not root.exists():
         raise CnnlabError(f"data folder {root} does not exist; give a folder with one sub-folder per class "
                           "(make one with `cnnlab data synth DIR`)")
     if not root.is_dir():
-        raise CnnlabError(f"data path {root} is a file; give a folder with one sub-folder per class")
+        raise CnnlabError(f"data path {root} is a file; give a folder with one sub-folder per class, or a CSV of "
+                          "path,label[,split] (a .csv file)")
     notes: list[WalkNote] = []
     split_dirs = {SPLIT_FOLDERS[p.name.lower()]: p for p in visible_subfolders(root)
                   if p.name.lower() in SPLIT_FOLDERS}
     if "train" in split_dirs:
         found = {split: _scan_classes(path, notes) for split, path in split_dirs.items()}
         classes = sorted(name for name, files in found["train"].items())
-        source = "folders"
     else:
         if split_dirs:
             raise CnnlabError(f"{root} has {', '.join(sorted(p.name for p in split_dirs.values()))} "
                               "but no train/ folder; add train/<class>/ or put the class folders directly in the root")
         found = {"all": _scan_classes(root, notes)}
         classes = sorted(found["all"])
-        source = f"seeded split (val_fraction={val_fraction}, seed={seed})"
     if len(classes) < 2:
         where = split_dirs.get("train", root)
         raise CnnlabError(f"{where} has {len(classes)} class folder(s) ({', '.join(classes) or 'none'}); "
                           "a classifier needs at least two: put each class's images in its own sub-folder")
-    index = {name: i for i, name in enumerate(classes)}
-    splits: dict[str, list[Sample]] = {}
     for split, per_class in found.items():
-        unknown = sorted(set(per_class) - set(index))
+        unknown = sorted(set(per_class) - set(classes))
         if unknown:
             raise CnnlabError(f"{split_dirs[split]} has class folder(s) not in train/: {', '.join(unknown)}; "
                               "every class needs training images")
-        splits[split] = [Sample(path, index[name]) for name in sorted(per_class) for path in per_class[name]]
-    train_like = "train" if "train" in splits else "all"
+    train_like = "train" if "train" in found else "all"
     empty = [name for name in classes if not found[train_like].get(name)]
     if empty:
         raise CnnlabError(f"class folder(s) with no images: {', '.join(empty)} in "
                           f"{split_dirs.get('train', root)}; add images or remove the folder "
                           f"(image types read: jpg, png, bmp, gif, webp, tif)")
+    return labelled_splits(str(root), classes, found, val_fraction, seed, given="folders", train_from="train/ folder",
+                           notes=notes)
+
+
+def _label_file_samples(file: Path, val_fraction: float, seed: int) -> DatasetSplits:
+    """find_samples of a label file: its usable rows as splits, the rows left out as notes."""
+    table = read_labels(file, SPLIT_FOLDERS)
+    notes = [WalkNote(n.path, n.severity, n.problem, n.detail) for n in table.notes]
+    left_out = sum(n.severity == "error" for n in table.notes)
+    if not table.found:
+        raise CnnlabError(f"label file {file} has no usable row ({left_out} left out; `cnnlab data check {file}` "
+                          "says why); each row needs the path of an image file and its label")
+    if table.has_splits and "train" not in table.found:
+        raise CnnlabError(f"label file {file} has no row with split train (it has: {', '.join(table.found)}); "
+                          "every class needs training images")
+    classes = sorted(table.found["train" if table.has_splits else "all"])
+    if len(classes) < 2:
+        raise CnnlabError(f"label file {file} has {len(classes)} label(s) with usable training rows "
+                          f"({', '.join(classes) or 'none'}); a classifier needs at least two")
+    return labelled_splits(str(file), classes, table.found, val_fraction, seed,
+                           given=f"split column of {file.name}", train_from=f"train rows of {file.name}", notes=notes)
+
+
+def labelled_splits(root: str, classes: list[str], found: dict[str, dict[str, list[str]]], val_fraction: float,
+                    seed: int, given: str, train_from: str, notes: list[WalkNote]) -> DatasetSplits:
+    """DatasetSplits from {split: {class: [paths]}} ("all": no split given), folders' and label files' alike:
+    without a val split, one is held out of the training images by stratified_split (the one automatic rule).
+    `given` names where the splits came from; `train_from` the training images a val split is held out of."""
+    index = {name: i for i, name in enumerate(classes)}
+    splits = {split: [Sample(path, index[name]) for name in sorted(per_class) for path in per_class[name]]
+              for split, per_class in found.items()}
+    seeded = f"val_fraction={val_fraction}, seed={seed}"
+    source = given
     if "all" in splits or "val" not in splits:
+        source = f"seeded split ({seeded})" if "all" in splits else f"{train_from}, val split from it ({seeded})"
         pool = splits.pop("all", None) or splits.pop("train")
         splits["train"], splits["val"] = stratified_split(pool, val_fraction, seed)
-        if source == "folders":
-            source = f"train/ folder, val split from it (val_fraction={val_fraction}, seed={seed})"
-    return DatasetSplits(str(root), classes, dict(sorted(splits.items(), key=lambda kv: _split_order(kv[0]))),
+    return DatasetSplits(root, classes, dict(sorted(splits.items(), key=lambda kv: _split_order(kv[0]))),
                          source, notes)
 
 

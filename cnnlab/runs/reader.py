@@ -47,13 +47,14 @@ class RunRecord:
         return len(self.classes)
 
     def data_dir(self, data: str | None = None) -> str:
-        """The data folder to read: `data` if given, else the one the run was trained on, checked to exist."""
+        """The data folder (or label file) to read: `data` if given, else the one the run was trained on, checked to
+        exist."""
         if data:
             return str(data)
         recorded = (self.config.data if self.config else "") or self.dataset.get("root", "")
         if not recorded:
             raise CnnlabError(f"no data folder: pass --data DIR ({self.run_dir / CONFIG} names none)")
-        if not Path(recorded).is_dir():
+        if not Path(recorded).exists():
             raise CnnlabError(f"the data folder this run was trained on, {recorded}, no longer exists (moved or "
                               "deleted?); pass --data with its new place")
         return recorded

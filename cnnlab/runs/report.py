@@ -301,7 +301,9 @@ def _augmentation(run: _RunFiles) -> tuple[str, str, str]:
 
 def _dataset(run: _RunFiles) -> tuple[str, str, str]:
     d = run.dataset
-    parts = [f"<p>Folder <code>{_e(d.get('root', run.config.get('data', '?')))}</code>; split: "
+    root = d.get("root", run.config.get("data", "?"))
+    kind = "Label file" if root.lower().endswith(".csv") else "Folder"  # cnnlab.data.labels
+    parts = [f"<p>{kind} <code>{_e(root)}</code>; split: "
              f"{_e(d.get('split_source', '?'))}; {len(run.classes)} classes.</p>"]
     counts = d.get("counts", {})
     if counts:
@@ -313,6 +315,9 @@ def _dataset(run: _RunFiles) -> tuple[str, str, str]:
         parts.append(_table(["class", *splits, "all"], rows, numeric=set(range(1, len(splits) + 2))))
     if d.get("ignored_files"):
         parts.append(f"<p>{_num(d['ignored_files'])} hidden or non-image files were ignored.</p>")
+    if d.get("skipped_rows"):
+        parts.append(f"<p>{_num(d['skipped_rows'])} row(s) of the label file were left out (missing files, empty "
+                     "labels, unknown splits, conflicting rows); <code>cnnlab data check</code> lists them.</p>")
     parts.append(_sizes_html(run))
     return "dataset", "Dataset", "".join(parts)
 

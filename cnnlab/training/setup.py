@@ -430,18 +430,25 @@ class RunData:
 
 
 def find_splits(config: TrainConfig, world: World = SINGLE, classes: list[str] | None = None) -> DatasetSplits:
-    """The data folder's splits, checked: every process sees the same, the classes are `classes` (a resumed
-    run's) when given, and there are validation images."""
+    """The data folder's (or label file's) splits, checked: every process sees the same, the classes are `classes`
+    (a resumed run's) when given, and there are validation images. A label file's rows that cannot be trained on
+    are left out with one warning line."""
     if not config.data:
         raise CnnlabError("no data folder given; pass --data DIR (make one with `cnnlab data synth DIR`)")
     splits = find_samples(config.data, val_fraction=config.val_fraction, seed=config.seed)
+    skipped = len(splits.skipped_rows)
+    if skipped and world.is_main:
+        print(f"warning: left out {skipped} row(s) of {splits.root} that cannot be trained on (missing files, empty "
+              f"labels, unknown splits, conflicting rows); `cnnlab data check {splits.root}` lists them",
+              file=sys.stderr, flush=True)
     if world.distributed:
         distributed.check_agree("classes and images per class of the data folder", splits.counts())
     if classes is not None and classes != splits.classes:
         raise CnnlabError(f"the classes in {splits.root} ({', '.join(splits.classes)}) are not the ones the run "
                           f"was trained on ({', '.join(classes)}); resume with the same data folder")
     if not splits.splits.get("val"):
-        raise CnnlabError(f"no validation images in {splits.root}; add a val/ folder or raise --val-fraction")
+        where = "rows with split val" if Path(splits.root).is_file() else "a val/ folder"
+        raise CnnlabError(f"no validation images in {splits.root}; add {where} or raise --val-fraction")
     return splits
 
 
@@ -622,7 +629,7 @@ def _assemble(config: TrainConfig, env: Environment, data: RunData, model: nn.Mo
     metadata = model_metadata(config.model, model_options(config), splits.classes, config.img_size,
                               preprocessing.to_dict())
     dataset_info = {"root": splits.root, "split_source": splits.split_source, "counts": splits.counts(),
-                    "ignored_files": len(splits.ignored),
+                    "ignored_files": len(splits.ignored), "skipped_rows": len(splits.skipped_rows),
                     "balance": {"requested": config.balance, "mode": balance.mode, "ratio": round(balance.ratio, 3)}}
     if world.is_main:
         write_config(run_dir, resolved.to_dict())
