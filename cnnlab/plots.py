@@ -220,6 +220,26 @@ def reliability_diagram(bins: list[dict], ece: float, path: str | os.PathLike, t
     return _save(fig, path)
 
 
+def risk_coverage(coverage: list[float], accuracy: list[float], chosen_coverage: float, chosen_accuracy: float,
+                  threshold: float, target: float, path: str | os.PathLike, title: str = "") -> Path:
+    """Accuracy of the kept predictions against the share of images kept (surest first), with the chosen threshold
+    marked and the target precision as a dashed line (cnnlab.runs.reject)."""
+    fig, ax = plt.subplots(figsize=(5.2, 4.0))
+    ax.step(coverage, accuracy, where="post", color="#4c78a8", lw=1.6, label="accuracy of the answered images")
+    ax.axhline(target, ls="--", color="grey", lw=1, label=f"target precision {target:.3f}")
+    ax.plot([chosen_coverage], [chosen_accuracy], "o", color="#e45756", ms=8,
+            label=f"threshold {threshold:.3f}: {chosen_coverage:.0%} answered, {chosen_accuracy:.1%} right")
+    ax.axvspan(chosen_coverage, 1, color="#e45756", alpha=0.08, lw=0)  # the share answered `unknown`
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(min(0.0, min(accuracy)), 1.02)
+    ax.set_xlabel("coverage (share of images answered, surest first)")
+    ax.set_ylabel("accuracy of the answered images")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(f"{title + ': ' if title else ''}risk-coverage", fontsize=10)
+    return _save(fig, path)
+
+
 # --------------------------------------------------------------------------------------------
 # filters and feature maps (cnnlab filter, cnnlab inspect)
 # --------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from cnnlab.config import Help, RUN_DATA_HELP
 from cnnlab.errors import CnnlabError
 from cnnlab.runs.evaluation import EvalResult, split_samples, write_evaluation
 from cnnlab.runs.inference import open_trained
+from cnnlab.runs.reject import write_threshold
 from cnnlab.runs.report import write_report
 from cnnlab.training.record import REPORT, eval_json, evaluation_figures
 
@@ -24,7 +25,9 @@ def evaluate(run_dir: str | os.PathLike, data: Annotated[str | None, RUN_DATA_HE
              verbose: bool = True) -> EvalResult:
     """Evaluate a run: accuracy, per-class precision/recall/F1, confusion matrix, top losses, calibration.
 
-    Writes eval_<split>.json, its plots, and updates report.html.
+    Writes eval_<split>.json, its plots, and updates report.html. On the validation split with the best weights (no
+    `tta`, `tiled` or `scale`: the view predict has by default) it also chooses the `unknown` threshold again
+    (reject.json, risk_coverage.png; cnnlab.runs.reject), which gives a run trained before it existed one.
 
     Plots: confusion_matrix_<split>.png (counts and normalised per true class), top_losses_<split>.png (the
     `top_losses` images with the highest loss) and reliability_<split>.png (calibration).
@@ -49,6 +52,8 @@ def evaluate(run_dir: str | os.PathLike, data: Annotated[str | None, RUN_DATA_HE
         raise CnnlabError(f"{unreadable} of {len(samples)} images in the {split} split are unreadable "
                           f"(more than max_bad={limit:.0%}); run `cnnlab data check` to find and quarantine them")
     result = write_evaluation(trained.record, split, which, dataset, outputs, top_losses, tta=tta, explainer=trained)
+    if split == "val" and which == "best" and not tta and trained.tiles is None:  # as predict sees images by default
+        write_threshold(run_dir, result.probabilities, result.labels, split, which, title=trained.record.model)
     write_report(run_dir)
     return result
 

@@ -24,8 +24,10 @@ from cnnlab.runs.display import window_heatmap
 from cnnlab.runs.exported import is_onnx_file, open_onnx
 from cnnlab.runs.inference import open_trained
 from cnnlab.runs.reader import read_run
+from cnnlab.runs.reject import is_unknown, resolve_threshold
 from cnnlab.runs.tables import table_format, write_table
 from cnnlab.training.forward import Windows
+from cnnlab.training.record import REJECT
 
 
 def _read_error(dataset: ImageDataset, index: int) -> str:
@@ -50,6 +52,10 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike],
             out: Annotated[str | os.PathLike | None, Help(
                 "Also write the rows as a table: FILE.csv, FILE.jsonl or FILE.parquet (path, error, class_i, "
                 "probability_i), written whole or not at all.")] = None,
+            reject: Annotated[str, Help(
+                "auto (the threshold the run chose on its validation split, reject.json), off, or a probability P: "
+                "an image whose top probability is below it is answered unknown, with its closest classes.")]
+            = "auto",
             verbose: bool = False) -> list[dict]:
     """Predict the top-k classes of images with a trained run or its exported ONNX file.
 
@@ -58,6 +64,9 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike],
     20 inputs or more; with fewer, a share says little: 1 of 3 is already 33%).
 
     Returns one row per input image, in order: {"path", "top": [{"class", "probability"}]} or {"path", "error"}.
+    With a threshold (`reject`, cnnlab.runs.reject) every predicted row also has "unknown": true when its top
+    probability is below it (its "top" are then the closest classes), else false; `reject` auto without a
+    reject.json (a run evaluated before it existed: `cnnlab eval RUN` writes one) answers no image unknown.
     `run_dir`: a run folder, or an exported *.onnx file (run by onnxruntime on the CPU; `which`, `device` and
     `cache` do not apply). Folders are expanded to the images inside. A run trained on tiles predicts by sliding its
     tile over the whole image at its scale; `tiled` (or a `scale`) does that for any run, with windows of its input
@@ -83,6 +92,10 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike],
             raise CnnlabError(f"--class {heatmap_class!r} is not one of the run's classes: "
                               f"{', '.join(trained.record.classes)}")
         class_index = trained.record.classes.index(heatmap_class)
+    threshold = resolve_threshold(reject, trained.record.run_dir)  # an exported file: the run folder it lies in
+    if threshold is None and str(reject).strip().lower() == "auto":
+        print(f"note: {trained.record.run_dir} has no {REJECT}, so no image is answered unknown; `cnnlab eval "
+              f"{trained.record.run_dir}` chooses a threshold (or pass --reject P)", file=sys.stderr, flush=True)
     top_k = max(1, min(top_k, trained.record.num_classes))
     expanded = expand_inputs(inputs)
     rows: list[dict] = [{"path": path, "error": reason} if reason else {"path": path} for path, reason in expanded]
@@ -104,6 +117,8 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike],
                 rows[readable[index]]["top"] = [
                     {"class": trained.record.classes[c], "probability": round(float(v), 6)}
                     for v, c in zip(values[row].tolist(), classes[row].tolist())]
+                if threshold is not None:  # the unrounded top probability, as the threshold was chosen on
+                    rows[readable[index]]["unknown"] = is_unknown(float(values[row, 0]), threshold)
         for index in range(len(readable)):
             if index not in done:
                 rows[readable[index]]["error"] = _read_error(dataset, index)
@@ -175,7 +190,8 @@ def show(rows: list[dict], run_dir: str | os.PathLike,
         elif "error" in row:
             print(f"{row['path']}: error: {row['error']}", flush=True)
         else:
-            print(f"{row['path']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top"])
+            classes = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top"])
+            print(f"{row['path']}: " + (f"unknown (closest: {classes})" if row.get("unknown") else classes)
                   + (f"  (heatmap: {row['heatmap']})" if "heatmap" in row else ""), flush=True)
     max_bad = run_max_bad(run_dir) if max_bad is None else max_bad
     check_failures(rows, max_bad)

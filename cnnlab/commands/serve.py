@@ -20,7 +20,10 @@ def serve(run_dir: str | os.PathLike, port: Annotated[int, Help("TCP port to lis
           = DEFAULT_MAX_UPLOAD_MB,
           which: str = "best", device: str = "auto",
           threads: Annotated[int, Help("Uploads decoded at once (bounds memory; the model runs one at a time).")] = 4,
-          log_level: str = "info") -> None:
+          log_level: str = "info",
+          reject: Annotated[str, Help("auto (the run's threshold, reject.json), off, or a probability P: an image whose "
+                                      "top probability is below it is answered unknown, with its closest classes.")]
+          = "auto") -> None:
     """Serve a small local web app: drop images, see the top classes and where the network looked.
 
     One page at http://HOST:PORT/ and a JSON API for scripts:
@@ -30,7 +33,7 @@ def serve(run_dir: str | os.PathLike, port: Annotated[int, Help("TCP port to lis
     import uvicorn
 
     warning = check_host(host, allow_remote)
-    app = create_app(run_dir, max_upload_mb, host, which, device, threads)
+    app = create_app(run_dir, max_upload_mb, host, which, device, threads, reject)
     sock = bind(host, port)
     if warning:
         print(warning, file=sys.stderr, flush=True)

@@ -29,6 +29,7 @@ from cnnlab.runs.diagnosis import Diagnosis, diagnose
 from cnnlab.runs.evaluation import EvalResult, write_evaluation
 from cnnlab.runs.inference import open_trained
 from cnnlab.runs.preview import PreviewParts, write_run_preview
+from cnnlab.runs.reject import write_threshold
 from cnnlab.runs.reader import diagnosis_inputs, read_run
 from cnnlab.runs.report import write_report
 from cnnlab.training import Run, distributed, prepare, train
@@ -231,8 +232,8 @@ def resume_config(run_dir: str | os.PathLike, given: dict[str, Any]):
 
 
 def finish(run: Run) -> TrainResult:
-    """The end of a run: evaluate the best epoch's validation logits (eval_val.json and its plots), the
-    verdict (diagnosis.json), every image's size (dataset.json), the layer table (summary.json), the
+    """The end of a run: evaluate the best epoch's validation logits (eval_val.json and its plots) and choose the
+    `unknown` threshold on them (reject.json, risk_coverage.png), the verdict (diagnosis.json), every image's size (dataset.json), the layer table (summary.json), the
     augmentation preview and report.html; prints the verdict once."""
     state, run_dir = run.state, run.run_dir
     record = read_run(run_dir)
@@ -240,6 +241,7 @@ def finish(run: Run) -> TrainResult:
     if run.best_val is not None and len(run.best_val.labels):
         explainer = open_trained(run_dir, "best", run.config.device)  # the weights the logits came from
         evaluation = write_evaluation(record, "val", "best", run.val_loader.dataset, run.best_val, explainer=explainer)
+        write_threshold(run_dir, evaluation.probabilities, evaluation.labels, "val", "best", title=record.model)
     if run.best_val is not None:  # the validation images that were read, per class
         per_class = run.best_val.labels.bincount(minlength=len(run.classes)).tolist()
         val_counts = dict(zip(run.classes, per_class))

@@ -32,12 +32,13 @@ from cnnlab.runs.html import page
 from cnnlab.runs.html import percent as _pct
 from cnnlab.runs.html import table as _table
 from cnnlab.runs.reader import read_metrics, read_optional_json, read_run
-from cnnlab.training.record import AUGMENT_PREVIEW, CURVES, DIAGNOSIS, IMAGE_SIZES, MODEL, REPORT, SUMMARY
+from cnnlab.training.record import (AUGMENT_PREVIEW, CURVES, DIAGNOSIS, IMAGE_SIZES, MODEL, REJECT, REPORT,
+                                    RISK_COVERAGE, SUMMARY)
 
 # Every section of the page in page order, id -> its link in the navigation bar; each is <section id> with an <h2>.
 SECTIONS = {"overview": "Overview", "verdict": "Verdict", "curves": "Learning curves", "confusion": "Confusion",
             "per-class": "Per class", "top-losses": "Top losses", "calibration": "Calibration",
-            "augmentation": "Augmentation", "dataset": "Dataset", "model": "Model", "config": "Configuration"}
+            "unknown": "Unknown", "augmentation": "Augmentation", "dataset": "Dataset", "model": "Model", "config": "Configuration"}
 SECTION_IDS = tuple(SECTIONS)
 VERDICT_NAMES = {verdict.value: verdict.label for verdict in Verdict}
 
@@ -60,7 +61,7 @@ def build_report(run_dir: str | os.PathLike) -> str:
     """The report's HTML text."""
     run = _RunFiles.read(Path(run_dir))
     sections = [_overview(run), _verdict(run), _curves(run), _confusion(run), _per_class(run), _top_losses(run),
-                _calibration(run), _augmentation(run), _dataset(run), _model(run), _config(run)]
+                _calibration(run), _unknown(run), _augmentation(run), _dataset(run), _model(run), _config(run)]
     title = f"cnnlab report: {run.run_dir.name}"
     data_name = Path(str(run.dataset.get("root") or run.config.get("data") or "?")).name
     heading = f"{run.model.get('model', '?')} on {data_name}"
@@ -84,6 +85,7 @@ class _RunFiles:
     diagnosis: dict | None  # diagnosis.json (written when the run finished)
     summary: dict | None  # summary.json: the layer table at the training size
     evaluations: list[dict]  # eval_<split>.json, val first, then test
+    reject: dict | None  # reject.json: the threshold under which predict answers unknown
 
     @classmethod
     def read(cls, run_dir: Path) -> _RunFiles:
@@ -96,12 +98,14 @@ class _RunFiles:
             history = []
         diagnosis = read_optional_json(run_dir / DIAGNOSIS)
         summary = read_optional_json(run_dir / SUMMARY)
+        reject = read_optional_json(run_dir / REJECT)
         order = {"val": 0, "test": 1}
         evaluations = [e for e in (read_optional_json(p) for p in run_dir.glob("eval_*.json")) if isinstance(e, dict)]
         evaluations.sort(key=lambda e: (order.get(e.get("split"), 2), str(e.get("split"))))
         return cls(run_dir, record.config.to_dict() if record.config else {}, model, record.classes,
                    record.dataset, history, diagnosis if isinstance(diagnosis, dict) else None,
-                   summary if isinstance(summary, dict) else None, evaluations)
+                   summary if isinstance(summary, dict) else None, evaluations,
+                   reject if isinstance(reject, dict) else None)
 
 
 # --- HTML pieces ------------------------------------------------------------------------------------------------
@@ -283,6 +287,30 @@ def _calibration(run: _RunFiles) -> tuple[str, str, str]:
     parts.append('<p class="muted">ECE is the average gap between confidence and accuracy, weighted by the '
                  "images in each bin: 0 is perfect.</p>")
     return "calibration", title, "".join(parts)
+
+
+def _unknown(run: _RunFiles) -> tuple[str, str, str]:
+    title = "Unknown: when does it answer none of these?"
+    chosen = run.reject
+    if chosen is None:
+        return "unknown", title, (f'<p class="missing">No threshold chosen yet: run <code>cnnlab eval '
+                                  f"{_e(str(run.run_dir))}</code> to choose one on the validation split.</p>")
+    low, high = chosen.get("accuracy_interval95", [None, None])
+    parts = [f"<p>Method: {_e(chosen.get('method', '?'))}; {_e(chosen.get('rule', ''))}. Threshold "
+             f"<b>{_num(chosen.get('threshold'), 3)}</b>, chosen on the {_e(chosen.get('split', '?'))} split "
+             f"({_e(chosen.get('images', '?'))} images, {_e(chosen.get('weights', 'best'))} weights) as the lowest "
+             f"whose answered images reach the target precision {_pct(chosen.get('target_precision'))} "
+             f"({_e(chosen.get('target_reason', ''))}).</p>",
+             f"<p>At it {_pct(chosen.get('coverage'))} of the validation images are answered "
+             f"({_e(chosen.get('kept', '?'))}), {_pct(chosen.get('accuracy'))} of them right (95% interval "
+             f"{_pct(low)} to {_pct(high)}); answering all of them: {_pct(chosen.get('accuracy_all'))} right.</p>",
+             _figure(run.run_dir / Path(str(chosen.get("figure", RISK_COVERAGE))).name, "risk-coverage curve",
+                     "Accuracy of the answered images against the share answered, surest first; the dot is the "
+                     "threshold, the shaded share is answered unknown.")]
+    parts.append('<p class="muted">Images of classes the run never saw are not in the validation split: how well '
+                 "the threshold catches them is not measured here (docs/trust.md shows a measurement). Change it "
+                 "with <code>cnnlab predict --reject P</code>, or turn it off with <code>--reject off</code>.</p>")
+    return "unknown", title, "".join(parts)
 
 
 def _augmentation(run: _RunFiles) -> tuple[str, str, str]:

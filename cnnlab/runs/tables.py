@@ -5,6 +5,8 @@ are:
 
     path            the input as predict received it (a folder's images each get their own row)
     error           why it could not be predicted, empty when it was
+    unknown         true when the top probability was below the run's threshold (the classes are then the closest
+                    ones), false when not, empty for an error row (only when predict applied a threshold: --reject)
     class_1 .. k    the top-k classes, most probable first (empty for an error row)
     probability_1 .. k
     heatmap         the heatmap PNG written for it (only when predict wrote heatmaps)
@@ -27,9 +29,10 @@ TABLE_FORMATS = (".csv", ".jsonl", ".parquet")
 
 
 def table_columns(rows: list[dict]) -> list[str]:
-    """The columns of `rows` (predict's rows): path, error, class_i/probability_i for the largest top-k, heatmap."""
+    """The columns of `rows` (predict's rows): path, error, unknown, class_i/probability_i for the largest top-k,
+    heatmap."""
     k = max((len(row.get("top", [])) for row in rows), default=0)
-    columns = ["path", "error"]
+    columns = ["path", "error"] + (["unknown"] if any("unknown" in row for row in rows) else [])
     for i in range(1, k + 1):
         columns += [f"class_{i}", f"probability_{i}"]
     if any("heatmap" in row for row in rows):
@@ -44,6 +47,8 @@ def table_rows(rows: list[dict]) -> list[dict]:
     for row in rows:
         record = dict.fromkeys(columns)
         record["path"], record["error"] = str(row["path"]), row.get("error")
+        if "unknown" in record:
+            record["unknown"] = row.get("unknown")
         for i, top in enumerate(row.get("top", []), start=1):
             record[f"class_{i}"], record[f"probability_{i}"] = top["class"], top["probability"]
         if "heatmap" in record:
@@ -86,7 +91,8 @@ def write_table(rows: list[dict], path: str | os.PathLike) -> Path:
         except ImportError:
             raise CnnlabError(f"--out {path}: writing Parquet needs pyarrow (pip install 'cnnlab[tables]'); or "
                               "write .csv or .jsonl") from None
-        types = {name: pyarrow.float64() if name.startswith("probability_") else pyarrow.string() for name in columns}
+        types = {name: pyarrow.float64() if name.startswith("probability_") else pyarrow.bool_() if name == "unknown"
+                 else pyarrow.string() for name in columns}
         table = pyarrow.table({name: pyarrow.array([record[name] for record in records], type=types[name])
                                for name in columns})
 

@@ -4,7 +4,9 @@
                         see the top-k classes and the Grad-CAM overlay (the per-window heatmap for tiled runs)
     POST /api/predict   for scripts, one image per request: the image as the body (Content-Type image/* or
                         application/octet-stream) or the file field "image" of a multipart form; ?top_k=N. Answers
-                        {"top": [{"class", "probability"}], "overlay": "data:image/png;base64,...", ...}
+                        {"top": [{"class", "probability"}], "overlay": "data:image/png;base64,...", "unknown":
+                        true when the top probability is below the run's threshold (then "top" are the closest
+                        classes), "threshold", ...}
                         or {"error": "..."} with 400 (bad request), 403 (from another site's page), 413 (over
                         --max-upload-mb), 415 (not an image), 422 (damaged, over the pixel cap, too small for a tile)
     GET  /api/info      the run's model, classes, preprocessing and the upload limit
@@ -47,6 +49,7 @@ from starlette.routing import Route
 from cnnlab.serve.predictor import UploadPredictor
 from cnnlab.errors import CnnlabError, ImageReadError
 from cnnlab.runs.inference import open_trained
+from cnnlab.runs.reject import resolve_threshold
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -235,6 +238,8 @@ def render_page(predictor: UploadPredictor, max_upload: int) -> tuple[str, str]:
     else:
         how = f"{pre.center_crop} px centre crop; Grad-CAM of the predicted class" if predictor.has_cam else \
             f"{pre.center_crop} px centre crop (no feature maps: no overlay)"
+    if predictor.threshold is not None:
+        how += f"; unknown below a top probability of {predictor.threshold:.3f}"
     values = {"run": Path(record.run_dir).name, "model": record.model, "how": how,
               "classes": ", ".join(record.classes), "max_mb": f"{max_upload / 1e6:g}", "max_bytes": str(max_upload)}
     text = PAGE.read_text(encoding="utf-8")
@@ -251,11 +256,12 @@ def render_page(predictor: UploadPredictor, max_upload: int) -> tuple[str, str]:
 
 
 def create_app(run_dir: str | os.PathLike, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, host: str = DEFAULT_HOST,
-               which: str = "best", device: str = "auto", threads: int = 4) -> Starlette:
-    """The web app of a run: loads the model now (errors surface before any port is bound)."""
+               which: str = "best", device: str = "auto", threads: int = 4, reject: str = "auto") -> Starlette:
+    """The web app of a run: loads the model now (errors surface before any port is bound). `reject`: as predict's
+    (auto: the run's reject.json, none without one; off; or a probability)."""
     if max_upload_mb <= 0:
         raise CnnlabError(f"--max-upload-mb {max_upload_mb:g}: give a size in MB above 0")
-    predictor = UploadPredictor(open_trained(run_dir, which, device))
+    predictor = UploadPredictor(open_trained(run_dir, which, device), resolve_threshold(reject, run_dir))
     limit = int(max_upload_mb * 1e6)
     page, policy = render_page(predictor, limit)
     hosts = allowed_hosts(host)

@@ -28,6 +28,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.runs.display import window_heatmap
 from cnnlab.runs.explain import explain_image, overlay_image
 from cnnlab.runs.inference import TrainedModel
+from cnnlab.runs.reject import is_unknown
 from cnnlab.training.forward import window_logits
 
 
@@ -43,6 +44,8 @@ class Prediction:
     height: int
     image_format: str
     seconds: float
+    unknown: bool = False  # the top probability is below the run's threshold: `top` are the closest classes
+    threshold: float | None = None  # the threshold applied (cnnlab.runs.reject); None: none
 
     def to_dict(self) -> dict:
         """The JSON the API answers with (the overlay as a data: URL)."""
@@ -50,14 +53,16 @@ class Prediction:
             "data:image/png;base64," + base64.b64encode(self.overlay_png).decode("ascii")
         return {"name": self.name, "top": self.top, "overlay": overlay, "overlay_kind": self.overlay_kind,
                 "image": {"width": self.width, "height": self.height, "format": self.image_format},
-                "seconds": round(self.seconds, 4)}
+                "seconds": round(self.seconds, 4), "unknown": self.unknown, "threshold": self.threshold}
 
 
 class UploadPredictor:
-    """A run's model loaded once; `predict(data, name, top_k)` is safe to call from many threads."""
+    """A run's model loaded once; `predict(data, name, top_k)` is safe to call from many threads. `threshold`: an
+    image whose top probability is below it is answered unknown (cnnlab.runs.reject); None: never."""
 
-    def __init__(self, trained: TrainedModel):
+    def __init__(self, trained: TrainedModel, threshold: float | None = None):
         self.trained = trained
+        self.threshold = threshold
         self.classes = trained.record.classes
         self.has_cam = bool(trained.model.stage_modules())  # an MLP has no feature maps to explain
         self._model_lock = threading.Lock()
@@ -87,7 +92,8 @@ class UploadPredictor:
         top = [{"class": self.classes[i], "probability": round(float(v), 6)}
                for v, i in zip(values.tolist(), indices.tolist())]
         return Prediction(name, top, None if overlay is None else encode_png(overlay), kind_of_overlay, width,
-                          height, kind, time.perf_counter() - started)
+                          height, kind, time.perf_counter() - started,
+                          unknown=is_unknown(float(values[0]), self.threshold), threshold=self.threshold)
 
     def _whole(self, image: torch.Tensor, name: str):
         """(K,) probabilities and the Grad-CAM overlay (h, w, 3) uint8 of the predicted class (None for an MLP)."""

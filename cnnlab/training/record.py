@@ -18,6 +18,8 @@ written by one owner and read through one reader (cnnlab.runs.reader); nothing e
     RUN/augment_preview.png  training images as the augmentation presents them
     RUN/eval_<split>.json    and confusion_matrix_<split>.png, top_losses_<split>.png, top_losses_<split>_gradcam.png,
                              reliability_<split>.png: the evaluation (train writes val; `cnnlab eval` any split)
+    RUN/reject.json          the confidence threshold under which predict and serve answer `unknown`, chosen on the
+                             validation split (cnnlab.runs.reject), and risk_coverage.png, its trade-off curve
     RUN/report.html          one self-contained page of all of the above
     -- written on request --
     RUN/gradcam/             `cnnlab explain`
@@ -57,6 +59,8 @@ GRADCAM = "gradcam"
 INSPECT = "inspect"
 ONNX = "model.onnx"
 ONNX_METADATA = "model.onnx.json"
+REJECT = "reject.json"
+RISK_COVERAGE = "risk_coverage.png"
 
 
 def eval_json(split: str) -> str:
@@ -79,7 +83,8 @@ METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc
 # folder as holding a run. Anything else in the folder is the user's and is left alone.
 RUN_FILE_PATTERNS = (CONFIG, CLASSES, DATASET, MODEL, METRICS, CURVES, BEST, LAST, CHECKPOINT, DIAGNOSIS, SUMMARY,
                      REPORT, AUGMENT_PREVIEW, LR_FIND_PNG, LR_FIND_JSON, IMAGE_SIZES, eval_json("*"),
-                     *evaluation_figures("*").values(), GRADCAM, INSPECT, ONNX, ONNX_METADATA)
+                     *evaluation_figures("*").values(), REJECT, RISK_COVERAGE, GRADCAM, INSPECT, ONNX,
+                     ONNX_METADATA)
 RUN_MARKERS = (CONFIG, MODEL, METRICS, CHECKPOINT, BEST, LAST)
 
 
@@ -118,6 +123,11 @@ def write_summary(run_dir: Path, summary: dict) -> None:
 def write_evaluation(run_dir: Path, split: str, evaluation: dict) -> None:
     """eval_<split>.json."""
     write_json(Path(run_dir) / eval_json(split), evaluation)
+
+
+def write_reject(run_dir: Path, threshold: dict) -> None:
+    """reject.json: the unknown threshold, how it was chosen, and the risk-coverage curve it was chosen on."""
+    write_json(Path(run_dir) / REJECT, threshold)
 
 
 def write_lr_find(run_dir: Path, result: dict) -> None:

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from cnnlab.cli import app
 from cnnlab.commands.predict import predict
 from cnnlab.errors import CnnlabError
+from cnnlab.runs.reject import read_threshold
 from cnnlab.runs.tables import table_columns, table_rows, write_table
 
 
@@ -25,9 +26,12 @@ def inputs(tiny_data, tmp_path):
 
 
 def test_every_format_holds_predicts_rows(tiny_run, inputs, tmp_path):
+    assert read_threshold(tiny_run.run_dir) is not None
     rows = predict(tiny_run.run_dir, inputs, top_k=2, workers=0, out=tmp_path / "p.csv")
     assert [("error" in row) for row in rows] == [False, True, False]
-    expected = [{"path": str(row["path"]), "error": row.get("error"),
+    # tiny_run chose a threshold (reject.json), so every predicted row says whether it is unknown
+    assert [type(row.get("unknown")) for row in rows] == [bool, type(None), bool]
+    expected = [{"path": str(row["path"]), "error": row.get("error"), "unknown": row.get("unknown"),
                  "class_1": row["top"][0]["class"] if "top" in row else None,
                  "probability_1": row["top"][0]["probability"] if "top" in row else None,
                  "class_2": row["top"][1]["class"] if "top" in row else None,
@@ -36,8 +40,9 @@ def test_every_format_holds_predicts_rows(tiny_run, inputs, tmp_path):
 
     with open(tmp_path / "p.csv", newline="", encoding="utf-8") as handle:
         read = list(csv.DictReader(handle))
-    assert list(read[0]) == ["path", "error", "class_1", "probability_1", "class_2", "probability_2"]
-    assert [{k: (None if v == "" else float(v) if k.startswith("probability") else v) for k, v in r.items()}
+    assert list(read[0]) == ["path", "error", "unknown", "class_1", "probability_1", "class_2", "probability_2"]
+    assert [{k: (None if v == "" else float(v) if k.startswith("probability") else v == "True" if k == "unknown"
+             else v) for k, v in r.items()}
             for r in read] == expected
 
     write_table(rows, tmp_path / "p.jsonl")
