@@ -51,7 +51,9 @@ def test_the_plan_against_a_real_run(tiny_data, tmp_path):
     print(f"epoch: planned {planned_epoch:.2f}s, real {real_epoch:.2f}s; run: planned {planned.run_seconds:.1f}s, "
           f"real {wall:.1f}s; img/s planned {1 / planned.speed.full:.0f}")
     assert planned_epoch / 2 <= real_epoch <= planned_epoch * 2
-    assert planned.run_seconds * 0.9 <= wall <= planned.run_seconds * 2.5
+    # the plan is an estimate from a few timed steps: within a factor of 2 either way, as the epoch above (a run
+    # 14% faster than planned failed a 0.9 lower bound once, with nothing else running)
+    assert planned.run_seconds / 2 <= wall <= planned.run_seconds * 2.5
 
 
 @pytest.mark.slow

@@ -202,6 +202,7 @@ def test_the_plan_counts_the_classifier_phase_before_fine_tuning():
     assert budget_with_head(300.0, 10.0, 0, 0.005, speed, 32, 32, 1000, 200, sides)[:2] == (0, 0.0)
 
 
+@pytest.mark.slow
 def test_a_pretrained_run_fits_its_classifier_first_then_fine_tunes(tiny_data, tmp_path, capsys):
     """End to end with the installed ImageNet weights: the classifier phase runs before epoch 1, the backbone
     BatchNorm statistics stay ImageNet's while its weights fine-tune, and the run's config records what was used."""
