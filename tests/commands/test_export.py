@@ -72,6 +72,7 @@ def test_simple_cnn_export_matches_pytorch_at_three_batch_sizes(exported):
     assert "the file is verified" in exported.describe()
 
 
+@pytest.mark.slow
 def test_resnet18_export_matches_pytorch_at_three_batch_sizes(resnet18_run, tmp_path):
     result = export(resnet18_run.run_dir, out=tmp_path / "resnet18.onnx")
     _check_differences(result, "resnet18")

@@ -128,6 +128,7 @@ def test_the_sweep_page_renders_in_headless_chromium(tiny_sweep, chromium):
 
 
 # --- tiled: pixel scales at one tile size -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_tiled_sweep_compares_scales(tmp_path):
     from cnnlab.data.synth import synthesize
 

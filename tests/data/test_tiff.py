@@ -344,6 +344,7 @@ MEMORY_PROBE = textwrap.dedent("""
 
 
 
+@pytest.mark.slow
 def test_reading_a_region_of_an_8000_px_tiff_takes_far_less_than_the_image(tmp_path):
     side, tile = 8000, 256
     path = tmp_path / "large.tif"
