@@ -337,12 +337,12 @@ def _from_pretrained(s: _Setup, why: str) -> list[str]:
     if s.pretrained or s.weights:
         return []
     start = "If it trained from scratch, start" if s.pretrained is None else "Start"
-    return [f"{start} from pretrained weights: --pretrained with a torchvision model (e.g. --model resnet18 "
-            f"--pretrained), or --weights FILE from a run on similar images; {why}"]
+    return [f"{start} from pretrained weights: --model efficientnet_lite0 --pretrained (ImageNet weights installed "
+            f"with cnnlab, no network needed), or --weights FILE from a run on similar images; {why}"]
 
 
 def _larger_model(s: _Setup) -> str:
-    pretrained = "" if s.pretrained or s.weights else " or a pretrained one (--model resnet18 --pretrained)"
+    pretrained = "" if s.pretrained or s.weights else " or a pretrained one (--model efficientnet_lite0 --pretrained)"
     return f"Try a larger model (--model; `cnnlab models` lists them){pretrained}."
 
 

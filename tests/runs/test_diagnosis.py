@@ -331,6 +331,7 @@ def test_no_better_than_the_majority_class_comes_first(epochs):
             "interval, so the network is no better"]
     advice = " ".join(result.advice)
     assert "--pretrained" in result.advice[0] and "--weights FILE" in result.advice[0]
+    assert "--model efficientnet_lite0 --pretrained" in result.advice[0]  # the offline weights: works without network
     assert "more training images" in result.advice[1]
     assert "--epochs 10" in advice and "--img-size 64; this run had 128" in advice
     assert "--augment" not in advice and "--dropout" not in advice  # on already, and no cure for learning nothing
