@@ -129,7 +129,8 @@ BAG_BATCH = 2
 # code selects from the first step and ramps its learning rate up over 10 of 150 epochs; cnnlab's schedules warm
 # the rate up as well.)
 BAG_WARMUP = 1
-# Fine-tuning pretrained weights (cnnlab.training.transfer; measured in docs/recipe.md)
+# Fine-tuning pretrained weights (cnnlab.training.transfer; the whole recipe measured once in
+# benchmarks/results/transfer_clothing.md, its parts not yet apart)
 TRANSFER_HEAD_VIEWS = 3  # the evaluation view and two augmented ones
 TRANSFER_BACKBONE_LR = 0.1  # the backbone's learning rate as a share of the classifier's
 

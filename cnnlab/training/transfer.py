@@ -267,7 +267,7 @@ def train_classifier_first(model: nn.Module, train: ImageDataset, eval_transform
 def hold_batchnorm(model: nn.Module) -> None:
     """BatchNorm layers in eval mode (after model.train()): they normalise with the statistics the weights came
     with and leave them unchanged, while their scale and shift still train. Batches of 32 augmented crops of one
-    folder are a noisy, shifted sample next to the statistics ImageNet gave; see docs/recipe.md for the measurement."""
+    folder are a noisy, shifted sample next to the statistics ImageNet gave (reasoning, not yet measured apart)."""
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eval()
