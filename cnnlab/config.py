@@ -110,6 +110,7 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CACHE_MODES = ("auto", "disk", "ram", "off")
 AGGREGATES = ("mean", "max", "attention")
+TRACKERS = ("tensorboard", "mlflow")  # --log: where a run is mirrored (cnnlab.training.tracking)
 BATCH = 32  # images (or tiles) per step by default
 # Bag runs (--aggregate attention, cnnlab.training.bags). Measured: benchmarks/results/bag_step.md (one step of
 # resnet9 on 256 px tiles, 2 images, 2 CPU cores).
@@ -233,6 +234,10 @@ class TrainConfig:
     """Extra keyword arguments for the model factory (e.g. widths for simple_cnn)."""
     out: str | None = None
     """Run folder; None makes runs/<model>-<timestamp>."""
+    log: list[str] = field(default_factory=list)
+    """Also log the run to TensorBoard (event files in RUN/tensorboard) or MLflow (repeatable: --log tensorboard --log mlflow): the options, every epoch's metrics, the verdict, the evaluation and the figures (cnnlab.training.tracking)."""
+    mlflow_uri: str | None = None
+    """With --log mlflow: the tracking store or server; None: $MLFLOW_TRACKING_URI if set, else a local SQLite store beside the run folder (RUN/../mlflow.db), no server needed."""
 
     def __post_init__(self) -> None:
         check_choice("augment", self.augment, AUGMENT_PRESETS)
@@ -265,6 +270,11 @@ class TrainConfig:
         check_range("max_pixels", self.max_pixels, 1)
         check_range("freeze", self.freeze, 0)
         check_range("scale", self.scale, 0.0, 4.0, low_open=True)
+        if isinstance(self.log, str):  # a YAML file or a caller giving one name
+            self.log = [self.log]
+        self.log = list(self.log)
+        for name in self.log:
+            check_choice("log", name, TRACKERS)
         if self.tile_overlap is None:
             self.tile_overlap = 0.0 if self.aggregate == "attention" else 0.5
         check_range("tile_overlap", self.tile_overlap, 0.0, 0.9)

@@ -75,7 +75,8 @@ def test_every_train_option_is_a_config_field_with_its_docstring_as_help():
         assert flag in params, f"TrainConfig.{item.name} has no train flag"
         assert docs[item.name] and params[flag].help == docs[item.name], item.name
         if item.name not in ("data", "model_options"):
-            assert params[flag].default == item.default, item.name  # the same default as the API
+            api = item.default_factory() if item.default is dataclasses.MISSING else item.default
+            assert params[flag].default == api, item.name  # the same default as the API
     assert set(params) - {"model_option", *docs} == {"config_file", "resume", "overwrite", "nproc"}
 
 

@@ -33,14 +33,17 @@ from cnnlab.runs.reject import write_threshold
 from cnnlab.runs.reader import diagnosis_inputs, read_run
 from cnnlab.runs.report import write_report
 from cnnlab.training import Run, distributed, prepare, train
-from cnnlab.training.record import IMAGE_SIZES, REPORT, discard_unstarted, write_diagnosis, write_summary
+from cnnlab.signals import TrainingInterrupted
+from cnnlab.training.record import (BEST, CONFIG, CURVES, IMAGE_SIZES, METRICS, MODEL, REPORT, RISK_COVERAGE,
+                                    discard_unstarted, evaluation_figures, write_diagnosis, write_summary)
+from cnnlab.training.tracking import RunSummary, close_trackers, log_finish
 from cnnlab.training.setup import model_options
 from cnnlab.training.state import load_training_checkpoint
 
 # Options a resumed run may change, because none alters what the steps compute: the data order and the
 # augmentation depend on neither the workers nor where the data folder is or how it is cached;
-# --epochs only extends the run.
-RESUME_CHANGEABLE = ("epochs", "workers", "data", "cache", "cache_dir")
+# --epochs only extends the run; --log and --mlflow-uri only say where it is mirrored.
+RESUME_CHANGEABLE = ("epochs", "workers", "data", "cache", "cache_dir", "log", "mlflow_uri")
 # Options recorded resolved ("auto" -> bf16): giving the unresolved value again is giving the same value.
 RESOLVED_FROM = {"device": "auto", "precision": "auto", "cache": "auto", "workers": None, "channels_last": None,
                  "batch_size": "auto"}
@@ -101,17 +104,23 @@ def fit(config: TrainConfig | None = None, *, resume: str | os.PathLike | None =
     elif options:
         raise CnnlabError(f"give the options either as a TrainConfig or as keywords, not both ({', '.join(options)})")
     run = prepare(config, checkpoint=checkpoint, overwrite=overwrite, verbose=verbose)
+    status = "FAILED"  # how a tracker (--log) records the run's end
     try:
         try:
             train(run)
-        except BaseException:
+        except BaseException as error:
+            if isinstance(error, (TrainingInterrupted, KeyboardInterrupt)):
+                status = "KILLED"  # stopped with a checkpoint: --resume continues it, and its tracker run
+            close_trackers(run.trackers, status)  # event files closed before a failed run's folder goes
             if checkpoint is None and run.world.is_main:  # failed before its first checkpoint: leave nothing
                 discard_unstarted(run.run_dir, run.created_folder)
             raise
         result = finish(run) if run.world.is_main else _result(run)  # rank 0 evaluates, judges, reports
+        status = "FINISHED"
         distributed.barrier()  # the others wait for it, then all leave together
         return result
     finally:
+        close_trackers(run.trackers, status)
         distributed.finish()
 
 
@@ -121,7 +130,8 @@ def train_command(config_file: Annotated[str | None, Help(
                   resume: Annotated[str | None, Help(
                       "Continue the run in this folder exactly where its checkpoint (written every epoch and on "
                       "Ctrl-C/kill) left it, with its own options; options given too must be the run's own, except "
-                      "--epochs (to extend it), --workers, --data (a moved folder), --cache and --cache-dir.")] = None,
+                      "--epochs (to extend it), --workers, --data (a moved folder), --cache, --cache-dir, --log and "
+                      "--mlflow-uri.")] = None,
                   overwrite: Annotated[bool, Help("Replace the run already in --out (its files are deleted); without "
                                                   "it such a folder is refused.")] = False,
                   nproc: Annotated[int, Help(
@@ -260,8 +270,23 @@ def finish(run: Run) -> TrainResult:
                          frozenset(run.unreadable.found["train"]))
     write_run_preview(run_dir, run.config, parts)
     write_report(run_dir)
+    if run.trackers:
+        _track_finish(run, diagnosis, evaluation)
     run.log(diagnosis.describe())
     return _result(run, diagnosis, evaluation)
+
+
+def _track_finish(run: Run, diagnosis: Diagnosis, evaluation: EvalResult | None) -> None:
+    """The verdict, the validation evaluation, the figures and the run's main files, to the --log trackers."""
+    run_dir = run.run_dir
+    figures = {"learning_curves": run_dir / CURVES, "confusion_matrix": run_dir / evaluation_figures("val")[
+        "confusion_matrix"], "reliability": run_dir / evaluation_figures("val")["reliability"],
+               "risk_coverage": run_dir / RISK_COVERAGE}
+    summary = RunSummary(diagnosis.verdict.label, diagnosis.describe(),
+                         evaluation.to_dict() if evaluation is not None else None, figures,
+                         [run_dir / name for name in (REPORT, BEST, MODEL, CONFIG, METRICS)])
+    for warning in log_finish(run.trackers, summary, run.state.epoch):
+        run.log(warning)
 
 
 def _result(run: Run, diagnosis: Diagnosis | None = None, evaluation: EvalResult | None = None) -> TrainResult:

@@ -30,6 +30,7 @@ from cnnlab.training.ema import decay_for
 from cnnlab.training.optim import epoch_sizes, set_schedule_length
 from cnnlab.training.progress import Progress
 from cnnlab.training.record import BEST, CHECKPOINT, CONFIG, CURVES, LAST, write_metrics
+from cnnlab.training.tracking import log_epoch
 from cnnlab.training import distributed
 from cnnlab.training.distributed import SINGLE, World
 from cnnlab.training.setup import Run, TrainingParts
@@ -342,6 +343,9 @@ def _save_epoch(run: Run, improved: bool) -> None:
         plots.learning_curves(state.history, run.run_dir / CURVES, title=f"{run.config.model} on "
                               f"{Path(run.config.data).name}", best_epoch=state.best_epoch)
         save_checkpoint(run)
+        # after the checkpoint: a tracker mirrors only epochs a --resume will not train again
+        for warning in log_epoch(run.trackers, state.history[-1]):
+            run.log(warning)
     except CnnlabError as error:
         raise CnnlabError(f"{error}. Training stopped after epoch {state.epoch} because its files could not be "
                           f"saved; the last checkpoint in {run.run_dir} is kept: once this is fixed, continue "

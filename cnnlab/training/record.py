@@ -25,6 +25,8 @@ written by one owner and read through one reader (cnnlab.runs.reader); nothing e
     RUN/gradcam/             `cnnlab explain`
     RUN/inspect/             `cnnlab inspect`
     RUN/model.onnx, model.onnx.json  `cnnlab export`
+    RUN/tensorboard/         `train --log tensorboard`: event files (cnnlab.training.tracking)
+    RUN/tracking.json        `train --log mlflow`: the MLflow store and run id a --resume continues
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ ONNX = "model.onnx"
 ONNX_METADATA = "model.onnx.json"
 REJECT = "reject.json"
 RISK_COVERAGE = "risk_coverage.png"
+TENSORBOARD_DIR = "tensorboard"  # --log tensorboard: event files
+TRACKING = "tracking.json"  # --log mlflow: {"mlflow": {"uri", "run_id"}}, the run a --resume continues
 
 
 def eval_json(split: str) -> str:
@@ -84,7 +88,7 @@ METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc
 RUN_FILE_PATTERNS = (CONFIG, CLASSES, DATASET, MODEL, METRICS, CURVES, BEST, LAST, CHECKPOINT, DIAGNOSIS, SUMMARY,
                      REPORT, AUGMENT_PREVIEW, LR_FIND_PNG, LR_FIND_JSON, IMAGE_SIZES, eval_json("*"),
                      *evaluation_figures("*").values(), REJECT, RISK_COVERAGE, GRADCAM, INSPECT, ONNX,
-                     ONNX_METADATA)
+                     ONNX_METADATA, TENSORBOARD_DIR, TRACKING)
 RUN_MARKERS = (CONFIG, MODEL, METRICS, CHECKPOINT, BEST, LAST)
 
 

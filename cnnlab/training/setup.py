@@ -65,6 +65,7 @@ from cnnlab.training.memory import MemoryProbe, choose_batch_size, step_spec
 from cnnlab.training.optim import DEFAULT_LR, build_optimizer, build_scheduler, epoch_sizes
 from cnnlab.training.record import (discard_unstarted, model_metadata, new_run_dir, write_classes, write_config,
                                    write_dataset, write_model)
+from cnnlab.training.tracking import check_trackers, open_trackers
 from cnnlab.training.state import LoopState, TrainingCheckpoint, restore_training
 from cnnlab.training.transfer import HeadPhase, train_classifier_first
 
@@ -301,6 +302,8 @@ class Run:
     """This process's place among the training processes (rank 0 writes the run folder)."""
     created_folder: bool = False
     """Whether this run made its folder (a run failing before its first checkpoint then removes it)."""
+    trackers: list = field(default_factory=list)
+    """With --log: the open TensorBoard/MLflow trackers (rank 0), each epoch logged to them (cnnlab.training.tracking)."""
 
     @property
     def classes(self) -> list[str]:
@@ -578,6 +581,8 @@ def prepare(config: TrainConfig, *, checkpoint: TrainingCheckpoint | None = None
     started = time.monotonic()  # a --time budget counts from here: scanning and caching are part of the run
     if config.weights and config.pretrained:
         raise CnnlabError("--weights and --pretrained both say which weights to start from; give only one")
+    if config.log and int(os.environ.get("RANK", "0")) == 0:
+        check_trackers(config.log, config.mlflow_uri)  # a missing package or server: now, not after the data
     env = environment(config)
     world = env.world
     verbose = verbose and world.is_main  # one process speaks and writes the run folder
@@ -654,6 +659,9 @@ def _assemble(config: TrainConfig, env: Environment, data: RunData, model: nn.Mo
     if optimisation.budget is not None:
         run.state.planned_steps = optimisation.total_steps
     run.write_dataset_info()
+    if world.is_main and config.log:
+        run.trackers = open_trackers(config.log, run_dir, resolved.to_dict(),
+                                     checkpoint.state.epoch if checkpoint is not None else None, config.mlflow_uri)
     _log_start(run, data, env, start_note, balance)
     if checkpoint is not None:
         restore(run, checkpoint)
