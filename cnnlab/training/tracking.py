@@ -23,6 +23,7 @@ Only the process that writes the run folder (rank 0) logs. Both libraries are op
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
@@ -31,7 +32,6 @@ import socket
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cnnlab.data.images import read_image
 from cnnlab.errors import CnnlabError
@@ -120,20 +120,19 @@ def _reach(uri: str) -> None:
                           "store beside the run folder") from None
 
 
+# What each tracker needs importable: torch's SummaryWriter writes through tensorboard (and says so only with a
+# traceback); MLflow's local store is SQLite through SQLAlchemy and Alembic
+PACKAGES = {"tensorboard": ("tensorboard", "torch.utils.tensorboard"), "mlflow": ("mlflow", "sqlalchemy", "alembic")}
+
+
 def _import(name: str):
-    """The tracker's library, or one line saying how to install it."""
+    """The tracker's library (torch.utils.tensorboard, or mlflow), or one line saying how to install it."""
     try:
-        if name == "tensorboard":
-            import tensorboard  # noqa: F401  (torch's SummaryWriter needs it and says so only with a traceback)
-            from torch.utils import tensorboard as module
-            return module
-        import mlflow
-        import sqlalchemy  # noqa: F401  (the local store is SQLite through SQLAlchemy and Alembic)
-        import alembic  # noqa: F401
-        return mlflow
+        modules = [importlib.import_module(package) for package in PACKAGES[name]]
     except ImportError as error:
         raise CnnlabError(f"--log {name} needs a package that is not installed ({error.name}): {INSTALL[name]}") \
             from None
+    return modules[1] if name == "tensorboard" else modules[0]
 
 
 class TensorBoardTracker:
