@@ -15,11 +15,14 @@ from typing import Annotated
 
 from cnnlab.data.folders import expand_inputs
 from cnnlab.errors import CnnlabError
-from cnnlab.config import Help, TrainConfig
+from cnnlab.config import Help, TrainConfig, check_choice
 from cnnlab.runs.exported import is_onnx_file
 from cnnlab.runs.prediction import open_predictor, predict_paths
 from cnnlab.runs.reader import read_run
 from cnnlab.runs.tables import table_format, write_table
+
+
+ENGINES = ("local", "ray")
 
 
 def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike],
@@ -39,6 +42,12 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike],
                 "auto (the threshold the run chose on its validation split, reject.json), off, or a probability P: "
                 "an image whose top probability is below it is answered unknown, with its closest classes.")]
             = "auto",
+            engine: Annotated[str, Help(
+                "local (this process) or ray: Ray Data actors on this machine or the cluster at --address, "
+                "--out NAME.parquet a folder of parts that a rerun resumes (docs/scale-out.md).")] = "local",
+            address: Annotated[str | None, Help(
+                "With --engine ray: the cluster's head HOST:PORT, or auto (the cluster this machine is in); "
+                "default: start a local Ray instance with this machine's cores.")] = None,
             verbose: bool = False) -> list[dict]:
     """Predict the top-k classes of images with a trained run or its exported ONNX file.
 
@@ -57,6 +66,12 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike],
     for one batch of inputs, else as many as the cores allow). `out`: a table of the rows (cnnlab.runs.tables).
     `exit_code(rows, max_bad)` applies --max-bad.
     """
+    check_choice("engine", engine, ENGINES)
+    if engine == "ray":
+        return _predict_with_ray(run_dir, inputs, out, address, heatmap, top_k=top_k, which=which, device=device,
+                                 cache=cache, tta=tta, tiled=tiled, scale=scale, reject=reject)
+    if address is not None:
+        raise CnnlabError("--address names a Ray cluster: give --engine ray with it")
     if out is not None:
         table_format(out)  # a wrong extension is refused before any image is read
     predictor = open_predictor(run_dir, top_k, which, device, cache, tta, tiled, scale, heatmap, heatmap_class, reject)
@@ -64,6 +79,18 @@ def predict(run_dir: str | os.PathLike, inputs: list[str | os.PathLike],
     if out is not None:
         write_table(rows, out)
     return rows
+
+
+def _predict_with_ray(run_dir, inputs, out, address, heatmap, **options) -> list[dict]:
+    """predict(..., engine="ray"): cnnlab.runs.ray_predict, after the options it cannot take are refused."""
+    if out is None:
+        raise CnnlabError("--engine ray writes its rows to a Parquet folder that a rerun resumes: give --out "
+                          "NAME.parquet")
+    if heatmap is not None:
+        raise CnnlabError("--heatmap writes one PNG per image on the machine that predicts it; with --engine ray "
+                          "that is any node of the cluster: predict those images without --engine ray")
+    from cnnlab.runs.ray_predict import predict_with_ray
+    return predict_with_ray(run_dir, inputs, out, address, options)
 
 
 # A share of failures is judged over at least this many inputs: with fewer, one failure is already over a 5%

@@ -461,13 +461,20 @@ def read_image(path: str | os.PathLike, min_size: int | None = None,
         width, height = image_size(path, max_pixels, data)  # header only; the pixel cap is checked here too
         target = scaled_size(width, height, scale)[::-1]  # (H, W)
         image = read_pil(path, min_size=max(1, math.ceil(min(target))), max_pixels=max_pixels, data=data)
-        pixels = torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)))
+        pixels = _chw(np.asarray(image))
         if tuple(pixels.shape[1:]) != target:
             pixels = resize(pixels, list(target), antialias=True)
         return pixels
     image = read_pil(path, min_size=min_size, max_pixels=max_pixels, data=data)
     array = np.asarray(image)  # (H, W, 3), read-only, over PIL's bytes
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # (3, H, W), writable
+    return _chw(array)
+
+
+def _chw(array: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) pixels PIL owns -> a writable (3, H, W) tensor of its own. The transpose is copied into place, except
+    where it is already contiguous (an image one pixel wide or tall), when the read-only view is copied."""
+    chw = np.ascontiguousarray(array.transpose(2, 0, 1))
+    return torch.from_numpy(chw if chw.flags.writeable else chw.copy())
 
 
 def read_at(path: str | os.PathLike, resolution: int | float, max_pixels: int = DEFAULT_MAX_PIXELS,

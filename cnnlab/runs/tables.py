@@ -40,9 +40,19 @@ def table_columns(rows: list[dict]) -> list[str]:
     return columns
 
 
-def table_rows(rows: list[dict]) -> list[dict]:
-    """predict's nested rows as flat records with every column (None where a row has no value)."""
-    columns = table_columns(rows)
+def fixed_columns(top_k: int, unknown: bool, heatmap: bool = False) -> list[str]:
+    """The columns of a table written in parts (--engine ray): every part has them all, whatever its rows hold,
+    so that the parts read back as one table."""
+    columns = ["path", "error"] + (["unknown"] if unknown else [])
+    for i in range(1, top_k + 1):
+        columns += [f"class_{i}", f"probability_{i}"]
+    return columns + (["heatmap"] if heatmap else [])
+
+
+def table_rows(rows: list[dict], columns: list[str] | None = None) -> list[dict]:
+    """predict's nested rows as flat records with every column (None where a row has no value); `columns`:
+    fixed ones (fixed_columns), else those the rows need (table_columns)."""
+    columns = columns or table_columns(rows)
     flat = []
     for row in rows:
         record = dict.fromkeys(columns)
@@ -85,18 +95,55 @@ def write_table(rows: list[dict], path: str | os.PathLike) -> Path:
                 for record in records:
                     handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     else:
-        try:
-            import pyarrow
-            import pyarrow.parquet
-        except ImportError:
-            raise CnnlabError(f"--out {path}: writing Parquet needs pyarrow (pip install 'cnnlab[tables]'); or "
-                              "write .csv or .jsonl") from None
-        types = {name: pyarrow.float64() if name.startswith("probability_") else pyarrow.bool_() if name == "unknown"
-                 else pyarrow.string() for name in columns}
-        table = pyarrow.table({name: pyarrow.array([record[name] for record in records], type=types[name])
-                               for name in columns})
+        pyarrow = import_pyarrow(path)
+        table = arrow_table(records, columns)
 
         def write(tmp: str) -> None:
             pyarrow.parquet.write_table(table, tmp)
     atomic_write(path, write)
     return path
+
+
+def import_pyarrow(path: str | os.PathLike):
+    """pyarrow with its parquet module, or one line saying how to install it."""
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401  (pyarrow.parquet is then an attribute)
+    except ImportError:
+        raise CnnlabError(f"--out {path}: writing Parquet needs pyarrow (pip install 'cnnlab[tables]'); or "
+                          "write .csv or .jsonl") from None
+    return pyarrow
+
+
+def column_type(name: str):
+    """A column's Arrow type: probabilities float64, unknown bool, size and mtime_ns int64, the rest text."""
+    import pyarrow
+    if name.startswith("probability_"):
+        return pyarrow.float64()
+    return {"unknown": pyarrow.bool_(), "size": pyarrow.int64(), "mtime_ns": pyarrow.int64()}.get(name,
+                                                                                                pyarrow.string())
+
+
+def arrow_table(records: list[dict], columns: list[str]):
+    """Flat records as a pyarrow.Table with exactly `columns`, each of its column_type (nulls where missing)."""
+    import pyarrow
+    return pyarrow.table({name: pyarrow.array([record.get(name) for record in records], type=column_type(name))
+                          for name in columns})
+
+
+def nested_rows(records: list[dict]) -> list[dict]:
+    """Flat records (a table's rows) back as predict's rows: {"path", "error"} or {"path", "top", ["unknown"]}."""
+    rows = []
+    for record in records:
+        if record.get("error"):
+            rows.append({"path": record["path"], "error": record["error"]})
+            continue
+        top, i = [], 1
+        while record.get(f"class_{i}") is not None:
+            top.append({"class": record[f"class_{i}"], "probability": record[f"probability_{i}"]})
+            i += 1
+        row = {"path": record["path"], "top": top}
+        if record.get("unknown") is not None:
+            row["unknown"] = bool(record["unknown"])
+        rows.append(row)
+    return rows
