@@ -1,6 +1,6 @@
 """The architecture, checked: imports go one way through the layers, and no module imports itself back.
 
-    base (errors, config, files, plots, signals) -> scratch -> data -> models -> training -> runs -> serve -> commands
+    base (errors, config, files, html, plots, signals) -> scratch -> data -> models -> training -> runs -> serve -> commands
     -> cli
 
 and commands are leaves: a command module imports no other command, except those that run a training (compare,
@@ -21,7 +21,7 @@ PACKAGE = Path(cnnlab.__file__).parent
 LAYERS = ["base", "scratch", "data", "models", "training", "runs", "serve", "commands", "cli"]
 # the commands that run a training, and so may call `cnnlab.commands.train.fit`
 TRAINING_COMMANDS = {"cnnlab.commands.compare", "cnnlab.commands.sweep", "cnnlab.commands.demo"}
-BASE = {"cnnlab", "cnnlab.errors", "cnnlab.config", "cnnlab.files", "cnnlab.plots", "cnnlab.signals"}
+BASE = {"cnnlab", "cnnlab.errors", "cnnlab.config", "cnnlab.files", "cnnlab.html", "cnnlab.plots", "cnnlab.signals"}
 
 
 def module_name(path: Path) -> str:

@@ -40,6 +40,7 @@ from cnnlab.data.images import image_size
 from cnnlab.data.loaders import PREFETCH_FACTOR, make_loader
 from cnnlab.data.tiles import tile_draws, tile_positions
 from cnnlab.errors import CnnlabError
+from cnnlab.html import escape
 from cnnlab.training.budget import FINISH_SECONDS, MEASURE_BATCHES, VALIDATION_SHARE, Plan, Speed, \
     epoch_seconds, head_views, measure_speed
 from cnnlab.training.budget import plan as plan_budget
@@ -138,6 +139,10 @@ class TrainingPlan:
     def describe(self) -> str:
         """The plan as printed by `cnnlab plan`."""
         return _describe(self)
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the plan as `cnnlab plan` prints it (its lines line up in a fixed-width font)."""
+        return f"<pre>{escape(_describe(self))}</pre>"
 
 
 def plan(config: TrainConfig | None = None, *,

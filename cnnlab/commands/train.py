@@ -12,6 +12,7 @@ given with it must equal the run's, except the few a continuation may change (RE
 from __future__ import annotations
 
 import dataclasses
+import html
 import os
 import sys
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from cnnlab.runs.inference import open_trained
 from cnnlab.runs.preview import PreviewParts, write_run_preview
 from cnnlab.runs.reject import write_threshold
 from cnnlab.runs.reader import diagnosis_inputs, read_run
-from cnnlab.runs.report import write_report
+from cnnlab.runs.report import build_report, write_report
 from cnnlab.training import Run, distributed, prepare, train
 from cnnlab.signals import TrainingInterrupted
 from cnnlab.training.record import (BEST, CONFIG, CURVES, IMAGE_SIZES, METRICS, MODEL, REPORT, RISK_COVERAGE,
@@ -47,6 +48,9 @@ RESUME_CHANGEABLE = ("epochs", "workers", "data", "cache", "cache_dir", "log", "
 # Options recorded resolved ("auto" -> bf16): giving the unresolved value again is giving the same value.
 RESOLVED_FROM = {"device": "auto", "precision": "auto", "cache": "auto", "workers": None, "channels_last": None,
                  "batch_size": "auto"}
+# A notebook shows the report in a frame this tall (px), scrolled inside: the overview, the verdict and the top of
+# the learning curves at once, without the page pushing the notebook's next cells out of sight.
+REPORT_FRAME_HEIGHT = 720
 
 
 @dataclass
@@ -84,6 +88,12 @@ class TrainResult:
             counts = ", ".join(f"{n} in {split}" for split, n in self.unreadable.items())
             lines.append(f"skipped unreadable images: {counts} (listed in {self.run_dir / 'dataset.json'})")
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the run's report (report.py's page, rebuilt from the run folder) in an <iframe>, which
+        keeps the page's own CSS and Content-Security-Policy from touching the notebook's."""
+        return (f'<iframe srcdoc="{html.escape(build_report(self.run_dir), quote=True)}" title="cnnlab run report" '
+                f'style="width: 100%; height: {REPORT_FRAME_HEIGHT}px; border: 1px solid #d1d9e0"></iframe>')
 
 
 def fit(config: TrainConfig | None = None, *, resume: str | os.PathLike | None = None, overwrite: bool = False,

@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import asdict, dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 from torch import nn
@@ -41,6 +41,8 @@ from torchvision.ops import Permute, StochasticDepth
 
 from cnnlab.config import Help
 from cnnlab.errors import CnnlabError
+from cnnlab.html import escape
+from cnnlab.html import table as html_table
 from cnnlab.scratch import as_pair, output_size_info
 
 # Layers that return a tensor of their input's shape.
@@ -266,6 +268,10 @@ class ModelSummary:
         """The table, totals, flagged layers and MLP comparison as printed by `cnnlab summary`."""
         return _describe(self)
 
+    def _repr_html_(self) -> str:
+        """In a notebook: the layer table the run report shows, its totals and the MLP comparison."""
+        return _describe_html(self)
+
 
 class ShapeCheckError(RuntimeError):
     """The formula and the forward pass disagree on a layer's output shape: a bug in this module."""
@@ -444,6 +450,48 @@ def _geometry_text(row: dict) -> str:
     return f"k={_pair(row['kernel_size'])} s={_pair(row['stride'])} p={padding}"
 
 
+LAYER_COLUMNS = (("index", "#"), ("name", "layer"), ("type", "type"), ("kernel_size", "kernel"),
+                 ("stride", "stride"), ("output_shape", "output (C \u00d7 H \u00d7 W)"), ("params", "parameters"),
+                 ("macs", "MACs"), ("receptive_field", "receptive field"))
+
+
+def layer_table(rows: list[dict]) -> str:
+    """The rows as an HTML table (the report's Model section, a notebook); longer than 30 rows it folds away."""
+    def cell(key: str, value: Any) -> str:
+        if key == "receptive_field" and value is None:
+            return "all"  # after global pooling every output sees the whole image
+        if isinstance(value, (list, tuple)):
+            return escape(" \u00d7 ".join(str(v) for v in value))
+        if isinstance(value, int) and not isinstance(value, bool):
+            return f"{value:,}"
+        return "" if value is None else escape(value)
+    columns = [(key, title) for key, title in LAYER_COLUMNS if rows and key in rows[0]]
+    html = html_table([title for _, title in columns],
+                      [[cell(key, row.get(key)) for key, _ in columns] for row in rows],
+                      numeric={i for i, (key, _) in enumerate(columns) if key in ("index", "params", "macs")},
+                      row_classes=["flagged" if row.get("flagged") else "" for row in rows])
+    flagged = [f"#{row.get('index')}" for row in rows if row.get("flagged")]
+    note = ""
+    if flagged:  # named, not only highlighted: a notebook does not have the report's CSS
+        note = (f'<p class="muted">Highlighted layers ({escape(", ".join(flagged))}) never read the last rows or '
+                "columns of their input: (H + 2 padding - kernel) / stride is not a whole number.</p>")
+    if len(rows) > 30:
+        return f"<details><summary>Layer table ({len(rows)} layers)</summary>{html}</details>{note}"
+    return html + note
+
+
+def _describe_html(result: ModelSummary) -> str:
+    shape_text = "x".join(map(str, result.input_shape))
+    ratio = result.total_params / result.mlp_params
+    return (f"<p><b>{escape(result.model)}</b> on one {shape_text} image (C x H x W)</p>{layer_table(result.rows)}"
+            f"<p>Parameters: <b>{result.total_params:,}</b>; multiply-accumulates per image: "
+            f"<b>{result.total_macs:,}</b>; layer outputs for one image (fp32): "
+            f"{_bytes(result.total_activation_bytes)}.</p>"
+            f"<p>MLP comparison: a fully connected first layer of {result.mlp_hidden:,} units on this image has "
+            f"<b>{result.mlp_params:,}</b> parameters, in that layer alone; {escape(result.model)} has "
+            f"{100 * ratio:.3g} % of that.</p>")
+
+
 def _describe(result: ModelSummary) -> str:
     shape_text = "x".join(map(str, result.input_shape))
     header = ("#", "layer", "type", "kernel", "output", "params", "MACs", "RF", "memory", "")
@@ -487,4 +535,4 @@ def _describe(result: ModelSummary) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Field", "ModelSummary", "mlp_first_layer_params", "parse_input_shape", "summarize_model", "summary"]
+__all__ = ["Field", "ModelSummary", "layer_table", "mlp_first_layer_params", "parse_input_shape", "summarize_model", "summary"]

@@ -20,6 +20,7 @@ from cnnlab.runs.display import GALLERY_SIDE, shrink
 from cnnlab.runs.explain import explain_batch, explain_image, overlay_image
 from cnnlab.runs.inference import TrainedModel
 from cnnlab.runs.reader import RunRecord
+from cnnlab.runs.report import evaluation_table
 from cnnlab.training.forward import Logits
 from cnnlab.training.record import evaluation_figures
 from cnnlab.training.record import write_evaluation as record_evaluation
@@ -44,6 +45,7 @@ class EvalResult:
     calibration: dict = field(default_factory=dict)  # see interpret.calibration: ece, bins
     top_losses: list[dict] = field(default_factory=list)  # highest loss first: path, true, predicted, ...
     files: dict = field(default_factory=dict)  # what -> file name in the run folder
+    weights: str = "best"  # the weights evaluated: best or last
 
     def to_dict(self) -> dict:
         """JSON-ready summary (without per-image arrays)."""
@@ -71,6 +73,10 @@ class EvalResult:
             lines.append(f"expected calibration error {self.calibration['ece']:.3f} (0 = confidence matches "
                          f"accuracy; mean confidence {self.calibration['mean_confidence']:.3f})")
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the metrics as the run report's Per class section shows them."""
+        return evaluation_table(self.to_dict() | {"weights": self.weights})
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -128,7 +134,7 @@ def write_evaluation(record: RunRecord, split: str, which: str, dataset: ImageDa
     matrix = confusion_matrix(labels.numpy(), predictions, len(classes))
     readable = [dataset.samples[i].path for i in indices.tolist()]
     result = EvalResult(run_dir, split, accuracy, loss, per_class_metrics(matrix, classes), matrix,
-                        classes, readable, torch.softmax(logits, 1).numpy(), labels.numpy())
+                        classes, readable, torch.softmax(logits, 1).numpy(), labels.numpy(), weights=which)
     result.losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none").numpy()  # (N,)
     result.most_confused = interpret.most_confused(matrix, classes)
     result.calibration = interpret.calibration(result.probabilities, result.labels)

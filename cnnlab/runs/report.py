@@ -2,7 +2,7 @@
 
 Built only from the run folder's files (config.yaml, dataset.json, model.json, metrics.csv, diagnosis.json,
 eval_<split>.json and the PNGs next to them), so `cnnlab report RUN` can rebuild it anywhere. The page is
-self-contained (cnnlab.runs.html: images as base64 data: URIs, inline CSS, no JavaScript, a
+self-contained (cnnlab.html: images as base64 data: URIs, inline CSS, no JavaScript, a
 Content-Security-Policy that forbids loading anything else), so it can be mailed or archived as one file. Every
 piece of text is escaped (class names and paths come from the user's folders).
 
@@ -24,13 +24,14 @@ import yaml
 
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_text
+from cnnlab.html import escape as _e
+from cnnlab.html import figure as _figure
+from cnnlab.html import number as _num
+from cnnlab.html import page
+from cnnlab.html import percent as _pct
+from cnnlab.html import table as _table
+from cnnlab.models.summary import layer_table
 from cnnlab.runs.diagnosis import Verdict
-from cnnlab.runs.html import escape as _e
-from cnnlab.runs.html import figure as _figure
-from cnnlab.runs.html import number as _num
-from cnnlab.runs.html import page
-from cnnlab.runs.html import percent as _pct
-from cnnlab.runs.html import table as _table
 from cnnlab.runs.reader import read_metrics, read_optional_json, read_run
 from cnnlab.training.record import (AUGMENT_PREVIEW, CURVES, DIAGNOSIS, IMAGE_SIZES, MODEL, REJECT, REPORT,
                                     RISK_COVERAGE, SUMMARY)
@@ -220,18 +221,21 @@ def _per_class(run: _RunFiles) -> tuple[str, str, str]:
     title = "Per-class precision, recall and F1"
     if not run.evaluations:
         return "per-class", title, _missing_eval(run)
-    parts = []
-    for ev in run.evaluations:
-        parts.append(_split_heading(ev))
-        parts.append(f"<p>Accuracy <b>{_pct(ev.get('accuracy'))}</b>, loss {_num(ev.get('loss'))}, "
-                     f"macro F1 {_num(ev.get('macro_f1'), 3)}.</p>")
-        rows = [[_e(r["class"]), _num(r["precision"], 3), _num(r["recall"], 3), _num(r["f1"], 3),
-                 _e(r["support"])] for r in ev.get("per_class", [])]
-        parts.append(_table(["class", "precision", "recall", "F1", "support"], rows, numeric={1, 2, 3, 4}))
+    parts = [evaluation_table(ev) for ev in run.evaluations]
     parts.append('<p class="muted">Precision: of the images predicted as the class, the share that are. '
                  "Recall: of the images of the class, the share found. F1: their harmonic mean. "
                  "Support: images of the class.</p>")
     return "per-class", title, "".join(parts)
+
+
+def evaluation_table(evaluation: dict) -> str:
+    """One split's metrics (eval_<split>.json's fields) as HTML: heading, accuracy, loss, per-class table."""
+    rows = [[_e(r["class"]), _num(r["precision"], 3), _num(r["recall"], 3), _num(r["f1"], 3),
+             _e(r["support"])] for r in evaluation.get("per_class", [])]
+    return (_split_heading(evaluation)
+            + f"<p>Accuracy <b>{_pct(evaluation.get('accuracy'))}</b>, loss {_num(evaluation.get('loss'))}, "
+              f"macro F1 {_num(evaluation.get('macro_f1'), 3)}.</p>"
+            + _table(["class", "precision", "recall", "F1", "support"], rows, numeric={1, 2, 3, 4}))
 
 
 def _top_losses(run: _RunFiles) -> tuple[str, str, str]:
@@ -386,7 +390,7 @@ def _model(run: _RunFiles) -> tuple[str, str, str]:
              f"{len(run.classes)} outputs.</p>"]
     summary = run.summary
     if summary and summary.get("rows"):
-        parts.append(_layer_table(summary["rows"]))
+        parts.append(layer_table(summary["rows"]))
         parts.append(f"<p>Parameters: <b>{summary['total_params']:,}</b>; multiply-accumulates per image: "
                      f"<b>{summary['total_macs']:,}</b> (for a {_e(size)} x {_e(size)} input).</p>")
     else:
@@ -398,34 +402,6 @@ def _model(run: _RunFiles) -> tuple[str, str, str]:
         parts.append("<h4>Preprocessing (stored with the weights)</h4>" + _table(
             ["setting", "value"], [[_e(k), f"<code>{_e(_value(v))}</code>"] for k, v in preprocessing.items()]))
     return "model", "Model", "".join(parts)
-
-
-LAYER_COLUMNS = (("index", "#"), ("name", "layer"), ("type", "type"), ("kernel_size", "kernel"),
-                 ("stride", "stride"), ("output_shape", "output (C \u00d7 H \u00d7 W)"), ("params", "parameters"),
-                 ("macs", "MACs"), ("receptive_field", "receptive field"))
-
-
-def _layer_table(rows: list[dict]) -> str:
-    """One row per layer; tables longer than 30 rows fold away behind a <details>."""
-    def cell(key: str, value: Any) -> str:
-        if key == "receptive_field" and value is None:
-            return "all"  # after global pooling every output sees the whole image
-        if isinstance(value, (list, tuple)):
-            return _e(" \u00d7 ".join(str(v) for v in value))
-        if isinstance(value, int) and not isinstance(value, bool):
-            return f"{value:,}"
-        return "" if value is None else _e(value)
-    columns = [(key, title) for key, title in LAYER_COLUMNS if rows and key in rows[0]]
-    table = _table([title for _, title in columns], [[cell(key, row.get(key)) for key, _ in columns] for row in rows],
-                   numeric={i for i, (key, _) in enumerate(columns) if key in ("index", "params", "macs")},
-                   row_classes=["flagged" if row.get("flagged") else "" for row in rows])
-    note = ""
-    if any(row.get("flagged") for row in rows):
-        note = ('<p class="muted">Highlighted layers never read the last rows or columns of their input: '
-                "(H + 2 padding - kernel) / stride is not a whole number.</p>")
-    if len(rows) > 30:
-        return f"<details><summary>Layer table ({len(rows)} layers)</summary>{table}</details>{note}"
-    return table + note
 
 
 def _value(value: Any) -> str:

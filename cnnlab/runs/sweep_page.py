@@ -1,4 +1,4 @@
-"""The sweep's page: OUT/sweep.html, one self-contained HTML page (cnnlab.runs.html) built from OUT/sweep.json
+"""The sweep's page: OUT/sweep.html, one self-contained HTML page (cnnlab.html) built from OUT/sweep.json
 and the two plots next to it, which `cnnlab sweep` wrote. It computes nothing: the rows, the best and the
 recommended run and the rule come from sweep.json."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from cnnlab.errors import CnnlabError
 from cnnlab.files import read_json, write_text
 from cnnlab.runs.diagnosis import Verdict
-from cnnlab.runs.html import escape, figure, number, page, percent, table
+from cnnlab.html import escape, figure, number, page, percent, table
 
 SWEEP_JSON = "sweep.json"
 # Every section of the page in page order, id -> its link in the navigation bar.

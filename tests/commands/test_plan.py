@@ -3,6 +3,7 @@ and one clear line for what cannot work."""
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import statistics
@@ -168,3 +169,11 @@ def test_other_errors_are_one_line(tiny_data):
 def test_plan_needs_data():
     with pytest.raises(CnnlabError, match="no data folder given"):
         plan(verbose=False)
+
+
+def test_a_plan_in_a_notebook_is_the_plan_as_printed(tiny_data):
+    planned = plan(**SMALL | {"data": str(tiny_data), "epochs": 1}, verbose=False)
+    page = planned._repr_html_()
+    assert page.startswith("<pre>") and page.endswith("</pre>")
+    assert html.unescape(page.removeprefix("<pre>").removesuffix("</pre>")) == planned.describe()
+    assert "\nverdict: fits in memory" in planned.describe() and planned.train_images == 36

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.scratch import output_size_info
-from cnnlab.models.summary import ModelSummary, ShapeCheckError, parse_input_shape, summarize_model, summary
+from cnnlab.models.summary import (ModelSummary, ShapeCheckError, layer_table, parse_input_shape, summarize_model,
+                                   summary)
 
 
 def _real_leaf_shapes(model: nn.Module, shape: tuple) -> list[tuple]:
@@ -90,6 +91,22 @@ def test_flags_are_exactly_the_layers_that_drop_input_rows():
     result = summarize_model("mobilenet_v3_small", "3x1001x999")
     assert result.flagged == []
     assert any(row["exact"] is False for row in result.rows)
+
+
+def test_a_summary_in_a_notebook_is_the_reports_layer_table():
+    result = summarize_model("simple_cnn", "3x1001x999")
+    page = result._repr_html_()
+    assert layer_table(result.rows) in page  # the renderer the report's Model section uses
+    body = page.split("<tbody>")[1].split("</tbody>")[0]
+    assert body.count("<tr") == len(result.rows)
+    assert body.count('<tr class="flagged">') == len(result.flagged) == 4
+    flagged = ", ".join(f"#{row['index']}" for row in result.flagged)
+    assert f"Highlighted layers ({flagged}) never read" in page
+    assert f"<b>{result.total_params:,}</b>" in page and f"<b>{result.total_macs:,}</b>" in page
+    assert f"<b>{3 * 1001 * 999 * 1000 + 1000:,}</b> parameters" in page  # the lecture's MLP, first layer alone
+    # the first conv: 32 filters of 3 x 3 x 3, no bias (batch norm follows), padding 1 keeps the size
+    assert ('<tr><td class="num">1</td><td>stages.0.0</td><td>Conv2d</td><td>3 \u00d7 3</td><td>1 \u00d7 1</td>'
+            '<td>32 \u00d7 1001 \u00d7 999</td><td class="num">864</td>') in page
 
 
 def test_receptive_field_of_simple_cnn_stages_by_hand():

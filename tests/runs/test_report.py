@@ -8,6 +8,7 @@ import html
 import json
 import re
 import shutil
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 
 from cnnlab.runs.diagnosis import Diagnosis, diagnose
 from cnnlab.data.images import read_pil
-from cnnlab.runs.report import SECTION_IDS, write_report
+from cnnlab.runs.report import SECTION_IDS, build_report, evaluation_table, write_report
 from cnnlab.runs.reader import diagnose_run
 
 EVAL_FILES = ("eval_val.json", "confusion_matrix_val.png", "top_losses_val.png", "reliability_val.png")
@@ -86,6 +87,31 @@ def test_eval_fills_the_report(tiny_eval):
     assert f"<b>{tiny_eval.calibration['ece']:.3f}</b>" in text
     for row in tiny_eval.per_class:
         assert f"<td>{row['class']}</td>" in text
+
+
+# --- in a notebook: the objects render as the report does -----------------------------------------------------------
+def test_a_run_in_a_notebook_is_its_report_in_a_frame(tiny_run, monkeypatch):
+    monkeypatch.setattr(time, "strftime", lambda fmt: "2026-01-02 03:04")  # the footer's date, the same twice
+    frame = tiny_run._repr_html_()
+    assert frame.startswith("<iframe ") and frame.endswith("></iframe>") and frame.count("<") == 2  # all escaped
+    iframes = _Page(frame).all("iframe")
+    assert len(iframes) == 1 and "height: 720px" in iframes[0]["style"]
+    # the attribute, unescaped, is the report's own page, byte for byte
+    assert iframes[0]["srcdoc"] == build_report(tiny_run.run_dir)
+    assert "<title>cnnlab report: tiny</title>" in iframes[0]["srcdoc"]
+
+
+def test_an_evaluation_in_a_notebook_is_the_reports_per_class_table(tiny_eval):
+    page = tiny_eval._repr_html_()
+    written = json.loads((tiny_eval.run_dir / "eval_val.json").read_text())
+    assert page == evaluation_table(written)  # the report's renderer, on what eval wrote
+    assert page in build_report(tiny_eval.run_dir)
+    assert f"<h3>val split: {len(tiny_eval.labels)} images, best weights</h3>" in page
+    assert f"Accuracy <b>{100 * tiny_eval.accuracy:.1f}%</b>" in page
+    rows = re.findall(r"<tr><td>([^<]*)</td><td class=\"num\">([0-9.]+)</td><td class=\"num\">([0-9.]+)</td>"
+                      r"<td class=\"num\">([0-9.]+)</td><td class=\"num\">([0-9]+)</td></tr>", page)
+    assert rows == [(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+                     str(row["support"])) for row in tiny_eval.per_class]
 
 
 # --- self-contained --------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The pieces of cnnlab's self-contained HTML pages (the run report, the sweep page): escaping, numbers, tables,
-embedded PNGs, the page around the sections, and its CSS.
+"""The pieces of cnnlab's self-contained HTML pages (the run report, the sweep page) and of the objects a notebook
+renders (`_repr_html_`): escaping, numbers, tables, embedded PNGs, the page around the sections, and its CSS.
+A base module, so that every layer can render (the model summary's layer table is models' own).
 
 A page is one file: images are base64 data: URIs, the CSS is inline, there is no JavaScript, and a
 Content-Security-Policy forbids loading anything else, so it can be mailed or archived as it is. Every piece
