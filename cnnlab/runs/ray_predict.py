@@ -15,7 +15,8 @@ from either engine (tests/runs/test_ray_predict.py checks 1e-5 on every file).
 
 The output is a Parquet dataset: the folder results.parquet/ of part files with the same columns (path, error,
 unknown, class_i, probability_i, plus size and mtime_ns, the key a rerun skips files by), which pandas, pyarrow,
-DuckDB, Spark and Ray read as one table. A part is renamed into place only when whole, so Ctrl-C or SIGTERM leaves
+DuckDB, Spark and Ray read as one table. A file changed since its row was written (another size or mtime) loses
+that row and is predicted again: one row per file, its latest. A part is renamed into place only when whole, so Ctrl-C or SIGTERM leaves
 complete parts (the rows in flight are predicted again by the rerun); an unreadable file is a row with its error,
 never a failed job. Without --address a local Ray instance is started with this machine's cores; with one
 (HOST:PORT, or auto for the cluster this machine belongs to) the job joins that cluster, whose nodes need cnnlab
@@ -64,25 +65,43 @@ def file_key(path: str) -> tuple[int | None, int | None]:
     return stat.st_size, stat.st_mtime_ns
 
 
-def done_keys(out: Path, columns: list[str]) -> set[tuple]:
-    """{(path, size, mtime_ns)} of the rows already in the part files of `out` (a folder; none yet: empty). A
-    folder of another table's columns (another --top-k, another run's threshold) is refused, not mixed."""
+def read_parts(out: Path, columns: list[str]) -> dict[Path, list[tuple]]:
+    """{part file: its rows' (path, size, mtime_ns)} of `out` (a folder; none yet: empty). A folder of another
+    table's columns (another --top-k, another run's threshold) is refused, not mixed."""
     pyarrow = import_pyarrow(out)
     if out.exists() and not out.is_dir():
         raise CnnlabError(f"--out {out} is a file; --engine ray writes a folder of Parquet parts: give a new name "
                           "(e.g. results.parquet, which becomes a folder) or remove the file")
-    parts = sorted(out.glob("part-*.parquet")) if out.is_dir() else []
     expected = columns + list(KEYS)
-    done = set()
-    for part in parts:
-        schema = pyarrow.parquet.read_schema(part)
-        if schema.names != expected:
-            raise CnnlabError(f"--out {out}: {part.name} has the columns {', '.join(schema.names)}, not this "
+    parts = {}
+    for part in sorted(out.glob("part-*.parquet")) if out.is_dir() else []:  # not the hidden temporaries
+        names = pyarrow.parquet.read_schema(part).names
+        if names != expected:
+            raise CnnlabError(f"--out {out}: {part.name} has the columns {', '.join(names)}, not this "
                               f"prediction's {', '.join(expected)} (another --top-k, --reject or run?); give "
                               "another --out, or the options that wrote it")
         table = pyarrow.parquet.read_table(part, columns=["path", *KEYS])
-        done.update(zip(*(table.column(name).to_pylist() for name in ("path", *KEYS))))
-    return done
+        parts[part] = list(zip(*(table.column(name).to_pylist() for name in ("path", *KEYS))))
+    return parts
+
+
+def drop_stale(parts: dict[Path, list[tuple]], current: dict[str, tuple]) -> set[tuple]:
+    """Remove from the part files the rows of inputs that changed since (another size or mtime: they are predicted
+    again), each part rewritten whole; the (path, size, mtime_ns) keys still valid."""
+    pyarrow = import_pyarrow(next(iter(parts), Path("x.parquet")))
+    valid = set()
+    for part, keys in parts.items():
+        stale = {key for key in keys if key[0] in current and tuple(key[1:]) != current[key[0]]}
+        valid.update(set(keys) - stale)
+        if stale:
+            table = pyarrow.parquet.read_table(part)
+            keep = [tuple(key) not in stale for key in zip(*(table.column(n).to_pylist() for n in ("path", *KEYS)))]
+            kept = table.filter(pyarrow.array(keep))
+            if kept.num_rows:
+                atomic_write(part, lambda tmp: pyarrow.parquet.write_table(kept, tmp))
+            else:
+                part.unlink()
+    return valid
 
 
 class PredictActor:
@@ -159,12 +178,10 @@ def predict_with_ray(run_dir: str | os.PathLike, inputs: list[str | os.PathLike]
     predictor = open_predictor(run_dir, **options)  # a wrong run or file fails here, before the cluster starts
     columns = fixed_columns(predictor.top_k, predictor.threshold is not None)
     expanded = expand_inputs(inputs)
-    done = done_keys(out, columns)
-    items = []
-    for path, reason in expanded:
-        size, mtime = file_key(path)
-        if (path, size, mtime) not in done:
-            items.append({"path": path, "error": reason or "", "size": size, "mtime_ns": mtime})
+    current = {path: file_key(path) for path, _ in expanded}
+    done = drop_stale(read_parts(out, columns), current)
+    items = [{"path": path, "error": reason or "", "size": current[path][0], "mtime_ns": current[path][1]}
+             for path, reason in expanded if (path, *current[path]) not in done]
     skipped = len(expanded) - len(items)
     if skipped and verbose:
         rest = f"predicting the other {len(items)}" if items else "nothing left to predict"
