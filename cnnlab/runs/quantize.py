@@ -93,9 +93,11 @@ def calibration_inputs(trained: TrainedModel, data: str | None = None,
     run's seed), as many per image as it takes to reach `limit` when the split has fewer images."""
     seed = trained.record.config.seed if trained.record.config else 0
     samples = in_turn(split_samples(trained.record, data, "train"), seed)
-    dataset = trained.dataset(samples)
     pre = trained.preprocessing
     per_image = max(1, math.ceil(limit / max(1, len(samples))))
+    # the images it takes, twice over for unreadable ones: a split of 100,000 is not opened for 256 inputs
+    samples = samples[:2 * math.ceil(limit / per_image)]
+    dataset = trained.dataset(samples)
     rng = np.random.default_rng(seed)
     inputs, images = [], 0
     for index in range(len(samples)):
