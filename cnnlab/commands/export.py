@@ -243,10 +243,11 @@ def export_int8(trained: TrainedModel, float_model: bytes, meta: dict, path: Pat
             f"{agreement.images} validation images ({agreement.agreement:.1%}; at least {AGREEMENT_FLOOR:.0%} "
             f"accepted) and changes the accuracy by {-drop:+.2f} points ({agreement.float_accuracy:.4f} -> "
             f"{agreement.int8_accuracy:.4f}, 95% interval {low:+.2f} to {high:+.2f}; a drop of at most "
-            f"{tolerance:g} accepted); nothing was written to {path}. The float32 file {float_path} is written and "
-            "verified: deploy that one" + (f" (a split of {agreement.images} images cannot vouch for int8: one "
-                                           f"changed image is {1 / agreement.images:.0%})"
-                                           if agreement.images < 1 / (1 - AGREEMENT_FLOOR) else ""))
+            f"{tolerance:g} accepted); nothing was written to {path}"
+            + (" (the one there, from an earlier export, is left as it was)" if path.exists() else "")
+            + f". The float32 file {float_path} is written and verified: deploy that one"
+            + (f" (a split of {agreement.images} images cannot vouch for int8: one changed image is "
+               f"{1 / agreement.images:.0%})" if agreement.images < 1 / (1 - AGREEMENT_FLOOR) else ""))
     speeds = measure_speed(float_session, int8_session,
                            normalize(inputs[:max(SPEED_BATCHES)], pre.mean, pre.std).numpy())
     instructions = int8_instructions()

@@ -22,8 +22,8 @@ The choices, and why:
   - reduce_range: weights in [-64, 64] (7 bits). x86 CPUs without VNNI multiply uint8 x int8 with VPMADDUBSW, whose
     pairwise sums saturate at int16 (255 * 127 * 2 = 64770 > 32767); with these weights they cannot (255 * 64 * 2 =
     32640). So the
-    file computes the same on any x86 CPU, and the verification made here holds on the machine it is deployed to. The
-    bit of weight resolution it costs is in the measured agreement.
+    integer products are exact on every x86 CPU, and saturation on the machine it is deployed to cannot undo the check
+    made here. The bit of weight resolution it costs is in the measured agreement.
   - MinMax calibration: each calibration run adds two numbers per tensor, so memory does not grow with the number of
     images; Entropy and Percentile keep every activation tensor until their histograms are built (about 100 MB per
     224 px image for resnet50). Percentile's clipping can help a network with rare huge activations; a file where
