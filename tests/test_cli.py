@@ -39,7 +39,7 @@ EXPECTED_FLAGS = {
               "--out", "--overwrite"],
     "eval": ["--data", "--split", "--which", "--tta", "--max-bad"],
     "predict": ["--top-k", "--json", "--tta", "--max-bad", "--tiled", "--scale", "--heatmap", "--class"],
-    "export": ["--format", "--out", "--which", "--data", "--tolerance"],
+    "export": ["--format", "--out", "--which", "--data", "--tolerance", "--int8", "--int8-tolerance"],
     "serve": ["--port", "--host", "--allow-remote", "--max-upload-mb", "--which", "--device", "--threads"],
     "demo": ["--data", "--out", "--epochs"],
     "lr-find": ["--data", "--steps", "--optimizer", "--run", "--out"],

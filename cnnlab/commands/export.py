@@ -20,6 +20,10 @@ TOLERANCE = 1e-3 of max(1, largest |logit|) is 10x above the registry's worst ro
 ill-conditioned one, and 170x below that wrong graph. A logit moved by 1e-3 changes a softmax probability by at most
 a factor e^(2e-3) (0.2% of its value), so only classes within 1e-3 in logit of each other could swap places in a
 top-k. The export prints PyTorch's own float32 error next to onnxruntime's, so each file shows its margin.
+
+With --int8, the verified float32 file is then quantized for CPUs (cnnlab.runs.quantize: calibrated on the run's
+training images, checked against the float32 file on every validation image, timed against it on this CPU) and
+written next to it as <file>.int8.onnx, or refused (exit 2, no int8 file; the float32 file stays, verified).
 """
 
 from __future__ import annotations
@@ -41,16 +45,18 @@ import torch
 
 from cnnlab import __version__
 from cnnlab.runs.evaluation import split_samples
-from cnnlab.training.record import ONNX
+from cnnlab.training.record import ONNX, ONNX_INT8
 from cnnlab.runs.exported import (FORMAT_VERSION, INPUT_NAME, METADATA_KEY, OUTPUT_NAME, describe_input,
                                        open_session, sidecar_path)
 from cnnlab.config import Help, check_choice
-from cnnlab.data.folders import Sample
 from cnnlab.data.tiles import cut_tiles, tile_positions
 from cnnlab.data.transforms import normalize
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_write, write_json
 from cnnlab.runs.inference import TrainedModel, open_trained
+from cnnlab.runs.quantize import (ACCURACY_TOLERANCE, AGREEMENT_FLOOR, CALIBRATION_INPUTS, SPEED_BATCHES, Agreement,
+                                  Speed, calibration_inputs, compare_on_split, in_turn, int8_instructions,
+                                  measure_speed, quantize)
 from cnnlab.runs.reader import weights_path
 
 FORMATS = ("onnx",)
@@ -92,6 +98,7 @@ class ExportResult:
     inputs: list[str] = field(default_factory=list)  # the images the check ran on
     seconds: float = 0.0
     size_bytes: int = 0
+    int8: Int8Export | None = None  # with --int8
 
     def describe(self) -> str:
         """Lines for the terminal: the file, the check per batch size, the verdict."""
@@ -104,6 +111,52 @@ class ExportResult:
                          f"{d.float32_round_off:.2e}), logits up to {d.largest_logit:.3g}, relative {d.relative:.1e}")
         worst = max(d.relative for d in self.differences)
         lines.append(f"largest relative difference {worst:.1e} <= tolerance {self.tolerance:g}: the file is verified")
+        if self.int8 is not None:
+            lines.append(self.int8.describe(self.size_bytes))
+        return "\n".join(lines)
+
+
+@dataclass
+class Int8Export:
+    """The int8 copy `export --int8` wrote: how it was calibrated, how it compared with the float32 file on the
+    validation split, and how fast both ran on this CPU."""
+
+    path: Path
+    sidecar: Path
+    size_bytes: int
+    calibration_inputs: int
+    """Network inputs the activation ranges were measured on (images, or tiled runs' windows)."""
+    calibration_images: int
+    """Training images they came from."""
+    agreement: Agreement
+    tolerance: float
+    """The largest accepted drop of validation accuracy, in percentage points."""
+    speeds: list[Speed]
+    instructions: list[str]
+    """This CPU's int8 dot-product instructions (cnnlab.runs.quantize.INT8_INSTRUCTIONS)."""
+    threads: int
+    seconds: float = 0.0
+
+    def describe(self, float_size_bytes: int) -> str:
+        """Lines for the terminal: the file, its agreement with the float32 file, the speed measured here."""
+        a = self.agreement
+        low, high = (100 * x for x in a.interval)
+        lines = [f"int8 copy {self.path} ({self.size_bytes / 1e6:.1f} MB, {float_size_bytes / self.size_bytes:.1f}x "
+                 f"smaller) in {self.seconds:.1f}s; calibrated on {self.calibration_inputs} inputs from "
+                 f"{self.calibration_images} training images (MinMax; QDQ, weights int8 per channel in [-64, 64], "
+                 "activations uint8)",
+                 f"int8 vs float32 on the {a.images} validation images: top-1 agreement {a.agreement:.1%} "
+                 f"({a.same_top1}/{a.images}); accuracy {a.float_accuracy:.4f} float32, {a.int8_accuracy:.4f} int8: "
+                 f"difference {100 * a.difference:+.2f} points (95% interval {low:+.2f} to {high:+.2f}; "
+                 f"{a.int8_only} images only int8 got right, {a.float_only} only float32); accepted: a drop of at most "
+                 f"{self.tolerance:g} points and agreement >= {AGREEMENT_FLOOR:.0%}"]
+        for s in self.speeds:
+            lines.append(f"  batch {s.batch_size:>2}: float32 {s.batch_size / s.float_seconds:8.1f} images/s, int8 "
+                         f"{s.batch_size / s.int8_seconds:8.1f} images/s: {s.ratio:.2f}x (median of {s.repeats} runs)")
+        vnni = f"yes: {', '.join(self.instructions)}" if self.instructions else "no"
+        largest = self.speeds[-1]
+        lines.append(f"int8 is {largest.ratio:.2f}x the speed of float32 on this CPU at batch {largest.batch_size} "
+                     f"({self.threads} threads; VNNI: {vnni}); measured here, not a promise for another CPU")
         return "\n".join(lines)
 
 
@@ -114,16 +167,28 @@ def export(run_dir: str | os.PathLike, format: Annotated[str, Help("File format 
            data: Annotated[str | None, Help("Image folder to check the export on (default: the run's; give its new "
                                             "place if it moved).")] = None,
            tolerance: Annotated[float, Help("Largest accepted |onnxruntime - PyTorch| logit difference, relative to "
-                                            "max(1, largest |logit|).")] = TOLERANCE) -> ExportResult:
+                                            "max(1, largest |logit|).")] = TOLERANCE,
+           int8: Annotated[bool, Help("Also write an int8 copy for CPUs (OUT as .int8.onnx), calibrated on the run's "
+                                      "training images and checked against the float32 file on its validation "
+                                      "split; prints the speed-up measured here (int8 can be slower on CPUs "
+                                      "without VNNI).")] = False,
+           int8_tolerance: Annotated[float, Help("With --int8: the largest accepted drop of validation accuracy, in "
+                                                 "percentage points.")] = ACCURACY_TOLERANCE) -> ExportResult:
     """Export a run's weights to ONNX with its classes and preprocessing, verified with onnxruntime.
 
     The file takes float32 (N, 3, S, S) images already resized/cropped and normalised as the run does, and gives
     logits (N, K). Before writing, onnxruntime runs it on real images of the run's data at batch sizes 1, 2 and 5;
     if its logits differ from PyTorch's by more than --tolerance (relative to the logits' scale), nothing is
-    written and the exit code is 2. `cnnlab predict model.onnx IMAGES` then predicts like the run."""
+    written and the exit code is 2. `cnnlab predict model.onnx IMAGES` then predicts like the run.
+
+    With `int8`, an int8 copy is written next to it (model.int8.onnx) if it predicts like the float32 file on the
+    run's validation split (see export_int8); otherwise that copy is refused with exit code 2."""
     check_choice("format", format, FORMATS)
     if tolerance < 0:
         raise CnnlabError(f"--tolerance {tolerance:g}: give a difference >= 0 (default {TOLERANCE:g})")
+    if not 0 <= int8_tolerance <= 100:
+        raise CnnlabError(f"--int8-tolerance {int8_tolerance:g}: give percentage points from 0 to 100 (default "
+                          f"{ACCURACY_TOLERANCE:g})")
     started = time.perf_counter()
     trained = open_trained(run_dir, which, device="cpu")
     if trained.preprocessing.bags:  # the file's single output would be each tile's logits without its attention
@@ -150,21 +215,67 @@ def export(run_dir: str | os.PathLike, format: Annotated[str, Help("File format 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(serialized))
     write_json(sidecar_path(path), meta)
-    return ExportResult(path, sidecar_path(path), trained.record.model, differences, tolerance, names,
-                        time.perf_counter() - started, len(serialized))
+    result = ExportResult(path, sidecar_path(path), trained.record.model, differences, tolerance, names,
+                          time.perf_counter() - started, len(serialized))
+    if int8:
+        int8_path = Path(run_dir) / ONNX_INT8 if out is None else path.with_suffix(".int8.onnx")
+        result.int8 = export_int8(trained, serialized, meta, int8_path, path, data, int8_tolerance)
+    return result
+
+
+def export_int8(trained: TrainedModel, float_model: bytes, meta: dict, path: Path, float_path: Path,
+                data: str | None = None, tolerance: float = ACCURACY_TOLERANCE) -> Int8Export:
+    """Quantize the verified float32 file (cnnlab.runs.quantize), compare both on every validation image, and write
+    the int8 file with the float32 file's metadata plus its own check and speed only if its accuracy drops by at
+    most `tolerance` points and it agrees with float32 on at least AGREEMENT_FLOOR of the images; else nothing."""
+    started = time.perf_counter()
+    pre, name = trained.preprocessing, trained.record.model
+    inputs, images = calibration_inputs(trained, data)                        # (N, 3, S, S) uint8, N <= 256
+    quantized = quantize(float_model, inputs, pre.mean, pre.std, name)
+    float_session = open_session(float_model, f"the exported {name}")
+    int8_session = open_session(quantized, f"the int8 copy of {name}")
+    agreement = compare_on_split(trained, float_session, int8_session, data)
+    drop = -100 * agreement.difference
+    if drop > tolerance or agreement.agreement < AGREEMENT_FLOOR:
+        low, high = (100 * x for x in agreement.interval)
+        raise CnnlabError(
+            f"refused: the int8 copy of {name} agrees with the float32 file on {agreement.same_top1} of "
+            f"{agreement.images} validation images ({agreement.agreement:.1%}; at least {AGREEMENT_FLOOR:.0%} "
+            f"accepted) and changes the accuracy by {-drop:+.2f} points ({agreement.float_accuracy:.4f} -> "
+            f"{agreement.int8_accuracy:.4f}, 95% interval {low:+.2f} to {high:+.2f}; a drop of at most "
+            f"{tolerance:g} accepted); nothing was written to {path}"
+            + (" (the one there, from an earlier export, is left as it was)" if path.exists() else "")
+            + f". The float32 file {float_path} is written and verified: deploy that one"
+            + (f" (a split of {agreement.images} images cannot vouch for int8: one changed image is "
+               f"{1 / agreement.images:.0%})" if agreement.images < 1 / (1 - AGREEMENT_FLOOR) else ""))
+    speeds = measure_speed(float_session, int8_session,
+                           normalize(inputs[:max(SPEED_BATCHES)], pre.mean, pre.std).numpy())
+    instructions = int8_instructions()
+    threads = float_session.get_session_options().intra_op_num_threads
+    int8_meta = {key: value for key, value in meta.items() if key != "verification"} | {
+        "number_format": "int8",
+        "float_file": float_path.name,
+        "quantization": {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+                         "weights": "int8, symmetric, per output channel, in [-64, 64] (reduce_range)",
+                         "activations": "uint8, asymmetric", "calibration": "MinMax",
+                         "calibration_split": "train", "calibration_inputs": len(inputs),
+                         "calibration_images": images, "calibration_limit": CALIBRATION_INPUTS},
+        "verification": {"against": float_path.name, "split": "val", **agreement.to_dict(),
+                         "accuracy_tolerance_points": tolerance, "agreement_floor": AGREEMENT_FLOOR},
+        "speed": {"threads": threads, "int8_instructions": instructions, "batches": [s.to_dict() for s in speeds]},
+    }
+    serialized = with_metadata(quantized, int8_meta)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(serialized))
+    write_json(sidecar_path(path), int8_meta)
+    return Int8Export(path, sidecar_path(path), len(serialized), len(inputs), images, agreement, tolerance, speeds,
+                      instructions, threads, time.perf_counter() - started)
 
 
 def verification_inputs(trained: TrainedModel, data: str | None = None) -> tuple[torch.Tensor, list[str]]:
     """(5, 3, S, S) float32 network inputs from real images of the run's validation split, prepared as predict
     prepares them (tiled runs: a window from the middle of each whole image), one class after another;
     repeated when the split holds fewer readable images."""
-    samples = split_samples(trained.record, data, "val")
-    by_class: dict[int, list[Sample]] = {}
-    for sample in samples:
-        by_class.setdefault(sample.label, []).append(sample)
-    # round-robin over the classes: the first image of every class, then the second, ...
-    ordered = [group[i] for i in range(max(map(len, by_class.values()))) for group in by_class.values()
-               if i < len(group)]
+    ordered = in_turn(split_samples(trained.record, data, "val"))  # the first image of every class, the second, ...
     dataset = trained.dataset(ordered, cache="off")
     pre = trained.preprocessing
     pixels, names = [], []

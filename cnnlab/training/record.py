@@ -25,6 +25,7 @@ written by one owner and read through one reader (cnnlab.runs.reader); nothing e
     RUN/gradcam/             `cnnlab explain`
     RUN/inspect/             `cnnlab inspect`
     RUN/model.onnx, model.onnx.json  `cnnlab export`
+    RUN/model.int8.onnx, model.int8.onnx.json  `cnnlab export --int8`: the int8 copy for CPUs, with its check
     RUN/tensorboard/         `train --log tensorboard`: event files (cnnlab.training.tracking)
     RUN/tracking.json        `train --log mlflow`: the MLflow store and run id a --resume continues
 """
@@ -61,6 +62,8 @@ GRADCAM = "gradcam"
 INSPECT = "inspect"
 ONNX = "model.onnx"
 ONNX_METADATA = "model.onnx.json"
+ONNX_INT8 = "model.int8.onnx"
+ONNX_INT8_METADATA = "model.int8.onnx.json"
 REJECT = "reject.json"
 RISK_COVERAGE = "risk_coverage.png"
 TENSORBOARD_DIR = "tensorboard"  # --log tensorboard: event files
