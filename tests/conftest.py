@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,40 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --- shared by test files in several folders (imported: `from conftest import TINY, TILED, cnnlab`) --------------
+# fit(data=..., epochs=..., out=..., **TINY): a simple_cnn of two narrow stages at 32 px, trained in seconds.
+TINY = {"model": "simple_cnn", "img_size": 32, "batch_size": 8, "workers": 0, "model_options": {"widths": [8, 16]},
+        "cache": "off", "verbose": False}
+# fit(data=objects, ..., **TILED): 48 px tiles of the `objects` images decoded at half size (256 px).
+TILED = {"model": "simple_cnn", "model_options": {"widths": [8, 16, 32]}, "tile": 48, "scale": 0.5,
+         "batch_size": 8, "workers": 0, "cache": "off", "verbose": False}
+ONE_THREAD = os.environ | {"OMP_NUM_THREADS": "1"}
+
+
+def cnnlab(*args, cwd=None):
+    """The real CLI in a subprocess, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "cnnlab", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300, env=ONE_THREAD)
+
+
+@pytest.fixture(scope="session")
+def objects(tmp_path_factory):
+    """2 classes x 8 images of 512 px with small shapes (8 px at 512 / 64)."""
+    from cnnlab.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("objects") / "objects"
+    synthesize(root, classes=2, per_class=8, size=512, seed=0, val_fraction=0.25, kind="objects")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiled_run(objects, tmp_path_factory):
+    """A 2-epoch run on TILED tiles of `objects` (returns the TrainResult)."""
+    from cnnlab.commands.train import fit
+
+    return fit(data=str(objects), epochs=2, out=str(tmp_path_factory.mktemp("tiled") / "run"), **TILED)
 
 
 # --- headless Chromium: does a self-contained page render without errors? ----------------------------------------

@@ -1,7 +1,11 @@
 """Augmentation preview: the panels are the training transform's own output (random per read, identical with
-augment='none'), reproducible by seed, and laid out as rows x (1 + n) in the PNG."""
+augment='none'), reproducible by seed, laid out as rows x (1 + n) in the PNG,
+and written where the command says (runs/augment_preview/)."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,3 +92,17 @@ def test_a_cache_that_training_built_is_read(tiny_data, tmp_path):
     assert built is not None and len(built) == 48  # train and val of tiny_data
     batch, _ = preview_tensors(config, n=2, images=2)
     assert batch.shape == (2, 3, 3, 32, 32)
+
+
+def test_lr_find_and_augment_preview_write_where_they_say(tiny_data, tmp_path):
+    runner = CliRunner()
+    os.chdir(tmp_path)
+    try:
+        result = runner.invoke(app, ["augment-preview", "--data", str(tiny_data), "--img-size", "32", "--n", "2",
+                                     "--images", "2"])
+        assert result.exit_code == 0, result.output
+        written = Path(result.output.strip().removeprefix("wrote "))
+        assert written == tmp_path / "runs" / "augment_preview" / "shapes.png" and written.is_file()
+        assert not list(tmp_path.glob("*.png"))  # nothing dropped into the current folder
+    finally:
+        os.chdir(Path(__file__).parent)

@@ -1,10 +1,12 @@
 """End to end on a tiny built-in dataset: train writes every run-folder file, weights reload to identical
-predictions, eval and predict work on the run, errors are clear."""
+predictions, eval and predict work on the run, errors are clear, relative paths work from anywhere and a moved
+data folder is named, and what train prints."""
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from cnnlab.commands.predict import predict
 from cnnlab.runs.reader import load_model, read_metrics
 from cnnlab.commands.train import fit
 from cnnlab.data.transforms import Preprocessing, normalize
+from conftest import cnnlab
 
 RUN_FILES = ["config.yaml", "classes.json", "dataset.json", "metrics.csv", "learning_curves.png",
              "best.safetensors", "last.safetensors", "model.json"]
@@ -155,3 +158,40 @@ def test_config_file_gives_the_options_and_flags_override_it(tiny_run, tmp_path)
     (tmp_path / "typo.yaml").write_text("img_sise: 32\n")
     bad = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "typo.yaml")])
     assert isinstance(bad.exception, CnnlabError) and "did you mean 'img_size'" in str(bad.exception)
+
+
+@pytest.mark.slow
+def test_relative_paths_work_from_anywhere_and_a_moved_folder_is_explained(tiny_data, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(tiny_data, work / "tiny")
+    result = cnnlab("train", "--data", "tiny", "--out", "run", "--epochs", "1", "--img-size", "32",
+                    "--model", "simple_cnn", "--model-option", "widths=[8,16]", "--workers", "0", "--cache", "off", cwd=work)
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load((work / "run" / "config.yaml").read_text())
+    assert config["data"] == str(work / "tiny") and config["out"] == str(work / "run")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert cnnlab("eval", work / "run", "--workers", "0", cwd=elsewhere).returncode == 0
+    assert cnnlab("train", "--resume", work / "run", "--epochs", "2", cwd=elsewhere).returncode == 0
+
+    (work / "tiny").rename(work / "moved")
+    for args in (["eval", work / "run"], ["train", "--resume", work / "run", "--epochs", "3"]):
+        failed = cnnlab(*args, cwd=elsewhere)
+        assert failed.returncode == 2 and "Traceback" not in failed.stderr
+        assert f"{work / 'tiny'}, no longer exists (moved or deleted?); pass --data" in failed.stderr
+    assert cnnlab("eval", work / "run", "--data", work / "moved", "--workers", "0", cwd=elsewhere).returncode == 0
+    resumed = cnnlab("train", "--resume", work / "run", "--epochs", "3", "--data", work / "moved", cwd=elsewhere)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [row["epoch"] for row in read_metrics(work / "run")] == [1, 2, 3]
+
+
+def test_train_output_and_notes(tiny_data, tmp_path):
+    result = cnnlab("train", "--data", tiny_data, "--out", tmp_path / "r", "--epochs", "1", "--batch-size", "64",
+                    "--img-size", "32", "--model", "simple_cnn", "--model-option", "widths=[8,16]", "--workers", "0", "--cache", "off")
+    assert result.returncode == 0, result.stderr
+    assert "--batch-size 64 is larger than the 36 training images" in result.stderr
+    text = result.stdout + result.stderr
+    assert text.count("Too few validation images to tell") == 1  # the verdict once, not twice
+    assert "verdict: too few validation images; report:" in result.stdout
+    assert "loss=0.0000" not in result.stderr

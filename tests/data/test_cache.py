@@ -1,4 +1,5 @@
-"""The resolution cache: built once, reused, never stale, same pixels as decoding, safe fallbacks."""
+"""The resolution cache: built once, reused, never stale, same pixels as decoding, safe fallbacks; its stores
+listed and cleared (`cnnlab cache list|clear`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pytest
 import torch
 import yaml
 from torchvision.transforms.v2 import functional as F
+from typer.testing import CliRunner
 
+from cnnlab.cli import app
 from cnnlab.data import cache as cache_module
 from cnnlab.data.cache import choose_mode, open_cache
 from cnnlab.data.dataset import ImageDataset
@@ -290,3 +293,20 @@ def test_training_with_the_cache_equals_training_without(tiny_data, tmp_path):
         probabilities = {t["class"]: t["probability"] for t in file_row["top"]}
         for top in cached_row["top"]:
             assert abs(top["probability"] - probabilities[top["class"]]) < 0.05
+
+
+def test_cache_list_and_clear(tiny_data, tmp_path):
+    from cnnlab.data.cache import open_cache
+    from cnnlab.data.folders import find_images
+
+    open_cache(find_images(tiny_data), 37, "disk", cache_dir=str(tmp_path / "cache"), verbose=False)
+    runner = CliRunner()
+    listed = runner.invoke(app, ["cache", "list", "--cache-dir", str(tmp_path / "cache")])
+    assert listed.exit_code == 0 and "1 store(s)" in listed.output and "48 images at short side 37" in listed.output
+    name = next((tmp_path / "cache").iterdir()).name
+    assert name in listed.output
+    bad = runner.invoke(app, ["cache", "clear", "nope", "--cache-dir", str(tmp_path / "cache")])
+    assert isinstance(bad.exception, CnnlabError) and "no image store named nope" in str(bad.exception)
+    cleared = runner.invoke(app, ["cache", "clear", "--cache-dir", str(tmp_path / "cache")])
+    assert cleared.exit_code == 0 and "deleted 1 store(s)" in cleared.output
+    assert not any((tmp_path / "cache").iterdir())

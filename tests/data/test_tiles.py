@@ -1,15 +1,20 @@
 """Tiles: window positions cover every pixel with edge tiles shifted inward, random tiles depend on the seed only,
-aggregation and heatmaps are the arithmetic they claim, and images are decoded at the scale asked."""
+aggregation and heatmaps are the arithmetic they claim, images are decoded at the scale asked,
+an image smaller than one tile is one clear line, and an epoch draws the tiles each image holds."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from cnnlab.cli import app
+from cnnlab.commands.train import fit
 from cnnlab.data.images import read_image, save_image
 from cnnlab.data.tiles import (RandomTile, aggregate, check_fits, cut_tiles, heatmap, positions_1d,
                                tile_positions)
 from cnnlab.errors import CnnlabError
+from conftest import TILED
 
 
 def test_windows_cover_the_image_and_the_last_one_is_shifted_inward():
@@ -108,3 +113,25 @@ def test_the_epoch_sampler_visits_each_sample_its_draws_with_its_own_seeds():
     shares = [list(EpochSampler(5, seed=3, rank=r, world_size=2, draws=draws, batch_size=2)) for r in (0, 1)]
     # two ranks split the same visits (the last one dropped: a global batch of 2 must give both ranks one)
     assert sorted(shares[0] + shares[1]) == sorted(visits[:10])
+
+
+def test_tiles_that_do_not_fit_are_one_clear_line(objects, tmp_path):
+    with pytest.raises(CnnlabError, match=r"is 64x64 px at scale 0.125, smaller than one 96 px tile; use a smaller "
+                                          r"--tile, a larger --scale"):
+        fit(data=str(objects), epochs=1, out=str(tmp_path / "r"), **(TILED | {"tile": 96, "scale": 0.125}))
+    result = CliRunner().invoke(app, ["train", "--data", str(objects), "--tile", "96", "--scale", "0.125",
+                                      "--out", str(tmp_path / "r2")])
+    assert isinstance(result.exception, CnnlabError)
+
+
+def test_an_epoch_covers_every_image_once(objects, tmp_path):
+    from cnnlab.config import TrainConfig
+    from cnnlab.data.loaders import samples_per_epoch
+    from cnnlab.training.setup import prepare
+
+    options = {k: v for k, v in TILED.items() if k != "verbose"}
+    run = prepare(TrainConfig(data=str(objects), epochs=1, out=str(tmp_path / "run"), **options), verbose=False)
+    # 12 training images of 512 px at scale 0.5: 256 x 256 px, the area of round(65,536 / 48^2) = 28 tiles each
+    assert len(run.splits.splits["train"]) == 12
+    assert samples_per_epoch(run.train_loader) == 12 * 28
+    assert len(run.train_loader) == 12 * 28 // 8

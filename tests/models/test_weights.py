@@ -1,4 +1,5 @@
-"""Weights on disk survive crashes and full disks, and a model file is data, never code."""
+"""Weights on disk survive crashes and full disks, a model file is data, never code, and an official torchvision
+state dict loads."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ import time
 import numpy as np
 import pytest
 import torch
+import torchvision
 from safetensors.numpy import save_file as save_numpy
 
 from cnnlab.files import TMP_PREFIX, atomic_write, remove_stale_temporaries
-from cnnlab.models.weights import load_weights, save_weights
+from cnnlab.models import create_model
+from cnnlab.models.weights import load_start_weights, load_weights, save_weights
 from cnnlab.errors import CnnlabError
 
 FORK = multiprocessing.get_context("fork")
@@ -161,3 +164,15 @@ def test_truncated_and_empty_weight_files_give_a_clear_error(tmp_path, name, exp
     with pytest.raises(CnnlabError) as error:
         load_weights(path)
     assert str(path) in str(error.value) and expected in str(error.value)
+
+
+def test_an_official_torchvision_state_dict_loads(tmp_path):
+    torch.manual_seed(1)
+    official = torchvision.models.resnet18(weights=None).state_dict()  # the names and shapes of resnet18-f37072fd.pth
+    torch.save(official, tmp_path / "resnet18-f37072fd.pth")
+    model = create_model("resnet18", 3)
+    note = load_start_weights(model, str(tmp_path / "resnet18-f37072fd.pth"), "resnet18", 3)
+    assert "except the classifier (net.fc.1.weight, net.fc.1.bias)" in note and "trained on 1000 classes" in note
+    own = model.state_dict()
+    assert torch.equal(own["net.conv1.weight"], official["conv1.weight"])
+    assert torch.equal(own["net.layer4.1.bn2.running_var"], official["layer4.1.bn2.running_var"])

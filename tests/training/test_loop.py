@@ -1,6 +1,10 @@
-"""What training does with a non-finite loss, and with --weights to start from."""
+"""What training does with a non-finite loss, with --weights to start from, with --freeze, progressive resizing,
+class balance and MixUp/CutMix."""
 
 from __future__ import annotations
+
+import json
+import math
 
 import pytest
 import torch
@@ -148,3 +152,46 @@ def test_progressive_resizing_crops_tiles_and_resizes_whole_images():
     # a linear ramp stays a ramp over the whole range (a crop would keep only its middle)
     assert resized[0, 0, 0, 0] < images[0, 0, 2, 2] and resized[0, 0, -1, -1] > images[0, 0, 5, 5]
     assert torch.allclose(resized.mean(dim=(2, 3)), images.mean(dim=(2, 3)), atol=1e-3)
+
+
+def test_freeze_trains_only_the_classifier_then_everything(tiny_data, tmp_path):
+    from cnnlab.training.setup import build_model, seed_everything
+    from cnnlab.config import TrainConfig
+
+    config = TrainConfig(data=str(tiny_data), **{k: v for k, v in TINY.items() if k != "verbose"})
+    seed_everything(0)
+    start = build_model(config, 3).state_dict()
+    probe = fit(data=str(tiny_data), epochs=1, freeze=1, out=str(tmp_path / "probe"), **TINY)
+    trained = probe.model.state_dict()
+    changed = {name for name in start if not torch.equal(start[name], trained[name])}
+    assert changed == {"fc.weight", "fc.bias"}  # a linear probe: the backbone, BN statistics included, untouched
+    thawed = fit(data=str(tiny_data), epochs=2, freeze=1, out=str(tmp_path / "thawed"), **TINY)
+    assert not torch.equal(thawed.model.state_dict()["stages.0.0.weight"], start["stages.0.0.weight"])
+
+
+def test_progressive_training_feeds_smaller_images_early(tiny_data, tmp_path):
+    from cnnlab.training import setup
+
+    seen: list[int] = []
+    original = setup.build_model
+
+    def build_model(config, num_classes):
+        model = original(config, num_classes)
+        model.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[-1]) if module.training else None)
+        return model
+
+    setup.build_model = build_model
+    try:
+        fit(data=str(tiny_data), epochs=4, out=str(tmp_path / "run"), **(TINY | {"img_size": 64}))
+    finally:
+        setup.build_model = original
+    per_epoch = [sorted(set(seen[k:k + 5])) for k in range(0, len(seen), 5)]  # 36 images, batches of 8: 5 steps
+    assert per_epoch == [[32], [48], [64], [64]]  # 64 px from 3/4 of 4 epochs on; the stride of simple_cnn is 16
+
+
+def test_balance_and_mixing_run_end_to_end(tiny_data, tmp_path):
+    result = fit(data=str(tiny_data), epochs=2, balance="sampler", mixup=0.2, cutmix=1.0, augment_on="workers",
+                 out=str(tmp_path / "run"), **TINY)
+    assert all(math.isfinite(row["train_loss"]) for row in result.history)
+    info = json.loads((tmp_path / "run" / "dataset.json").read_text())
+    assert info["balance"] == {"requested": "sampler", "mode": "sampler", "ratio": 1.0}

@@ -1,16 +1,22 @@
 """prepare() in stages: a run that fails before its first checkpoint leaves no run folder behind (nor its files in a
-folder of the user's), a stopped run with a checkpoint is kept, and Ctrl-C while the cache is built is one line."""
+folder of the user's), a stopped run with a checkpoint is kept, Ctrl-C while the cache is built is one line;
+the defaults of a tiled run (whole tiles, avgmax pooling) and class balance (loss weights when the classes are skewed)."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
+import torch
+import yaml
 
 from cnnlab.cli import main
 from cnnlab.commands.train import fit
 from cnnlab.errors import CnnlabError
 from cnnlab.training import loop, setup
+from cnnlab.training.setup import class_weights, resolve_balance
+from conftest import TILED
 
 TINY = dict(img_size=32, epochs=1, batch_size=8, workers=0, model="simple_cnn", model_options={"widths": [8, 16]},
             cache="off", verbose=False)
@@ -119,3 +125,37 @@ def test_train_warns_in_one_line_about_files_data_check_calls_out_of_place(tiny_
     assert len(lines) == 1, lines
     assert lines[0].startswith("warning: 1 file looks out of place (e.g. ") and "placeholder.gif: GIF among 24 JPEG" \
         in lines[0] and lines[0].endswith(f"`cnnlab data check {data}` lists them")
+
+
+def test_tiled_runs_default_to_whole_tiles_and_max_and_average_pooling(objects, tmp_path):
+    """A tiled run trains on whole tiles (progressive resizing would crop them to a quarter, which often holds none
+    of what labels the image) and resnet9 pools with avgmax; both are only defaults, and whole-image runs keep
+    theirs. The pooling is recorded in model.json, so inference rebuilds the same network."""
+    from cnnlab.config import TrainConfig
+    from cnnlab.training.setup import model_options
+
+    assert TrainConfig(data="x", tile=64).progressive is False and TrainConfig(data="x").progressive is True
+    assert TrainConfig(data="x", tile=64, progressive=True).progressive is True
+    assert model_options(TrainConfig(data="x", tile=64))["pool"] == "avgmax"
+    assert "pool" not in model_options(TrainConfig(data="x"))
+    assert model_options(TrainConfig(data="x", tile=64, model_options={"pool": "avg"}))["pool"] == "avg"
+    assert "pool" not in model_options(TrainConfig(data="x", tile=64, model="simple_cnn"))
+
+    result = fit(data=str(objects), epochs=1, out=str(tmp_path / "run"), **TILED | {
+        "model": "resnet9", "model_options": {"widths": [8, 8, 16, 16]}})
+    meta = json.loads((result.run_dir / "model.json").read_text())
+    assert meta["model_options"]["pool"] == "avgmax"
+    assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["progressive"] is False
+    from cnnlab.runs.inference import open_trained
+    assert open_trained(result.run_dir).model.pool == "avgmax"
+
+
+def test_balance_auto_weights_the_loss_only_when_the_classes_are_skewed():
+    skewed = resolve_balance("auto", [300, 100, 50])
+    assert skewed.mode == "weights" and skewed.ratio == 6.0 and "6.0x" in skewed.note
+    assert resolve_balance("auto", [120, 100, 50]).mode == "off"  # 2.4x: under the 3x threshold
+    assert resolve_balance("sampler", [10, 10]).mode == "sampler"
+    weights = class_weights([300, 100, 50])
+    assert weights.tolist() == pytest.approx([450 / 900, 450 / 300, 450 / 150])
+    # weighted by the counts they average to 1 per image: the loss keeps its scale
+    assert (weights * torch.tensor([300.0, 100, 50])).sum().item() == pytest.approx(450)
