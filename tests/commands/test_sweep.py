@@ -16,7 +16,8 @@ from cnnlab.commands.sweep import RULE, parse_resolutions, recommend, sweep
 from cnnlab.errors import CnnlabError
 from cnnlab.runs.sweep_page import SECTION_IDS, write_sweep_page
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+# sweep trains a run per size (~20 s of set-up): the whole module is in the slow tier
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
 TINY = {"model": "simple_cnn", "model_options": {"widths": [8, 16]}, "batch_size": 8, "workers": 0, "cache": "off"}
 

@@ -186,6 +186,7 @@ def test_relative_paths_work_from_anywhere_and_a_moved_folder_is_explained(tiny_
     assert [row["epoch"] for row in read_metrics(work / "run")] == [1, 2, 3]
 
 
+@pytest.mark.slow  # two CLI trainings in subprocesses; test_run_folder_has_every_file trains in-process
 def test_train_output_and_notes(tiny_data, tmp_path):
     result = cnnlab("train", "--data", tiny_data, "--out", tmp_path / "r", "--epochs", "1", "--batch-size", "64",
                     "--img-size", "32", "--model", "simple_cnn", "--model-option", "widths=[8,16]", "--workers", "0", "--cache", "off")

@@ -13,6 +13,7 @@ from cnnlab.models.gradcam import grad_cam
 from .test_prediction import capture_overlays, windows_by_hand
 
 
+@pytest.mark.slow  # the objects tiled run (~30 s)
 def test_explain_stitches_one_map_over_the_whole_image(tiled_run, objects, tmp_path, monkeypatch):
     """The stitched map equals each window's Grad-CAM upsampled to the window, placed where it was cut, averaged
     where windows overlap and divided by its peak once for the whole image; for the predicted class and another."""

@@ -48,6 +48,7 @@ def capture_overlays(monkeypatch) -> list[dict]:
     return calls
 
 
+@pytest.mark.slow  # the objects tiled run (~30 s); tiny_tiled_run covers the window faster
 def test_predict_slides_over_the_whole_image_and_writes_a_heatmap(tiled_run, objects, tmp_path, monkeypatch):
     """The image's probabilities are the softmax of the mean of its windows' logits, and the heatmap's every
     cell the mean probability of the windows over it; both against windows cut and run by hand.

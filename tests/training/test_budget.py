@@ -69,6 +69,7 @@ def test_a_budget_too_short_for_one_step_says_what_it_needs():
         plan(5, 1, Speed(128, 0.1, 128, 0.1), 32, 32, 1000, 300, sides=lambda n: [128] * n)
 
 
+@pytest.mark.slow  # a 20 s budget; the planning arithmetic has its own fast tests
 def test_a_short_budget_ends_on_time_with_a_complete_run_folder(tiny_data, tmp_path):
     """20 s: the run must not end later than 3 s after it (training stops when only the time to validate and
     finish is left, and the finish is an estimate of ~3 s) nor before half of it (the plan is made from the

@@ -184,6 +184,7 @@ def test_resume_with_the_options_the_run_was_started_with_is_accepted(straight_r
     assert [row["epoch"] for row in read_metrics(run)] == [1, 2, 3, 4]
 
 
+@pytest.mark.multiprocess  # two training processes (gloo)
 def test_two_plus_two_epochs_in_two_processes_equal_four_fp32(tiny_data, tmp_path):
     """The acceptance test: workers > 0, default augmentation, dropout, seed 0, fp32."""
     # onecycle's shape, progressive resizing and the weight average's window depend on --epochs, so a run

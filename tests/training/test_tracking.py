@@ -60,6 +60,7 @@ def _events(run_dir) -> EventAccumulator:
     return events
 
 
+@pytest.mark.slow  # two trainings (run and resume); the MLflow store is touched fast below
 def test_tensorboard_holds_every_epoch_once_and_the_end_of_the_run(tracked_run):
     run_dir, _, _, rows = tracked_run
     assert [row["epoch"] for row in _metrics(run_dir)] == ["1", "2"]
@@ -91,6 +92,7 @@ def test_tensorboard_holds_every_epoch_once_and_the_end_of_the_run(tracked_run):
     assert end.status == api_pb2.STATUS_SUCCESS
 
 
+@pytest.mark.slow
 def test_mlflow_run_holds_the_config_metrics_verdict_and_files_and_the_resume_continues_it(tracked_run):
     run_dir, cwd, first_id, rows = tracked_run
     record = json.loads((run_dir / TRACKING).read_text())["mlflow"]

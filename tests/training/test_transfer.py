@@ -224,6 +224,7 @@ def test_a_pretrained_run_fits_its_classifier_first_then_fine_tunes(tiny_data, t
     assert (config["head_views"], config["backbone_lr"], config["freeze_bn"]) == (3, 0.1, True)
 
 
+@pytest.mark.slow  # a pretrained lite0 run; the two phases have a faster end-to-end test here
 def test_freeze_still_trains_only_the_classifier_after_the_classifier_phase(tiny_data, tmp_path):
     torch.manual_seed(0)
     start = create_model("efficientnet_lite0", 3, pretrained=True).state_dict()
