@@ -14,7 +14,7 @@ from cnnlab.data.folders import Sample, expand_inputs
 from cnnlab.errors import ImageReadError
 from cnnlab.models.gradcam import cam_layer
 from cnnlab.runs.display import shrink
-from cnnlab.runs.explain import class_index_of, explain_image
+from cnnlab.runs.explain import class_index_of, evidence_panels, explain_image
 from cnnlab.runs.inference import open_trained
 from cnnlab.training.record import GRADCAM
 
@@ -25,7 +25,7 @@ class ExplainResult:
 
     out_dir: Path
     files: list[Path] = field(default_factory=list)
-    rows: list[dict] = field(default_factory=list)  # path, class, predicted, probability, file | error
+    rows: list[dict] = field(default_factory=list)  # path, class, predicted, probability, file[, evidence] | error
 
     def describe(self) -> str:
         """One line per image."""
@@ -35,7 +35,8 @@ class ExplainResult:
                 lines.append(f"{row['path']}: error: {row['error']}")
             else:
                 lines.append(f"{row['path']}: Grad-CAM of '{row['class']}' (predicted '{row['predicted']}', "
-                             f"{row['probability']:.3f}) -> {row['file']}")
+                             f"{row['probability']:.3f}) -> {row['file']}"
+                             + (f"; evidence tiles -> {row['evidence']}" if "evidence" in row else ""))
         return "\n".join(lines)
 
 
@@ -48,8 +49,9 @@ def explain(run_dir: str | os.PathLike, images: list[str | os.PathLike],
     """Grad-CAM: where in each image the network found the evidence for a class (tiled runs: stitched over the
     whole image).
 
-    Writes OUT/<image>.gradcam.png for each image (OUT default: RUN/gradcam); each image that cannot be read gets
-    a row with the reason (exit code 1)."""
+    Writes OUT/<image>.gradcam.png for each image (OUT default: RUN/gradcam), and for a bag run (--aggregate
+    attention) OUT/<image>.evidence.png: the tiles with the most attention, each with its own map; each image that
+    cannot be read gets a row with the reason (exit code 1)."""
     trained = open_trained(run_dir, which, device)
     cam_layer(trained.model)
     class_index = class_index_of(trained, class_name)
@@ -60,6 +62,7 @@ def explain(run_dir: str | os.PathLike, images: list[str | os.PathLike],
     paths = [path for path, reason in expanded if reason is None]
     dataset = trained.dataset([Sample(p, 0) for p in paths], warn=False)  # each failure is a row
     files = output_names(paths, ".gradcam.png")
+    evidence_names = output_names(paths, ".evidence.png")  # bag runs only
     rows = {path: {"path": path, "error": reason} for path, reason in expanded if reason is not None}
     for index, path in enumerate(paths):
         try:
@@ -78,6 +81,14 @@ def explain(run_dir: str | os.PathLike, images: list[str | os.PathLike],
         result.files.append(file)
         rows[path] = {"path": path, "class": name, "predicted": classes[explanation.predicted],
                       "probability": float(explanation.probabilities[explanation.predicted]), "file": str(file)}
+        if explanation.evidence:  # a bag run: the tiles its prediction rests on, strongest first
+            evidence = out_dir / evidence_names[index]
+            panels, titles = evidence_panels(explanation)
+            plots.image_grid(panels, titles, evidence, columns=min(len(panels), 4),
+                             suptitle=f"{Path(path).name}: the {len(panels)} tiles with the most attention "
+                                      f"(pixels at scale {trained.preprocessing.scale:g}), Grad-CAM for '{name}'")
+            result.files.append(evidence)
+            rows[path]["evidence"] = str(evidence)
     result.rows = [rows[path] for path, _ in expanded]  # the order the user gave
     return result
 

@@ -10,7 +10,7 @@ comparable. The class is the image's predicted class unless `class_name` names a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -25,6 +25,18 @@ from cnnlab.training.forward import window_batch, window_logits
 
 
 @dataclass
+class Evidence:
+    """One tile a bag run's prediction rests on: where it was cut, its attention weight, its pixels and its map."""
+
+    top: int
+    left: int
+    weight: float
+    """Its share of the bag's attention (the kept tiles' weights sum to 1)."""
+    tile: torch.Tensor  # (3, T, T) uint8
+    cam: torch.Tensor  # (T, T) in 0..1, this tile's own Grad-CAM for the explained class
+
+
+@dataclass
 class Explanation:
     """One image's Grad-CAM: the picture (3, H, W) uint8 the map covers, the map (H, W) in 0..1, the class."""
 
@@ -34,6 +46,13 @@ class Explanation:
     class_index: int
     predicted: int
     probabilities: torch.Tensor  # (K,)
+    evidence: list[Evidence] = field(default_factory=list)
+    """Bag runs: the EVIDENCE_TILES tiles of highest attention, highest first (empty for other runs)."""
+
+
+# Tiles shown as a bag run's evidence: the attention of a trained bag concentrates on a few tiles (M = 16 are kept
+# and pooled); 8 show where it rests without a gallery of near-zero weights.
+EVIDENCE_TILES = 8
 
 
 def class_index_of(trained: TrainedModel, class_name: str | None) -> int | None:
@@ -59,10 +78,12 @@ def explain_image(trained: TrainedModel, image: torch.Tensor, path: str = "",
         predicted = int(probabilities.argmax())
         target = predicted if class_index is None else class_index
         full = upsample(cam, tuple(image.shape[1:]))[0]                                 # (S, S)
+        evidence = []
     else:
-        full, probabilities, predicted, target = _stitched_cam(trained, image, class_index)
+        full, probabilities, predicted, target, evidence = _stitched_cam(trained, image, class_index)
     peak = full.max()
-    return Explanation(path, image, (full / peak if peak > 0 else full).cpu(), target, predicted, probabilities)
+    return Explanation(path, image, (full / peak if peak > 0 else full).cpu(), target, predicted, probabilities,
+                       evidence)
 
 
 def explain_batch(trained: TrainedModel, images: list[torch.Tensor], targets: list[int]) -> list[Explanation]:
@@ -97,16 +118,32 @@ def _stitched_cam(trained: TrainedModel, image: torch.Tensor, class_index: int |
         positions, weights = [positions[k] for k in kept], weights[kept]
     total = torch.zeros(height, width)
     count = torch.zeros(height, width)
+    evidence = []
+    strongest = set(weights.argsort(descending=True)[:EVIDENCE_TILES].tolist()) if pre.bags else set()
     step = window_batch(pre.tile)  # the sliding window's batching rule (a backward pass each)
     for start in range(0, len(positions), step):
         chunk = positions[start:start + step]
-        cams, _ = grad_cam(trained.model, trained.pipeline(cut_tiles(image, chunk, pre.tile)), target)
+        tiles = cut_tiles(image, chunk, pre.tile)                                       # (n, 3, tile, tile)
+        cams, _ = grad_cam(trained.model, trained.pipeline(tiles), target)
         cams = upsample(cams, (pre.tile, pre.tile)).cpu()                               # (n, tile, tile)
-        for (top, left), cam, weight in zip(chunk, cams, weights[start:start + step].tolist()):
+        for k, ((top, left), cam, weight) in enumerate(zip(chunk, cams, weights[start:start + step].tolist())):
             total[top:top + pre.tile, left:left + pre.tile] += weight * cam
             count[top:top + pre.tile, left:left + pre.tile] += 1
+            if start + k in strongest:
+                peak = cam.max()
+                evidence.append(Evidence(top, left, weight, tiles[k].cpu(), cam / peak if peak > 0 else cam))
+    evidence.sort(key=lambda item: -item.weight)
     # bag runs: a sum of weighted maps (the weights already sum to 1); tiled runs: the mean where windows overlap
-    return (total if pre.bags else total / count.clamp(min=1)), probabilities, predicted, target
+    return (total if pre.bags else total / count.clamp(min=1)), probabilities, predicted, target, evidence
+
+
+def evidence_panels(explanation: Explanation) -> tuple[list[np.ndarray], list[str]]:
+    """A bag run's evidence tiles, each with its own map blended over it, (T, T, 3) uint8, and their titles."""
+    panels, titles = [], []
+    for rank, item in enumerate(explanation.evidence, start=1):
+        panels.append(plots.blend_map(item.tile.permute(1, 2, 0).numpy(), item.cam.numpy()))
+        titles.append(f"#{rank}: weight {item.weight:.2f}\nat x={item.left}, y={item.top}")
+    return panels, titles
 
 
 def overlay_image(explanation: Explanation) -> np.ndarray:

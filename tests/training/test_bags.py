@@ -22,6 +22,7 @@ from cnnlab.data.images import image_size
 from cnnlab.data.tiles import cut_tiles, tile_positions
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
+from cnnlab.runs.explain import explain_image
 from cnnlab.runs.inference import open_trained
 from cnnlab.training.bags import GRID_STREAM, BagInputs, stream_seed
 from cnnlab.training.device import resolve_precision
@@ -204,6 +205,32 @@ def test_predict_gives_the_pooled_forward_of_the_images_tiles(bag_run, objects, 
         kept.sort().values.tolist()
     with pytest.raises(CnnlabError, match="--class 'cross': the heatmap of a bag run"):
         predict(bag_run.run_dir, [image], heatmap=tmp_path / "maps", heatmap_class="cross")
+
+
+def test_explain_shows_the_tiles_the_prediction_rests_on_strongest_first(bag_run, objects, tmp_path):
+    from cnnlab.commands.explain import explain
+    from cnnlab.models.gradcam import grad_cam, upsample
+
+    image = sorted((objects / "val" / "cross").iterdir())[0]
+    result = explain(bag_run.run_dir, [image], out=tmp_path / "cams")
+    row = result.rows[0]
+    assert image_size(row["evidence"]) > (100, 100) and image_size(row["file"]) > (100, 100)
+    # the evidence is the kept tiles (4 of 16) by attention weight, each with its own Grad-CAM for the class
+    trained = open_trained(bag_run.run_dir)
+    pixels = trained.dataset([Sample(str(image), 0)]).load(0)                            # (3, 128, 128)
+    explanation = explain_image(trained, pixels, str(image))
+    windows = window_logits(trained.model.eval(), pixels, trained.pipeline, trained.preprocessing)
+    weights = windows.weights(trained.preprocessing)                                      # (16,), 4 non-zero
+    order = weights.argsort(descending=True)[:4].tolist()
+    assert [(e.top, e.left) for e in explanation.evidence] == [windows.positions[k] for k in order]
+    assert [e.weight for e in explanation.evidence] == pytest.approx(weights[order].tolist(), abs=1e-6)
+    assert sum(e.weight for e in explanation.evidence) == pytest.approx(1.0, abs=1e-5)
+    first = explanation.evidence[0]
+    tile = cut_tiles(pixels, [(first.top, first.left)], 32)                               # (1, 3, 32, 32)
+    assert torch.equal(first.tile, tile[0])
+    cam, _ = grad_cam(trained.model, trained.pipeline(tile), explanation.class_index)
+    cam = upsample(cam, (32, 32))[0]
+    assert torch.allclose(first.cam, cam / cam.max(), atol=1e-5)
 
 
 def test_evaluate_matches_the_runs_validation(bag_run):
