@@ -17,7 +17,7 @@ from cnnlab.data.folders import Sample, find_samples
 from cnnlab.errors import CnnlabError
 from cnnlab.runs import interpret
 from cnnlab.runs.display import GALLERY_SIDE, shrink
-from cnnlab.runs.explain import explain_batch, explain_image, overlay_image
+from cnnlab.runs.explain import Explanation, evidence_panels, explain_batch, explain_image, overlay_image
 from cnnlab.runs.inference import TrainedModel
 from cnnlab.runs.reader import RunRecord
 from cnnlab.runs.report import evaluation_table
@@ -150,9 +150,13 @@ def write_evaluation(record: RunRecord, split: str, which: str, dataset: ImageDa
                        title=f"{record.model} on {split}: the {len(order)} images with the highest loss")
     if explainer is not None and explainer.model.stage_modules():
         result.files["top_losses_gradcam"] = figures["top_losses_gradcam"]
-        top_losses_gradcam(explainer, dataset, indices[order].tolist(), result.top_losses,
-                           run_dir / result.files["top_losses_gradcam"],
-                           title="Grad-CAM of the predicted class: where the network saw it (same order)")
+        explanations = top_losses_gradcam(explainer, dataset, indices[order].tolist(), result.top_losses,
+                                          run_dir / result.files["top_losses_gradcam"],
+                                          title="Grad-CAM of the predicted class: where the network saw it (same "
+                                                "order)")
+        if explainer.preprocessing.bags and explanations:
+            result.files["top_losses_evidence"] = figures["top_losses_evidence"]
+            evidence_grid(explanations, run_dir / result.files["top_losses_evidence"])
     record_evaluation(run_dir, split, result.to_dict() | {"weights": which, "tta": tta})
     return result
 
@@ -183,8 +187,9 @@ def top_losses_gallery(dataset: ImageDataset, dataset_indices: list[int], rows: 
 
 
 def top_losses_gradcam(explainer: TrainedModel, dataset: ImageDataset, dataset_indices: list[int], rows: list[dict],
-                       path: Path, title: str) -> Path:
-    """The top-loss images with the Grad-CAM of their predicted class over them (stitched for tiled runs)."""
+                       path: Path, title: str) -> list[Explanation]:
+    """The top-loss images with the Grad-CAM of their predicted class over them (stitched for tiled runs), written
+    to `path`; their explanations (bag runs: with their evidence tiles)."""
     classes = explainer.record.classes
     items = [(dataset[index], index, row) for index, row in zip(dataset_indices, rows)]
     items = [(item, index, row) for item, index, row in items if item is not None]
@@ -198,4 +203,25 @@ def top_losses_gradcam(explainer: TrainedModel, dataset: ImageDataset, dataset_i
     titles = [f"{Path(row['path']).name[:24]}\nCAM of pred {row['predicted']}\n(true {row['true']})"
               for _, _, row in items]
     wrong = [row["predicted"] != row["true"] for _, _, row in items]
-    return plots.top_losses_gallery(images, titles, wrong, path, suptitle=title)
+    plots.top_losses_gallery(images, titles, wrong, path, suptitle=title)
+    return explanations
+
+
+# The report's evidence figure: the first rows of the top losses, each the tiles its bag attended to most.
+EVIDENCE_ROWS = 4
+EVIDENCE_COLUMNS = 4
+
+
+def evidence_grid(explanations: list[Explanation], path: Path) -> Path:
+    """Bag runs: for each of the first EVIDENCE_ROWS top-loss images, its EVIDENCE_COLUMNS tiles of most attention
+    with their Grad-CAM, one row per image (a blank cell where a bag kept fewer tiles)."""
+    panels, titles = [], []
+    for explanation in explanations[:EVIDENCE_ROWS]:
+        tiles, labels = evidence_panels(explanation)
+        blank = np.full_like(tiles[0], 255) if tiles else None
+        for k in range(EVIDENCE_COLUMNS):
+            panels.append(tiles[k] if k < len(tiles) else blank)
+            labels_k = labels[k] if k < len(labels) else ""
+            titles.append((f"{Path(explanation.path).name[:20]}\n" if k == 0 else "\n") + labels_k)
+    return plots.image_grid(panels, titles, path, columns=EVIDENCE_COLUMNS, cell=2.4,  # room for 3-line titles
+                            suptitle="The tiles each bag attended to most (same order as the top losses)")

@@ -259,6 +259,12 @@ def _top_losses(run: _RunFiles) -> tuple[str, str, str]:
                                 + (" (stitched over the whole image from every tile)." if tiled else "."))
             figure = f'<div class="pair">{figure}{cams}</div>'
         parts.append(figure)
+        if "top_losses_evidence" in ev.get("files", {}):  # bag runs
+            parts.append(_eval_figure(run, ev, "top_losses_evidence", "evidence tiles of the top losses",
+                                      "Each image is a bag of tiles pooled by learned attention: these are the tiles "
+                                      "its prediction rested on most (weights sum to 1 over the kept tiles), with "
+                                      "each tile's own Grad-CAM. Tiles of background or distractors here mean the "
+                                      "attention has not found what decides the class."))
         rows = [[_e(k + 1), _e(Path(r["path"]).name), _e(r["true"]), _num(r["probability_true"], 3),
                  _e(r["predicted"]), _num(r["probability_predicted"], 3), _num(r["loss"], 3)]
                 for k, r in enumerate(ev.get("top_losses", []))]

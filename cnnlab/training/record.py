@@ -17,6 +17,7 @@ written by one owner and read through one reader (cnnlab.runs.reader); nothing e
     RUN/image_sizes.png      the data's image sizes
     RUN/augment_preview.png  training images as the augmentation presents them
     RUN/eval_<split>.json    and confusion_matrix_<split>.png, top_losses_<split>.png, top_losses_<split>_gradcam.png,
+                             top_losses_<split>_evidence.png (bag runs),
                              reliability_<split>.png: the evaluation (train writes val; `cnnlab eval` any split)
     RUN/reject.json          the confidence threshold under which predict and serve answer `unknown`, chosen on the
                              validation split (cnnlab.runs.reject), and risk_coverage.png, its trade-off curve
@@ -78,7 +79,8 @@ def eval_json(split: str) -> str:
 def evaluation_figures(split: str) -> dict[str, str]:
     """The figures of a split's evaluation, by what they show."""
     return {"confusion_matrix": f"confusion_matrix_{split}.png", "top_losses": f"top_losses_{split}.png",
-            "top_losses_gradcam": f"top_losses_{split}_gradcam.png", "reliability": f"reliability_{split}.png"}
+            "top_losses_gradcam": f"top_losses_{split}_gradcam.png", "reliability": f"reliability_{split}.png",
+            "top_losses_evidence": f"top_losses_{split}_evidence.png"}  # bag runs: the tiles attended to
 
 
 # skipped_steps: steps whose loss was not finite (nan/inf), so the weights were not updated from them;

@@ -233,6 +233,16 @@ def test_explain_shows_the_tiles_the_prediction_rests_on_strongest_first(bag_run
     assert torch.allclose(first.cam, cam / cam.max(), atol=1e-5)
 
 
+def test_the_report_shows_the_evidence_tiles_of_the_top_losses(bag_run):
+    run = bag_run.run_dir
+    evaluation = json.loads((run / "eval_val.json").read_text())
+    assert evaluation["files"]["top_losses_evidence"] == "top_losses_val_evidence.png"
+    width, height = image_size(run / "top_losses_val_evidence.png")
+    rows = min(4, len(evaluation["top_losses"]))
+    assert width > 4 * 64 and height > rows * 64  # 4 tiles per row, a row per top-loss image (at most 4)
+    assert "evidence tiles of the top losses, val" in (run / "report.html").read_text()
+
+
 def test_evaluate_matches_the_runs_validation(bag_run):
     run = bag_run.run_dir
     rows = list(csv.DictReader((run / "metrics.csv").open()))
