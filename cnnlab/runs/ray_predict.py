@@ -13,14 +13,14 @@ Ray's own image reader decodes every file whole with Pillow and fails above Pill
 runs the function plain `cnnlab predict` runs (cnnlab.runs.prediction), so an image gets the same probabilities
 from either engine (tests/runs/test_ray_predict.py checks 1e-5 on every file).
 
-The output is a Parquet dataset: the folder results.parquet/ of part files with the same columns (path, error,
-unknown, class_i, probability_i, plus size and mtime_ns, the key a rerun skips files by), which pandas, pyarrow,
-DuckDB, Spark and Ray read as one table. A file changed since its row was written (another size or mtime) loses
-that row and is predicted again: one row per file, its latest. A part is renamed into place only when whole, so Ctrl-C or SIGTERM leaves
-complete parts (the rows in flight are predicted again by the rerun); an unreadable file is a row with its error,
-never a failed job. Without --address a local Ray instance is started with this machine's cores; with one
-(HOST:PORT, or auto for the cluster this machine belongs to) the job joins that cluster, whose nodes need cnnlab
-and the files at the same paths (shared storage).
+The output is a Parquet dataset: the folder results.parquet/ of part files with the same columns (path, made
+absolute, error, unknown, class_i, probability_i, plus size and mtime_ns, the key a rerun skips files by), which
+pandas, pyarrow, DuckDB, Spark and Ray read as one table. A file changed since its row was written (another size or
+mtime) loses that row and is predicted again: one row per file, its latest. A part is renamed into place only when
+whole, so Ctrl-C or SIGTERM leaves complete parts (the rows in flight are predicted again by the rerun); an
+unreadable file is a row with its error, never a failed job. Without --address a local Ray instance is started
+with this machine's cores; with one (HOST:PORT, or auto for the cluster this machine belongs to) the job joins
+that cluster, whose nodes need cnnlab and the files at the same paths (shared storage).
 """
 
 from __future__ import annotations
@@ -177,7 +177,9 @@ def predict_with_ray(run_dir: str | os.PathLike, inputs: list[str | os.PathLike]
     ray = _import_ray()
     predictor = open_predictor(run_dir, **options)  # a wrong run or file fails here, before the cluster starts
     columns = fixed_columns(predictor.top_k, predictor.threshold is not None)
-    expanded = expand_inputs(inputs)
+    # absolute paths: actors on other nodes (or in another working directory) open the same files, and a rerun from
+    # another folder finds the rows it already wrote
+    expanded = [(os.path.abspath(path), reason) for path, reason in expand_inputs(inputs)]
     current = {path: file_key(path) for path, _ in expanded}
     done = drop_stale(read_parts(out, columns), current)
     items = [{"path": path, "error": reason or "", "size": current[path][0], "mtime_ns": current[path][1]}
@@ -199,7 +201,7 @@ def predict_with_ray(run_dir: str | os.PathLike, inputs: list[str | os.PathLike]
         # the actor's arguments ride in the class itself (cloudpickle sends a class made here by value); a failed
         # actor is restarted by Ray (its batch retried), and Ray's core says once that Ray Data's own constructor
         # arguments sit in its object store (ray-project/ray#53727): a note on Ray's design, not on this job
-        bound = type("PredictActor", (PredictActor,), {"bound": (str(run_dir), options, columns)})
+        bound = type("PredictActor", (PredictActor,), {"bound": (os.path.abspath(run_dir), options, columns)})
         predicted = dataset.map_batches(bound, batch_size=ACTOR_BATCH, batch_format="numpy",
                                         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1)
         return _write_parts(predicted, out, columns, len(items), verbose)
