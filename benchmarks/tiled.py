@@ -143,13 +143,13 @@ def predict_memory(run_dir: str, image: Path) -> dict:
 
 def throughput(run_dir: str, image: Path, repeats: int) -> dict:
     """Tiles/s of the sliding window over `image` (decode at PREDICT_SCALE included) and of the same tiles
-    held in memory, through the same pipeline and model, batch 64; best of `repeats`."""
+    held in memory, through the same pipeline and model, in the window's batches; best of `repeats`."""
     import torch
 
     from cnnlab.data.folders import Sample
     from cnnlab.data.tiles import cut_tiles, tile_positions
     from cnnlab.runs.inference import open_trained
-    from cnnlab.training.forward import TILE_BATCH_PIXELS
+    from cnnlab.training.forward import window_batch
 
     trained = open_trained(run_dir).with_tiles(PREDICT_SCALE)
     pre = trained.preprocessing
@@ -158,23 +158,24 @@ def throughput(run_dir: str, image: Path, repeats: int) -> dict:
     window = []
     for _ in range(repeats):
         start = time.perf_counter()
-        trained.logits(loader, batch_size=64)
+        trained.logits(loader)  # the sliding window batches by its own rule (window_batch)
         window.append(time.perf_counter() - start)
     scaled = dataset[0][0]  # (3, H, W) uint8 at scale 0.5
     positions = tile_positions(scaled.shape[1], scaled.shape[2], pre.tile, pre.overlap)
     tiles = cut_tiles(scaled, positions, pre.tile)  # (n, 3, 256, 256) uint8, in memory
+    step = window_batch(pre.tile)  # the same batches as the window's
     memory = []
     with torch.no_grad():
         for _ in range(repeats):
             start = time.perf_counter()
-            for first in range(0, len(tiles), 64):
-                batch = trained.pipeline(tiles[first:first + 64])
+            for first in range(0, len(tiles), step):
+                batch = trained.pipeline(tiles[first:first + step])
                 with trained.pipeline.precision.autocast(trained.pipeline.device):
                     trained.model(batch)
             memory.append(time.perf_counter() - start)
     n = len(positions)
     return {"tiles": n, "scaled": f"{scaled.shape[2]}x{scaled.shape[1]}", "window_rate": n / min(window),
-            "window_batch": max(1, min(64, TILE_BATCH_PIXELS // pre.tile ** 2)),
+            "window_batch": step,
             "memory_rate": n / min(memory), "ratio": min(memory) / min(window)}
 
 
@@ -214,8 +215,8 @@ def report(args, data: Path, accuracy: list[dict], memory: dict, speed: dict, se
               "`import torch` alone is ~0.5 GiB of it).", "",
               f"In one process (the JPEG decoded at scale {PREDICT_SCALE} to {speed['scaled']} px, "
               f"{speed['tiles']} windows, best of {args.repeats}; the window runs batches of "
-              f"{speed['window_batch']} tiles (cnnlab.training.forward.TILE_BATCH_PIXELS), the in-memory "
-              "reference batches of 64):", "",
+              f"{speed['window_batch']} tiles (cnnlab.training.forward.window_batch), and so does the in-memory "
+              "reference):", "",
               "| path | tiles/s |", "|---|---|",
               f"| sliding window (decode, cut, normalise, model) | {speed['window_rate']:.1f} |",
               f"| the same tiles held in memory (normalise, model) | {speed['memory_rate']:.1f} |",
