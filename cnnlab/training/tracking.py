@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import socket
+import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,7 +257,7 @@ class MlflowTracker:
 
 
 def _millis() -> int:
-    import time
+    """Now, in the milliseconds MLflow timestamps metrics with."""
     return int(time.time() * 1000)
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,6 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from cnnlab.cli import main
 from cnnlab.commands import export as export_module
 from cnnlab.commands.export import export
 from cnnlab.commands.predict import predict
@@ -26,18 +24,7 @@ from cnnlab.runs.inference import open_trained
 from cnnlab.runs.quantize import (ACCURACY_TOLERANCE, AGREEMENT_FLOOR, SPEED_BATCHES, Z_95, agreement_of,
                                   in_turn, measure_speed, paired_interval)
 
-
-def cnnlab(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """The CLI's entry point in this process: exit code, stdout, stderr."""
-    monkeypatch.setattr(sys, "argv", ["cnnlab", *map(str, args)])
-    with pytest.raises(SystemExit) as stopped:
-        main()
-    captured = capsys.readouterr()
-    return stopped.value.code or 0, captured.out, captured.err
-
-
-def val_images(data: Path) -> list[Path]:
-    return sorted((data / "val").rglob("*.jpg"))
+from .test_export import cnnlab, val_images  # the CLI in-process; the validation files
 
 
 @pytest.fixture(scope="module")
